@@ -1,0 +1,15 @@
+"""ssm_kernels: the selective-scan (S6) runtime shared by SRMA-Mamba and UltraScanNet.
+
+- selective_scan_fn: mamba_ssm's selective_scan_fn, with backends "triton" (CUDA, or CPU under
+  TRITON_INTERPRET=1), "torch" (vectorised, CPU and fallback) and "ref" (float64 loop).
+- cross_selective_scan: VMamba's four-direction SS2D scan fused into one kernel.
+- cross_scan / cross_merge: the stand-alone direction transforms.
+- selective_scan_ref / cross_selective_scan_ref: float64 definitions for tests.
+"""
+from .interface import (BACKENDS, ENV_BACKEND, cross_merge, cross_scan, cross_selective_scan,
+                        resolve_backend, selective_scan_fn, triton_available)
+from .reference import cross_selective_scan_ref, selective_scan_ref
+
+__all__ = ["selective_scan_fn", "selective_scan_ref", "cross_selective_scan", "cross_selective_scan_ref",
+           "cross_scan", "cross_merge", "resolve_backend", "triton_available", "BACKENDS", "ENV_BACKEND"]
+__version__ = "0.1.0"

@@ -1,0 +1,170 @@
+"""Correctness of every backend against the float64 reference, on fresh random inputs each run."""
+import itertools
+
+import pytest
+import torch
+
+from conftest import device_for, rel_err
+from ssm_kernels import (cross_merge, cross_scan, cross_selective_scan, cross_selective_scan_ref,
+                         selective_scan_fn, selective_scan_ref)
+
+TOL = {torch.float32: 2e-5, torch.float64: 1e-10, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+GRAD_TOL = {torch.float32: 1e-4, torch.float64: 1e-10, torch.float16: 2e-2, torch.bfloat16: 3e-2}
+
+
+def make_inputs(batch, dim, L, N, groups, dtype, device, with_d=True, with_z=True, with_bias=True, seed=None):
+    g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % (2**31))
+    r = lambda *s, scale=1.0: (torch.randn(*s, generator=g) * scale)
+    bc = (batch, N, L) if groups is None else (batch, groups, N, L)
+    t = dict(
+        u=r(batch, dim, L), delta=r(batch, dim, L, scale=0.5), A=-(torch.rand(dim, N, generator=g) * 2 + 0.05),
+        B=r(*bc), C=r(*bc), D=r(dim) if with_d else None, z=r(batch, dim, L) if with_z else None,
+        delta_bias=r(dim, scale=0.3) if with_bias else None,
+    )
+    big = ("u", "delta", "B", "C", "z")
+    return {k: (None if v is None else v.to(device=device, dtype=dtype if k in big else torch.float32))
+            for k, v in t.items()}
+
+
+SHAPES = [  # batch, dim, L, N, groups
+    (2, 8, 37, 1, None), (1, 16, 1, 4, None), (2, 8, 130, 16, None), (1, 32, 70, 1, 4),
+    (2, 16, 45, 4, 2), (1, 4, 3, 16, 4),
+]
+OPTIONS = [  # with D, z, bias, softplus, last state
+    (True, True, True, True, True), (False, False, False, False, False), (True, False, True, True, False),
+    (False, True, False, True, True),
+]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, [x for x in s if x is not None])))
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "".join("DZbsl"[i] if v else "-" for i, v in enumerate(o)))
+def test_forward_fp32(backend, shape, opts):
+    dev = device_for(backend)
+    batch, dim, L, N, G = shape
+    wd, wz, wb, sp, last = opts
+    x = make_inputs(batch, dim, L, N, G, torch.float32, dev, wd, wz, wb)
+    ref = selective_scan_ref(**x, delta_softplus=sp, return_last_state=last)
+    out = selective_scan_fn(**x, delta_softplus=sp, return_last_state=last, backend=backend)
+    if last:
+        assert out[1].shape == (batch, dim, N)
+        assert rel_err(out[1], ref[1]) < TOL[torch.float32]
+        out, ref = out[0], ref[0]
+    assert out.shape == (batch, dim, L) and out.dtype == torch.float32
+    assert rel_err(out, ref) < TOL[torch.float32]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("output_fp32", [False, True])
+def test_forward_half(backend, dtype, output_fp32):
+    dev = device_for(backend)
+    x = make_inputs(2, 16, 77, 4, 2, dtype, dev)
+    ref = selective_scan_ref(**x, delta_softplus=True)
+    out = selective_scan_fn(**x, delta_softplus=True, output_fp32=output_fp32, backend=backend)
+    assert out.dtype == (torch.float32 if output_fp32 else dtype)
+    assert rel_err(out, ref) < TOL[dtype]
+
+
+def _grads(fn, x, seed):
+    leaves = {k: (v.detach().clone().requires_grad_() if v is not None else None) for k, v in x.items()}
+    out = fn(leaves)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(out.device)
+    (out.double() * g).sum().backward()
+    return {k: v.grad for k, v in leaves.items() if v is not None}
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("shape", SHAPES[:5], ids=lambda s: "x".join(map(str, [x for x in s if x is not None])))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_backward(backend, shape, dtype):
+    dev = device_for(backend)
+    batch, dim, L, N, G = shape
+    x = make_inputs(batch, dim, L, N, G, dtype, dev)
+    gr = _grads(lambda t: selective_scan_ref(**t, delta_softplus=True), x, 7)
+    gb = _grads(lambda t: selective_scan_fn(**t, delta_softplus=True, backend=backend), x, 7)
+    assert set(gr) == set(gb) == {"u", "delta", "A", "B", "C", "D", "z", "delta_bias"}
+    for k in gr:
+        assert gb[k].shape == x[k].shape, k
+        assert rel_err(gb[k], gr[k]) < GRAD_TOL[dtype], k
+
+
+def test_torch_gradcheck_float64():
+    x = make_inputs(1, 4, 9, 2, 2, torch.float64, torch.device("cpu"))
+    x = {k: v.double() for k, v in x.items()}
+    names = list(x)
+
+    def f(*vals):
+        return selective_scan_fn(**dict(zip(names, vals)), delta_softplus=True, backend="torch")
+
+    assert torch.autograd.gradcheck(f, tuple(v.requires_grad_() for v in x.values()))
+
+
+def test_cross_scan_merge_roundtrip():
+    x = torch.randn(2, 3, 4, 5)
+    xs = cross_scan(x)
+    assert xs.shape == (2, 4, 3, 20)
+    assert torch.equal(xs[:, 1, :, 0:4], x[:, :, :, 0])  # column-major: first column first
+    assert torch.equal(xs[:, 2], xs[:, 0].flip(-1))
+    # merging four copies of the scan of x gives back 4 x
+    assert torch.allclose(cross_merge(xs, 4, 5), 4 * x.reshape(2, 3, 20))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("hw,N", [((5, 7), 1), ((8, 3), 4), ((1, 6), 1)])
+def test_cross_selective_scan(backend, hw, N):
+    dev = device_for(backend)
+    h, w = hw
+    b, d = 2, 8
+    g = torch.Generator().manual_seed(torch.seed() % (2**31))
+    x = dict(x=torch.randn(b, d, h, w, generator=g), delta=torch.randn(b, 4, d, h, w, generator=g) * 0.5,
+             A=-(torch.rand(4 * d, N, generator=g) + 0.05), B=torch.randn(b, 4, N, h, w, generator=g),
+             C=torch.randn(b, 4, N, h, w, generator=g), D=torch.randn(4 * d, generator=g),
+             delta_bias=torch.randn(4 * d, generator=g) * 0.3)
+    x = {k: v.to(dev) for k, v in x.items()}
+    gr = _grads(lambda t: cross_selective_scan_ref(**t), x, 3)
+    gb = _grads(lambda t: cross_selective_scan(**t, backend=backend), x, 3)
+    ref = cross_selective_scan_ref(**x)
+    out = cross_selective_scan(**x, backend=backend)
+    assert out.shape == (b, d, h, w) and out.dtype == torch.float32
+    assert rel_err(out, ref) < 2e-5
+    for k in gr:
+        assert rel_err(gb[k], gr[k]) < 1e-4, k
+
+
+def test_nan_never_passes():
+    x = make_inputs(1, 4, 10, 1, None, torch.float32, torch.device("cpu"))
+    ref = selective_scan_ref(**x)
+    bad = ref.clone()
+    bad[0, 0, 3] = float("nan")
+    with pytest.raises(AssertionError):
+        rel_err(bad, ref)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(u=torch.randn(2, 4)), "u must have 3 dims"),
+    (dict(delta=torch.randn(1, 4, 9)), "delta must have shape"),
+    (dict(A=torch.randn(3, 2)), "A must be"),
+    (dict(B=torch.randn(1, 3, 2, 10)), "G dividing dim"),
+    (dict(u=torch.randn(1, 10, 4).transpose(1, 2)), "contiguous"),
+    (dict(u=torch.randint(0, 3, (1, 4, 10))), "float32"),
+    (dict(D=torch.randn(5)), "D must have shape"),
+    (dict(backend="cuda-magic"), "unknown selective-scan backend"),
+])
+def test_bad_inputs(kwargs, match):
+    x = make_inputs(1, 4, 10, 2, None, torch.float32, torch.device("cpu"), seed=0)
+    x.update(kwargs)
+    with pytest.raises((ValueError, TypeError)) as e:
+        selective_scan_fn(**x)
+    assert match in str(e.value)
+
+
+def test_backend_choice(monkeypatch):
+    from ssm_kernels import resolve_backend
+    monkeypatch.delenv("SSM_KERNELS_BACKEND", raising=False)
+    assert resolve_backend(None, torch.device("cpu")) == "torch"
+    monkeypatch.setenv("SSM_KERNELS_BACKEND", "ref")
+    assert resolve_backend(None, torch.device("cpu")) == "ref"
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="CUDA tensors"):
+        resolve_backend("triton", torch.device("cpu"))
