@@ -1,0 +1,312 @@
+"""SRMA-Mamba (Zeng et al., arXiv 2508.12410) for 3D liver segmentation, parameter-compatible with
+the authors' published state dict (config `vmambav2_tiny_224`), written from the paper's description
+and the published parameter names and shapes.
+
+Layout: input (B, 1, H, W, D), H, W, D divisible by 16; four outputs (logits at 1/2, 1/4, 1/8, 1/16
+resolution, each upsampled to the input size). The selective scans run in ssm_kernels (fused
+four-direction scan), so this file holds no scan of its own.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ssm_kernels import cross_selective_scan
+
+
+@dataclass
+class SRMAConfig:
+    """The published configuration (vmambav2_tiny_224) unless said otherwise."""
+    in_chans: int = 1
+    out_chans: int = 1
+    dims: int = 48                # EMBED_DIM; stages have dims * 2**i channels
+    depths: tuple = (1, 1, 1, 1)  # SABMamba blocks per stage
+    d_state: int = 1
+    ssm_ratio: float = 2.0
+    mlp_ratio: float = 4.0
+    embed_channels: int = 16      # decoder width
+    drop_path_rate: float = 0.2
+    decoder_drop_path: float = 0.1
+    scan_backend: str | None = None  # None: ssm_kernels picks (triton on CUDA, torch on CPU)
+
+    def to_dict(self):
+        d = asdict(self)
+        d["depths"] = list(self.depths)
+        return d
+
+
+class DropPath(nn.Module):
+    """Per-sample stochastic depth (identity in eval)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x):
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Permute(nn.Module):
+    def __init__(self, *dims):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return x.permute(*self.dims)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SS2D(nn.Module):
+    """VMamba SS2D, forward type v05_noz, channels last: (B, H, W, C) -> (B, H, W, C).
+
+    in_proj -> depthwise 3x3 -> SiLU -> four-direction selective scan (d_state N, grouped B/C per
+    direction, softplus delta with bias) -> LayerNorm -> out_proj. The per-direction projections are
+    applied in the map's own row-major order (a projection over channels commutes with the scan
+    order), and the fused kernel reads each direction through an index transform.
+    """
+    K = 4
+
+    def __init__(self, d_model, d_state=1, ssm_ratio=2.0, scan_backend=None):
+        super().__init__()
+        self.d_inner = di = int(ssm_ratio * d_model)
+        self.d_state = d_state
+        self.dt_rank = r = math.ceil(d_model / 16)
+        self.scan_backend = scan_backend
+        k = self.K
+        self.in_proj = nn.Linear(d_model, di, bias=False)
+        self.conv2d = nn.Conv2d(di, di, 3, padding=1, groups=di, bias=False)
+        self.act = nn.SiLU()
+        self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * d_state, di))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, di, r))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, di))
+        self.A_logs = nn.Parameter(torch.empty(k * di, d_state))
+        self.Ds = nn.Parameter(torch.empty(k * di))
+        self.out_norm = nn.LayerNorm(di)
+        self.out_proj = nn.Linear(di, d_model, bias=False)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self, dt_min=1e-3, dt_max=0.1, dt_floor=1e-4):
+        """Mamba's initialisation: S4D-real A, unit D, dt bias = softplus^-1 of log-uniform dt."""
+        k, di, r, n = self.K, self.d_inner, self.dt_rank, self.d_state
+        bound = (r ** -0.5)
+        self.dt_projs_weight.uniform_(-bound, bound)
+        dt = torch.exp(torch.rand(k, di) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_floor)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.A_logs.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(k * di, 1))
+        self.Ds.fill_(1.0)
+        nn.init.trunc_normal_(self.x_proj_weight, std=di ** -0.5)
+        self.A_logs._no_weight_decay = True
+        self.Ds._no_weight_decay = True
+
+    def forward(self, x):
+        b, h, w, _ = x.shape
+        k, di, r, n = self.K, self.d_inner, self.dt_rank, self.d_state
+        x = self.in_proj(x).permute(0, 3, 1, 2)
+        x = self.act(self.conv2d(x)).contiguous()                              # (b, di, h, w)
+        x_dbl = F.conv2d(x, self.x_proj_weight.reshape(k * (r + 2 * n), di, 1, 1))
+        x_dbl = x_dbl.view(b, k, r + 2 * n, h, w)
+        dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
+        dts = F.conv2d(dts.reshape(b, k * r, h, w), self.dt_projs_weight.reshape(k * di, r, 1, 1), groups=k)
+        y = cross_selective_scan(
+            x, dts.view(b, k, di, h, w), -torch.exp(self.A_logs.float()), Bs.contiguous(), Cs.contiguous(),
+            self.Ds.float(), self.dt_projs_bias.float().view(-1), delta_softplus=True, backend=self.scan_backend)
+        y = self.out_norm(y.permute(0, 2, 3, 1)).to(x.dtype)
+        return self.out_proj(y)
+
+
+class ABSS(nn.Module):
+    """Scans a volume (b, h, w, d, c) as three 2D images, h x (w d), w x (h d), d x (h w), and sums."""
+
+    def __init__(self, d_model, **kw):
+        super().__init__()
+        self.sh = SS2D(d_model, **kw)
+        self.sw = SS2D(d_model, **kw)
+        self.sd = SS2D(d_model, **kw)
+
+    def forward(self, x):
+        b, h, w, d, c = x.shape
+        xh = self.sh(x.reshape(b, h, w * d, c)).reshape(b, h, w, d, c)
+        xw = self.sw(x.permute(0, 2, 1, 3, 4).reshape(b, w, h * d, c)).reshape(b, w, h, d, c).permute(0, 2, 1, 3, 4)
+        xd = self.sd(x.permute(0, 3, 1, 2, 4).reshape(b, d, h * w, c)).reshape(b, d, h, w, c).permute(0, 2, 3, 1, 4)
+        return xh + xw + xd
+
+
+class SABMamba(nn.Module):
+    """Pre-norm block on channels-last volumes: x + DP(ABSS(LN x)), then x + DP(MLP(LN x))."""
+
+    def __init__(self, dim, drop_path=0.0, mlp_ratio=4.0, **ssm_kw):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.op = ABSS(dim, **ssm_kw)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x):
+        x = x + self.drop_path(self.op(self.norm(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class GSC(nn.Module):
+    """Gated spatial convolution on channels-last volumes (computed channels-first)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.proj = nn.Conv3d(c, c, 3, 1, 1)
+        self.proj2 = nn.Conv3d(c, c, 3, 1, 1)
+        self.proj3 = nn.Conv3d(c, c, 1)
+        self.proj4 = nn.Conv3d(c, c, 1)
+
+    @staticmethod
+    def _nr(x):
+        return F.relu(F.instance_norm(x, eps=1e-5))
+
+    def forward(self, x):
+        x = x.permute(0, 4, 1, 2, 3)
+        x1 = self._nr(self.proj2(self._nr(self.proj(x))))
+        x2 = self._nr(self.proj3(x))
+        out = self._nr(self.proj4(x1 + x2)) + x
+        return out.permute(0, 2, 3, 4, 1)
+
+
+class SABMambaEncoder(nn.Module):
+    def __init__(self, cfg: SRMAConfig):
+        super().__init__()
+        dims = [cfg.dims * 2 ** i for i in range(4)]
+        self.dims = dims
+        ssm_kw = dict(d_state=cfg.d_state, ssm_ratio=cfg.ssm_ratio, scan_backend=cfg.scan_backend)
+        self.patch_embed = nn.Sequential(
+            nn.Conv3d(cfg.in_chans, dims[0] // 2, 3, 2, 1), Permute(0, 2, 3, 4, 1), nn.LayerNorm(dims[0] // 2),
+            Permute(0, 4, 1, 2, 3), nn.GELU(), nn.Conv3d(dims[0] // 2, dims[0], 1), Permute(0, 2, 3, 4, 1),
+            nn.LayerNorm(dims[0]))
+        dpr = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        self.layers = nn.ModuleList()
+        for i in range(4):
+            blocks = [GSC(dims[i])] + [
+                SABMamba(dims[i], dpr[sum(cfg.depths[:i]) + j], cfg.mlp_ratio, **ssm_kw) for j in range(cfg.depths[i])]
+            layer = nn.Module()
+            layer.blocks = nn.Sequential(*blocks)
+            layer.downsample = (nn.Sequential(Permute(0, 4, 1, 2, 3), nn.Conv3d(dims[i], dims[i + 1], 3, 2, 1),
+                                              Permute(0, 2, 3, 4, 1), nn.LayerNorm(dims[i + 1]))
+                                if i < 3 else nn.Identity())
+            self.layers.append(layer)
+        for i in range(4):
+            self.add_module(f"outnorm{i}", nn.LayerNorm(dims[i]))
+
+    def forward(self, x):
+        x = self.patch_embed(x)
+        outs = []
+        for i, layer in enumerate(self.layers):
+            o = layer.blocks(x)
+            x = layer.downsample(o)
+            outs.append(getattr(self, f"outnorm{i}")(o).permute(0, 4, 1, 2, 3).contiguous())
+        return outs
+
+
+class _Conv1x1(nn.Module):
+    """1x1x1 convolution with bias, nested as `.conv.conv` like MONAI's UnetOutBlock."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv = nn.Module()
+        self.conv.conv = nn.Conv3d(cin, cout, 1)
+
+    def forward(self, x):
+        return self.conv.conv(x)
+
+
+class BasicConv3d(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv = nn.Conv3d(cin, cout, 1, bias=False)
+        self.bn = nn.BatchNorm3d(cout)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+def _upsample(x, size):
+    return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=False)
+
+
+class SRMAttention(nn.Module):
+    """Spatial reverse attention: refine this scale's features where the coarser map is unsure."""
+
+    def __init__(self, channel, drop_path, mlp_ratio, **ssm_kw):
+        super().__init__()
+        self.st_block1 = nn.Sequential(Permute(0, 2, 3, 4, 1), SABMamba(channel, drop_path, mlp_ratio, **ssm_kw),
+                                       Permute(0, 4, 1, 2, 3))
+        self.st_block2 = nn.Sequential(Permute(0, 2, 3, 4, 1), SABMamba(channel, drop_path, mlp_ratio, **ssm_kw),
+                                       Permute(0, 4, 1, 2, 3))
+        self.ra_conv1 = _Conv1x1(channel, channel)
+        self.ra_conv2 = _Conv1x1(channel, channel)
+        self.ra_conv3 = _Conv1x1(channel, 1)
+
+    def forward(self, x, coarse):
+        coarse = _upsample(coarse, x.shape[-3:])
+        attn = 1.0 - torch.sigmoid(coarse)
+        identity = x
+        x = self.st_block1(x) * attn
+        x = self.ra_conv1(x)
+        x = self.st_block2(x) + identity
+        x = self.ra_conv3(self.ra_conv2(x))
+        return x + coarse
+
+
+class SRMAMamba(nn.Module):
+    def __init__(self, cfg: SRMAConfig | None = None, **overrides):
+        super().__init__()
+        cfg = cfg or SRMAConfig()
+        if overrides:
+            cfg = SRMAConfig(**{**cfg.to_dict(), **overrides})
+        self.cfg = cfg
+        e = cfg.embed_channels
+        self.encoder = SABMambaEncoder(cfg)
+        for i, d in enumerate(self.encoder.dims, start=1):
+            setattr(self, f"translayer{i}_st", BasicConv3d(d, e))
+        ssm_kw = dict(d_state=cfg.d_state, ssm_ratio=cfg.ssm_ratio, scan_backend=cfg.scan_backend)
+        for i in (3, 2, 1):
+            setattr(self, f"attention{i}", SRMAttention(e, cfg.decoder_drop_path, cfg.mlp_ratio, **ssm_kw))
+        self.out_conv1 = _Conv1x1(e, cfg.out_chans)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        size = x.shape[-3:]
+        if any(s % 16 for s in size):
+            raise ValueError(f"SRMA-Mamba needs H, W, D divisible by 16, got {tuple(size)}")
+        x1, x2, x3, x4 = self.encoder(x)
+        a4 = self.out_conv1(self.translayer4_st(x4))
+        a3 = self.attention3(self.translayer3_st(x3), a4)
+        a2 = self.attention2(self.translayer2_st(x2), a3)
+        a1 = self.attention1(self.translayer1_st(x1), a2)
+        return tuple(_upsample(a, size) for a in (a1, a2, a3, a4))
