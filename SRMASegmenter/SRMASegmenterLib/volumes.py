@@ -1,0 +1,130 @@
+"""Reading, checking and writing volumes with their geometry (SimpleITK), and the canonical orientation.
+
+Arrays are numpy in (k, j, i) order, as SimpleITK and Slicer's arrayFromVolume give them. Geometry is
+ITK's LPS: spacing (i, j, k), origin, direction (3x3, column n = direction of axis n).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# orientation of the training data (CHAOS T2 as distributed), LPS direction cosines
+TRAIN_DIRECTION = np.diag([1.0, -1.0, 1.0])
+
+
+class VolumeError(ValueError):
+    """The input is not a volume the model can segment; the message says why."""
+
+
+@dataclass
+class Geometry:
+    spacing: tuple
+    origin: tuple
+    direction: np.ndarray  # 3x3, LPS
+
+    def equals(self, other: "Geometry", tol=1e-6) -> bool:
+        return (np.allclose(self.spacing, other.spacing, atol=tol) and np.allclose(self.origin, other.origin, atol=tol)
+                and np.allclose(self.direction, other.direction, atol=tol))
+
+
+def check_array(arr: np.ndarray, what: str = "volume") -> np.ndarray:
+    """Reject what the model cannot segment, with a specific message."""
+    if arr.ndim == 4 and arr.shape[-1] > 1:
+        raise VolumeError(f"the {what} has {arr.shape[-1]} components per voxel (vector/RGB or 4D); "
+                          "select a single-component (scalar) MRI volume")
+    if arr.ndim == 4:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise VolumeError(f"the {what} must be 3D, got {arr.ndim}D with shape {arr.shape}")
+    if min(arr.shape) < 2:
+        raise VolumeError(f"the {what} is a 2D image (shape {arr.shape}); liver segmentation needs a 3D volume")
+    if arr.size == 0:
+        raise VolumeError(f"the {what} is empty")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise VolumeError(f"the {what} has non-numeric voxels ({arr.dtype})")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        n = int((~np.isfinite(arr)).sum())
+        raise VolumeError(f"the {what} has {n} NaN or infinite voxels; fix or mask them first")
+    if arr.max() == arr.min():
+        raise VolumeError(f"the {what} is constant (every voxel {arr.flat[0]}); nothing to segment")
+    return arr
+
+
+def read_volume(path: os.PathLike):
+    """NIfTI, NRRD, MHA, or a DICOM series folder -> (array kji, Geometry)."""
+    import SimpleITK as sitk
+
+    p = Path(path)
+    if not p.exists():
+        raise VolumeError(f"input not found: {p}")
+    try:
+        if p.is_dir():
+            r = sitk.ImageSeriesReader()
+            ids = r.GetGDCMSeriesIDs(str(p))
+            if not ids:
+                raise VolumeError(f"{p} is a folder without a DICOM series")
+            r.SetFileNames(r.GetGDCMSeriesFileNames(str(p), ids[0]))
+            img = r.Execute()
+        else:
+            img = sitk.ReadImage(str(p))
+    except VolumeError:
+        raise
+    except Exception as e:  # truncated / not an image
+        raise VolumeError(f"could not read {p.name}: {str(e).strip().splitlines()[0] if str(e).strip() else e}") from e
+    if img.GetDimension() != 3:
+        raise VolumeError(f"{p.name} is {img.GetDimension()}D; a 3D volume is needed")
+    arr = sitk.GetArrayFromImage(img)
+    geom = Geometry(img.GetSpacing(), img.GetOrigin(), np.array(img.GetDirection()).reshape(3, 3))
+    return arr, geom
+
+
+def write_volume(arr: np.ndarray, geom: Geometry, path: os.PathLike):
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(tuple(float(s) for s in geom.spacing))
+    img.SetOrigin(tuple(float(o) for o in geom.origin))
+    img.SetDirection(tuple(float(d) for d in np.asarray(geom.direction).ravel()))
+    sitk.WriteImage(img, str(path), useCompression=True)
+
+
+def orientation_transform(direction: np.ndarray, target: np.ndarray = TRAIN_DIRECTION):
+    """Axis permutation and flips that bring an array with `direction` closest to `target`.
+
+    Returns (perm, flips) over array axes in (k, j, i) order: apply with `to_canonical`.
+    """
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    t = np.asarray(target, dtype=float).reshape(3, 3)
+    # for each target axis (i, j, k), the source axis whose direction is closest (dot product)
+    dots = t.T @ d  # [target axis, source axis]
+    src_for = [-1, -1, -1]
+    used = set()
+    for ta in np.argsort(-np.abs(dots).max(axis=1)):
+        order = np.argsort(-np.abs(dots[ta]))
+        sa = next(s for s in order if s not in used)
+        used.add(sa)
+        src_for[ta] = sa
+    flips_ijk = [dots[ta, src_for[ta]] < 0 for ta in range(3)]
+    # array axes are (k, j, i) = reversed ijk
+    perm = tuple(2 - src_for[2 - ax] for ax in range(3))
+    flips = tuple(bool(flips_ijk[2 - ax]) for ax in range(3))
+    return perm, flips
+
+
+def to_canonical(arr, perm, flips):
+    out = np.transpose(arr, perm)
+    for ax, f in enumerate(flips):
+        if f:
+            out = np.flip(out, axis=ax)
+    return np.ascontiguousarray(out)
+
+
+def from_canonical(arr, perm, flips):
+    out = arr
+    for ax, f in enumerate(flips):
+        if f:
+            out = np.flip(out, axis=ax)
+    return np.ascontiguousarray(np.transpose(out, np.argsort(perm)))
