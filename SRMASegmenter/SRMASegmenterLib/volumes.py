@@ -53,13 +53,32 @@ def check_array(arr: np.ndarray, what: str = "volume") -> np.ndarray:
     return arr
 
 
+def _read_nifti_nibabel(p: Path):
+    """NIfTI without SimpleITK (e.g. on a bare GPU machine): RAS affine -> LPS geometry, kji array."""
+    import nibabel as nib
+
+    img = nib.load(str(p))
+    aff = np.asarray(img.affine, dtype=float)
+    lps = np.diag([-1.0, -1.0, 1.0]) @ aff[:3, :3]
+    spacing = np.linalg.norm(lps, axis=0)
+    arr = np.asanyarray(img.dataobj)
+    if arr.ndim != 3:
+        raise VolumeError(f"{p.name} is {arr.ndim}D; a 3D volume is needed")
+    origin = np.diag([-1.0, -1.0, 1.0]) @ aff[:3, 3]
+    return np.ascontiguousarray(arr.transpose(2, 1, 0)), Geometry(tuple(spacing), tuple(origin), lps / spacing)
+
+
 def read_volume(path: os.PathLike):
     """NIfTI, NRRD, MHA, or a DICOM series folder -> (array kji, Geometry)."""
-    import SimpleITK as sitk
-
     p = Path(path)
     if not p.exists():
         raise VolumeError(f"input not found: {p}")
+    try:
+        import SimpleITK as sitk
+    except ImportError:
+        if p.name.endswith((".nii", ".nii.gz")):
+            return _read_nifti_nibabel(p)
+        raise
     try:
         if p.is_dir():
             r = sitk.ImageSeriesReader()

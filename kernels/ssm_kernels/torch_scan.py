@@ -69,7 +69,7 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
 
 
 def _scan_block(u, delta, A, B, C, D, with_state):
-    """u, delta: (batch, G, dpg, L); A: (G, dpg, N); B, C: (batch, G, N, L) -> y, last."""
+    """u, delta: (batch, G, dpg, L); A: (G, dpg, N); B, C: (batch, G, N, L) -> y, last (autograd path)."""
     dA = torch.exp(delta.unsqueeze(-2) * A.unsqueeze(0).unsqueeze(-1))  # (b, g, dpg, N, L)
     bx = (delta * u).unsqueeze(-2) * B.unsqueeze(2)
     h, last = linear_scan(dA, bx)
@@ -77,6 +77,98 @@ def _scan_block(u, delta, A, B, C, D, with_state):
     if D is not None:
         y = y + D.unsqueeze(0).unsqueeze(-1) * u
     return y, (last if with_state else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# inference path: no autograd, in place, cache-sized channel blocks, recursive chunking
+_T = 16            # steps per chunk at every level of the recursion
+_CACHE_ELEMS = 1 << 20  # elements per (T, ..., nc) buffer of one block: ~2 MB, a few of them fit in L3
+
+
+def _scan_steps_(a, b):
+    """In place on the (T, ..., nc) layout: b <- local states, a <- cumulative decays, per chunk."""
+    for t in range(1, a.shape[0]):
+        b[t].addcmul_(a[t], b[t - 1])
+        a[t].mul_(a[t - 1])
+
+
+def _scan_last_(a, b):
+    """h_t = a_t h_{t-1} + b_t along the last dim, h_{-1} = 0; consumes a and b, returns h."""
+    L = a.shape[-1]
+    if L <= _T:
+        for t in range(1, L):
+            b[..., t].addcmul_(a[..., t], b[..., t - 1])
+        return b
+    nc = (L + _T - 1) // _T
+    pad = nc * _T - L
+    if pad:
+        a = F.pad(a, (0, pad), value=1.0)
+        b = F.pad(b, (0, pad), value=0.0)
+    lead = a.shape[:-1]
+    aT = a.reshape(*lead, nc, _T).movedim(-1, 0).contiguous()
+    bT = b.reshape(*lead, nc, _T).movedim(-1, 0).contiguous()
+    h = _scan_T_(aT, bT)
+    return h.movedim(0, -1).reshape(*lead, nc * _T)[..., :L]
+
+
+def _scan_T_(aT, bT):
+    """Chunked scan on the (T, ..., nc) layout (step t of every chunk contiguous); returns h there."""
+    _scan_steps_(aT, bT)
+    carry = _scan_last_(aT[-1].clone(), bT[-1].clone())  # state after each chunk
+    hin = torch.zeros_like(carry)
+    hin[..., 1:] = carry[..., :-1]
+    return bT.addcmul_(aT, hin.unsqueeze(0))
+
+
+def _softplus_(x):
+    """Stable softplus in place: max(x, 0) + log1p(exp(-|x|))."""
+    t = x.abs().neg_().exp_().log1p_()
+    return x.clamp_(min=0).add_(t)
+
+
+def _scan_inference(u, delta, A, B, C, D, bias, softplus, out, last):
+    """No-grad selective scan, block by block. u, delta: (batch, dim, L); B, C: (batch, G, N, L)."""
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    G = B.shape[1]
+    dpg = dim // G
+    T = _T
+    nc = (L + T - 1) // T
+    pad = nc * T - L
+    cb = max(1, min(dpg, _CACHE_ELEMS // max(1, N * nc * T)))
+    cd = out.dtype
+
+    def tlayout(x, fill):  # (..., L) -> (T, ..., nc), contiguous
+        if pad:
+            x = F.pad(x, (0, pad), value=fill)
+        return x.reshape(*x.shape[:-1], nc, T).movedim(-1, 0)
+
+    for b in range(batch):
+        for g in range(G):
+            BT = tlayout(B[b, g].to(cd), 0.0).unsqueeze(1)   # (T, 1, N, nc)
+            CT = tlayout(C[b, g].to(cd), 0.0).unsqueeze(1)
+            for s in range(g * dpg, (g + 1) * dpg, cb):
+                e = min(s + cb, (g + 1) * dpg)
+                uT = torch.empty(T, e - s, nc, dtype=cd, device=u.device)
+                uT.copy_(tlayout(u[b, s:e], 0.0))
+                dT = torch.empty(T, e - s, nc, dtype=cd, device=u.device)
+                dT.copy_(tlayout(delta[b, s:e], 0.0))
+                if bias is not None:
+                    dT.add_(bias[s:e].to(cd)[None, :, None])
+                if softplus:
+                    _softplus_(dT)
+                aT = torch.exp(dT.unsqueeze(2) * A[s:e].to(cd)[None, :, :, None])  # (T, c, N, nc)
+                if pad:  # padded steps (only in the last chunk) must carry the state unchanged
+                    aT[L - (nc - 1) * T:, :, :, -1] = 1.0
+                bT = dT.mul_(uT).unsqueeze(2) * BT                                   # (T, c, N, nc)
+                h = _scan_T_(aT, bT)
+                if last is not None:
+                    lt, lc = (L - 1) % T, (L - 1) // T
+                    last[b, s:e] = h[lt, :, :, lc]
+                y = h.mul_(CT).sum(2) if N > 1 else h.mul_(CT).squeeze(2)           # (T, c, nc)
+                if D is not None:
+                    y.addcmul_(uT, D[s:e].to(cd)[None, :, None])
+                out[b, s:e] = y.movedim(0, -1).reshape(e - s, nc * T)[:, :L]
 
 
 def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -92,6 +184,20 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
         C = C.unsqueeze(1)
     G = B.shape[1]
     dpg = dim // G
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
+    if not needs_grad and L > 0:
+        Bg = B if B.dim() == 4 else B.unsqueeze(1)
+        Cg = C if C.dim() == 4 else C.unsqueeze(1)
+        y = torch.empty(batch, dim, L, dtype=cd, device=u.device)
+        last = torch.empty(batch, dim, N, dtype=cd, device=u.device) if return_last_state else None
+        _scan_inference(u, delta, A, Bg, Cg, D, delta_bias, delta_softplus, y, last)
+        if z is not None:
+            y.mul_(F.silu(z.to(cd)))
+        y = y.to(out_dtype)
+        if return_last_state:
+            return y, last.float() if cd == torch.float32 else last
+        return y
     uf = u.to(cd).view(batch, G, dpg, L)
     df = delta.to(cd)
     if delta_bias is not None:
@@ -102,8 +208,6 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     Af = A.to(cd).view(G, dpg, N)
     Bf, Cf = B.to(cd), C.to(cd)
     Df = D.to(cd).view(G, dpg) if D is not None else None
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias))
     step = dpg if needs_grad else max(1, min(dpg, _BLOCK_ELEMS // max(1, batch * G * N * L)))
     if step >= dpg:
         y, last = _scan_block(uf, df, Af, Bf, Cf, Df, return_last_state)

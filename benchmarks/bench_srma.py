@@ -1,0 +1,126 @@
+"""SRMA-Mamba speed and memory: forward per 224x224x64 patch (fp32, bf16), training step at batch 2,
+peak GPU memory, a whole 256x256x40 volume through the inference path, and the CPU forward.
+
+    python benchmarks/bench_srma.py --json srma.json          # on the GPU machine
+    python benchmarks/bench_srma.py --cpu --threads 2          # CPU forward per patch
+
+Weights are random (speed does not depend on them); the published code's figures for comparison are
+in docs/BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from SRMASegmenterLib.inference import InferenceConfig, LiverSegmenter
+from SRMASegmenterLib.model import SRMAMamba
+from SRMASegmenterLib.volumes import TRAIN_DIRECTION, Geometry
+
+
+def cuda_time(fn, reps=20, warmup=5):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        ts.append(s.elapsed_time(e))
+    return statistics.median(ts)
+
+
+def gpu(args):
+    dev = torch.device("cuda")
+    res = dict(device=torch.cuda.get_device_name())
+    model = SRMAMamba().to(dev).eval()
+    x = torch.randn(1, 1, 224, 224, 64, device=dev)
+    with torch.inference_mode():
+        torch.cuda.reset_peak_memory_stats()
+        res["fwd_fp32_ms"] = cuda_time(lambda: model(x))
+        res["fwd_fp32_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            torch.cuda.reset_peak_memory_stats()
+            res["fwd_bf16_ms"] = cuda_time(lambda: model(x))
+            res["fwd_bf16_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        ref = model(x)[0].float()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            lo = model(x)[0].float()
+        res["bf16_vs_fp32_rel_err"] = float((lo - ref).norm() / ref.norm())
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    xb = torch.randn(2, 1, 224, 224, 64, device=dev)
+    yb = (torch.rand(2, 1, 224, 224, 64, device=dev) > 0.5).float()
+    for name, dt in (("bf16", torch.bfloat16), ("fp32", None)):
+        def step():
+            with torch.autocast("cuda", dtype=dt or torch.float32, enabled=dt is not None):
+                outs = model(xb)
+            loss = sum(torch.nn.functional.binary_cross_entropy_with_logits(o.float(), yb) for o in outs)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        torch.cuda.reset_peak_memory_stats()
+        res[f"train_step_b2_{name}_ms"] = cuda_time(step, reps=10, warmup=3)
+        res[f"train_step_b2_{name}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    model.eval()
+    seg = LiverSegmenter(model, dev, "random", InferenceConfig(roi_size=(224, 224, 64)))
+    vol = np.random.default_rng(0).normal(size=(40, 256, 256)).astype(np.float32)
+    geom = Geometry((1.25, 1.25, 7.7), (0, 0, 0), TRAIN_DIRECTION)
+    for amp in (False, True):
+        seg.config.amp = amp
+        seg.predict(vol, geom)
+        ts = []
+        for _ in range(5):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            seg.predict(vol, geom)
+            torch.cuda.synchronize()
+            ts.append(time.perf_counter() - t0)
+        res[f"volume_256x256x40_{'bf16' if amp else 'fp32'}_ms"] = statistics.median(ts) * 1e3
+    # the model alone on the whole volume padded to 256x256x48 (one window), as a lower bound
+    xv = torch.randn(1, 1, 256, 256, 48, device=dev)
+    with torch.inference_mode():
+        res["whole_volume_one_window_fp32_ms"] = cuda_time(lambda: model(xv), reps=10)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            res["whole_volume_one_window_bf16_ms"] = cuda_time(lambda: model(xv), reps=10)
+    return res
+
+
+def cpu(args):
+    torch.set_num_threads(args.threads)
+    model = SRMAMamba().eval()
+    x = torch.randn(1, 1, 224, 224, 64)
+    ts = []
+    with torch.inference_mode():
+        for _ in range(args.reps):
+            t0 = time.perf_counter()
+            model(x)
+            ts.append(time.perf_counter() - t0)
+    res = dict(cpu_threads=args.threads, fwd_patch_cpu_s=statistics.median(ts))
+    seg = LiverSegmenter(model, torch.device("cpu"), "random")
+    vol = np.random.default_rng(0).normal(size=(40, 256, 256)).astype(np.float32)
+    t0 = time.perf_counter()
+    seg.predict(vol, Geometry((1.25, 1.25, 7.7), (0, 0, 0), TRAIN_DIRECTION))
+    res["volume_256x256x40_cpu_s"] = time.perf_counter() - t0
+    return res
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--cpu", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--json")
+    a = p.parse_args()
+    r = cpu(a) if a.cpu else gpu(a)
+    for k, v in r.items():
+        print(f"{k:<36} {v:.3f}" if isinstance(v, float) else f"{k:<36} {v}")
+    if a.json:
+        json.dump(r, open(a.json, "w"), indent=1)

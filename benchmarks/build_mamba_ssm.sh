@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Build mamba_ssm's CUDA selective scan (the peer in kernels/benchmarks/bench_scan.py) from its source
+# distribution, for sm_90 (H100/H200) only so the build takes minutes, not an hour.
+#   here:   MAMBA_SKIP_CUDA_BUILD=TRUE pip download mamba-ssm==2.3.2.post1 --no-deps --no-build-isolation --no-binary :all: -d .whl
+#   GPU:    bash benchmarks/build_mamba_ssm.sh .whl/mamba_ssm-2.3.2.post1.tar.gz /tmp/mb
+#           export PYTHONPATH=$PYTHONPATH:$(ls -d /tmp/mb/mamba_ssm-*)
+set -euo pipefail
+tarball=${1:?path to mamba_ssm sdist}
+dest=${2:-/tmp/mamba_build}
+mkdir -p "$dest"
+tar xzf "$tarball" -C "$dest"
+cd "$dest"/mamba_ssm-*/
+python3 - <<'PY'
+import re
+s = open("setup.py").read()
+s = re.sub(r'cc_flag\.append\("-gencode"\)\n\s*cc_flag\.append\("arch=compute_(?!90,)\d+,code=sm_\d+"\)\n', "", s)
+open("setup.py", "w").write(s)
+PY
+grep -c 'compute_90' setup.py
+MAMBA_FORCE_BUILD=TRUE MAX_JOBS=${MAX_JOBS:-16} python3 setup.py build_ext --inplace
