@@ -13,7 +13,8 @@ cd "$dest"/mamba_ssm-*/
 python3 - <<'PY'
 import re
 s = open("setup.py").read()
-s = re.sub(r'cc_flag\.append\("-gencode"\)\n\s*cc_flag\.append\("arch=compute_(?!90,)\d+,code=sm_\d+"\)\n', "", s)
+# drop every other architecture: its "-gencode" was just appended, so pop it back off
+s = re.sub(r'cc_flag\.append\("arch=compute_(?!90,)\d+,code=sm_\d+"\)', "cc_flag.pop()", s)
 open("setup.py", "w").write(s)
 PY
 grep -c 'compute_90' setup.py

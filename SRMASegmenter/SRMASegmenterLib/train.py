@@ -30,6 +30,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs/srma")
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--max-minutes", type=float, default=0, help="stop (and checkpoint) after this long")
+    p.add_argument("--fit-epochs-to-time", action="store_true",
+                   help="with --max-minutes: after the first epoch, set --epochs to what fits, so the cosine "
+                        "schedule ends when time does")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--samples-per-volume", type=int, default=2)
     p.add_argument("--patch", type=int, nargs=3, default=[224, 224, 64])
@@ -42,6 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--dims", type=int, default=48)
     p.add_argument("--resume", help="checkpoint to resume from (default: OUT/last.pt if present)")
+    p.add_argument("--init", help="start from these weights (model folder, .safetensors or .pth); fresh optimizer")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
@@ -117,6 +121,7 @@ def main(argv=None):
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     else:
         device = resolve_device(args.device)
+    torch.backends.cudnn.benchmark = True
     torch.manual_seed(args.seed + rank)
     np.random.seed(args.seed + rank)
     out = Path(args.out)
@@ -147,10 +152,11 @@ def main(argv=None):
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
     steps_per_epoch = len(loader)
-    total = args.epochs * steps_per_epoch
+    total = [args.epochs * steps_per_epoch]
     warm = args.warmup_epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / max(1, warm) if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+        opt, lambda s: (s + 1) / max(1, warm) if s < warm
+        else 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warm) / max(1, total[0] - warm)))))
     amp_dtype = None
     if device.type == "cuda" and args.amp != "off":
         amp_dtype = torch.float16 if args.amp == "fp16" else torch.bfloat16
@@ -167,6 +173,11 @@ def main(argv=None):
         start_epoch, best, history = ck["epoch"] + 1, ck["best"], ck["history"]
         if rank == 0:
             print(f"resumed from {resume} at epoch {start_epoch}", flush=True)
+    if args.init and not resume:
+        from slicer_ai_common.weights import load_into, load_weights_file
+        load_into(model, load_weights_file(args.init)[0])
+        if rank == 0:
+            print(f"initialised from {args.init}", flush=True)
     net = model
     if ddp:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
@@ -175,8 +186,9 @@ def main(argv=None):
                 data=str(args.data), command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
                 config=cfg.to_dict(), args=vars(args))
     t_start = time.time()
-    epoch = start_epoch
-    for epoch in range(start_epoch, args.epochs):
+    epoch = start_epoch - 1
+    while epoch + 1 < args.epochs:  # args.epochs may shrink after the first epoch (--fit-epochs-to-time)
+        epoch += 1
         if sampler is not None:
             sampler.set_epoch(epoch)
         net.train()
@@ -195,7 +207,7 @@ def main(argv=None):
             scaler.step(opt)
             scaler.update()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
         row = dict(epoch=epoch + 1, loss=float(np.mean(losses)), lr=sched.get_last_lr()[0],
                    minutes=(time.time() - t_start) / 60)
@@ -213,6 +225,14 @@ def main(argv=None):
         elif rank == 0:
             print(f"epoch {epoch + 1}: loss {row['loss']:.4f}", flush=True)
         history.append(row)
+        if args.fit_epochs_to_time and args.max_minutes and epoch == start_epoch:
+            per_epoch = (time.time() - t_start) / 60
+            fit = int((args.max_minutes - per_epoch) / (per_epoch * (1 + 0.6 / args.val_every))) + 1
+            args.epochs = max(start_epoch + 2, min(args.epochs, start_epoch + fit))
+            total[0] = args.epochs * steps_per_epoch
+            meta["args"]["epochs"] = args.epochs
+            if rank == 0:
+                print(f"first epoch took {per_epoch:.2f} min: training for {args.epochs} epochs", flush=True)
         if rank == 0:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                         "epoch": epoch, "best": best, "history": history, "meta": meta}, out / "last.pt")

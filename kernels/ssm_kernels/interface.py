@@ -137,13 +137,19 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
                              bool(return_last_state), bool(output_fp32), None)
 
 
-def cross_selective_scan(x, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *, backend=None):
+def _fused_default() -> bool:
+    return os.environ.get("SSM_KERNELS_FUSED_CROSS", "1") not in ("0", "")
+
+
+def cross_selective_scan(x, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *, backend=None,
+                         fused=None):
     """VMamba's four-direction SS2D scan, fused: scan (row-major, column-major, both reversed), merge.
 
     x: (batch, dim, H, W); delta: (batch, 4, dim, H, W); B, C: (batch, 4, N, H, W), all in the map's
     row-major layout (direction k's sequence is read through an index transform, not copied);
     A: (4*dim, N); D, delta_bias: (4*dim,). Returns float32 (batch, dim, H, W), the sum over the four
     directions, each put back in row-major order. Equals cross_merge(scan(cross_scan(x), ...)).
+    fused=False (or SSM_KERNELS_FUSED_CROSS=0) materialises the four sequences instead (for comparison).
     """
     _check("x", x, ndim=4, contiguous=True)
     b, d, h, w = x.shape
@@ -160,13 +166,14 @@ def cross_selective_scan(x, delta, A, B, C, D=None, delta_bias=None, delta_softp
     if delta_bias is not None:
         _check("delta_bias", delta_bias, shape=(4 * d,), device=x.device)
     backend = resolve_backend(backend, x.device)
-    if backend == "triton":
+    fused = _fused_default() if fused is None else fused
+    if backend == "triton" and fused:
         y = _TritonScan.apply(x.view(b, d, L), delta.view(b, 4 * d, L), A.contiguous(), B.view(b, 4, N, L),
                               C.view(b, 4, N, L), None if D is None else D.contiguous(), None,
                               None if delta_bias is None else delta_bias.contiguous(), bool(delta_softplus),
                               False, True, (h, w))
         return y.view(b, d, h, w)
-    # torch / ref: materialise the four sequences, scan, merge
+    # torch / ref / unfused triton: materialise the four sequences, scan, merge
     xs = cross_scan(x).reshape(b, 4 * d, L)
     ds = torch.stack([cross_scan(delta[:, i])[:, i] for i in range(4)], 1).reshape(b, 4 * d, L)
     Bs = torch.stack([cross_scan(B[:, i])[:, i] for i in range(4)], 1).contiguous()

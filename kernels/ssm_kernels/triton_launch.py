@@ -23,12 +23,16 @@ def _pow2_divisor(n: int, cap: int) -> int:
     return b
 
 
-def _blocks(dim, dpg, N, cross):
+def _blocks(dim, dpg, N, cross, L):
+    """Block sizes: few channels per program (many programs in flight: the scan over L is serial within
+    one), long tiles along L. Overridable through SSM_BLOCK_D / SSM_BLOCK_L / SSM_NUM_WARPS for tuning."""
     bn = triton.next_power_of_2(max(N, 1))
-    cap = int(os.environ.get("SSM_BLOCK_D", 0)) or (32 if bn <= 2 else (16 if bn <= 4 else 4))
+    cap = int(os.environ.get("SSM_BLOCK_D", 0)) or (2 if bn <= 2 else 1)  # from kernels/benchmarks/sweep_scan.py on an H100
     bd = min(cap, triton.next_power_of_2(dim)) if cross else _pow2_divisor(dpg, cap)
-    bl = int(os.environ.get("SSM_BLOCK_L", 0)) or (64 if bn <= 4 else 32)
-    return bd, bn, bl
+    bl = int(os.environ.get("SSM_BLOCK_L", 0)) or (1024 if bn <= 2 else (256 if bn <= 4 else 128))
+    bl = max(16, min(bl, triton.next_power_of_2(max(L, 1))))
+    nw = int(os.environ.get("SSM_NUM_WARPS", 0)) or 4
+    return bd, bn, bl, nw
 
 
 def forward(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save):
@@ -41,24 +45,25 @@ def forward(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save):
     G = B.shape[1]
     dpg = dim if cross else dim // G
     H, W = hw if cross else (1, L)
-    bd, bn, bl = _blocks(dim, dpg, N, cross)
+    bd, bn, bl, nw = _blocks(dim, dpg, N, cross, L)
     n_chunks = max(1, triton.cdiv(L, bl))
-    out = _empty(batch, dim, L, device=u.device, dtype=torch.float32 if cross else out_dtype)
+    out = (torch.zeros(batch, dim, L, device=u.device, dtype=torch.float32) if cross
+           else _empty(batch, dim, L, device=u.device, dtype=out_dtype))
     last = _empty(batch, K * dim, N, device=u.device, dtype=torch.float32)
     hsave = (_empty(batch, K * dim, N, n_chunks, device=u.device, dtype=torch.float32) if save
              else torch.empty(0, device=u.device))
-    grid = (batch, triton.cdiv(dim, bd))
+    grid = (batch, triton.cdiv(dim, bd), K)
     dummy = u
     _scan_fwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
         delta_bias if delta_bias is not None else dummy, out, last, hsave,
         dim, L, H, W, N, dpg, n_chunks, G,
         K=K, CROSS=cross, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=softplus, SAVE=save, STORE_LAST=True, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl,
+        SOFTPLUS=softplus, SAVE=save, STORE_LAST=True, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, num_warps=nw,
     )
     if out.dtype != out_dtype:
         out = out.to(out_dtype)
-    meta = dict(bd=bd, bn=bn, bl=bl, n_chunks=n_chunks, G=G, grouped_input=True)
+    meta = dict(bd=bd, bn=bn, bl=bl, nw=nw, n_chunks=n_chunks, G=G, grouped_input=True)
     return out, last, hsave, meta
 
 
@@ -72,36 +77,30 @@ def backward(u, delta, A, B, C, D, z, delta_bias, hsave, dout, softplus, hw, met
     G = Bg.shape[1]
     dpg = dim if cross else dim // G
     H, W = hw if cross else (1, L)
-    bd, bn, bl, n_chunks = meta["bd"], meta["bn"], meta["bl"], meta["n_chunks"]
+    bd, bn, bl, nw, n_chunks = meta["bd"], meta["bn"], meta["bl"], meta["nw"], meta["n_chunks"]
     nblk = triton.cdiv(dim, bd)
     dev = u.device
     f32 = torch.float32
-    du = _empty(batch, dim, L, device=dev, dtype=f32)
+    du = torch.zeros(batch, dim, L, device=dev, dtype=f32) if cross else _empty(batch, dim, L, device=dev, dtype=f32)
     ddelta = _empty(batch, K * dim, L, device=dev, dtype=f32)
     dA = _empty(batch, K * dim, N, device=dev, dtype=f32)
-    dBp = _empty(batch, nblk, K, N, L, device=dev, dtype=f32)
-    dCp = _empty(batch, nblk, K, N, L, device=dev, dtype=f32)
+    dB = torch.zeros(batch, G, N, L, device=dev, dtype=f32)  # summed over channel blocks with atomics
+    dC = torch.zeros(batch, G, N, L, device=dev, dtype=f32)
     dD = _empty(batch, K * dim, device=dev, dtype=f32) if D is not None else None
     dz = _empty(batch, dim, L, device=dev, dtype=f32) if z is not None else None
     dbias = _empty(batch, K * dim, device=dev, dtype=f32) if delta_bias is not None else None
     dummy = du
-    _scan_bwd_kernel[(batch, nblk)](
+    _scan_bwd_kernel[(batch, nblk, K)](
         u, delta, A, Bg, Cg, D if D is not None else dummy, z if z is not None else dummy,
         delta_bias if delta_bias is not None else dummy, dout, hsave,
-        du, ddelta, dA, dBp, dCp, dD if dD is not None else dummy, dz if dz is not None else dummy,
+        du, ddelta, dA, dB, dC, dD if dD is not None else dummy, dz if dz is not None else dummy,
         dbias if dbias is not None else dummy,
-        dim, L, H, W, N, dpg, n_chunks, G, nblk,
+        dim, L, H, W, N, dpg, n_chunks, G,
         K=K, CROSS=cross, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=softplus, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl,
+        SOFTPLUS=softplus, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, num_warps=nw,
     )
-    if cross:
-        dB = dBp.sum(1)  # (batch, 4, N, L)
-        dC = dCp.sum(1)
-    else:
-        dB = dBp.view(batch, G, nblk // G, N, L).sum(2)
-        dC = dCp.view(batch, G, nblk // G, N, L).sum(2)
-        if ungrouped:
-            dB, dC = dB[:, 0], dC[:, 0]
+    if ungrouped:
+        dB, dC = dB[:, 0], dC[:, 0]
     return (du.to(u.dtype), ddelta.to(delta.dtype), dA.sum(0).to(A.dtype), dB.to(B.dtype).view(B.shape),
             dC.to(C.dtype).view(C.shape), None if dD is None else dD.sum(0).to(D.dtype),
             None if dz is None else dz.to(z.dtype),

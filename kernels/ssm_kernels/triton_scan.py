@@ -7,8 +7,9 @@ saved by the forward (batch x channels x N x tiles floats) and runs the adjoint 
 g_t = a_{t+1} g_{t+1} + C_t dy_t as a reverse scan, walking the tiles from the end.
 
 With CROSS=True the same kernels run the four VMamba directions over a (H, W) map stored row-major:
-direction k reads sequence step t at position pos_k(t) (row-major, column-major, both reversed) and
-the program sums the four outputs back in place, so no cross-scanned copy is ever materialised.
+direction k (the grid's third axis) reads sequence step t at position pos_k(t) (row-major,
+column-major, both reversed) and adds its output into the map with atomics, so no cross-scanned copy
+is ever materialised. Gradients of B and C, shared by a group of channels, are summed the same way.
 
 The kernels also run on CPU tensors under TRITON_INTERPRET=1 (used by the CI tests).
 """
@@ -24,12 +25,11 @@ def _combine(a1, b1, a2, b2):
 
 
 @triton.jit
-def _seq_pos(t, k: tl.constexpr, L, H, W, CROSS: tl.constexpr):
+def _seq_pos(t, k, L, H, W, CROSS: tl.constexpr):
+    """Position in the row-major (H, W) map of step t of direction k (identity unless CROSS)."""
     if CROSS:
-        if k >= 2:
-            t = L - 1 - t
-        if k % 2 == 1:
-            t = (t % H) * W + t // H
+        t = tl.where(k >= 2, L - 1 - t, t)
+        t = tl.where(k % 2 == 1, (t % H) * W + t // H, t)
     return t
 
 
@@ -56,7 +56,8 @@ def _scan_fwd_kernel(
     offs_l = tl.arange(0, BLOCK_L)
     mask_dn = mask_d[:, None] & mask_n[None, :]
     u_base = u_ptr + pid_b.to(tl.int64) * dim * L + offs_d[:, None].to(tl.int64) * L
-    for k in tl.static_range(K):
+    k = tl.program_id(2)
+    if True:
         vch = k * dim + offs_d
         if CROSS:
             grp = k
@@ -101,20 +102,19 @@ def _scan_fwd_kernel(
                              mask=m2, other=0.0).to(tl.float32)
                 y = y * zz * tl.sigmoid(zz)
             h = tl.sum(tl.where((offs_l == BLOCK_L - 1)[None, None, :], hs, 0.0), axis=2)
-            if k > 0:
-                y += tl.load(o_base + pos[None, :], mask=m2, other=0.0).to(tl.float32)
-            tl.store(o_base + pos[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)
+            if CROSS:  # four directions add into one map (zero-initialised, float32)
+                tl.atomic_add(o_base + pos[None, :], y, mask=m2, sem="relaxed")
+            else:
+                tl.store(o_base + pos[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)
         if STORE_LAST:
             tl.store(last_ptr + (pid_b.to(tl.int64) * K * dim + vch[:, None]) * N + offs_n[None, :], h, mask=mask_dn)
-        if K > 1:
-            tl.debug_barrier()
 
 
 @triton.jit
 def _scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, hsave_ptr,
     du_ptr, ddelta_ptr, dA_ptr, dBp_ptr, dCp_ptr, dD_ptr, dz_ptr, dbias_ptr,
-    dim, L, H, W, N, dpg, n_chunks, n_bc_groups, n_dblocks,
+    dim, L, H, W, N, dpg, n_chunks, n_bc_groups,
     K: tl.constexpr, CROSS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
@@ -128,7 +128,8 @@ def _scan_bwd_kernel(
     offs_l = tl.arange(0, BLOCK_L)
     mask_dn = mask_d[:, None] & mask_n[None, :]
     row = pid_b.to(tl.int64) * dim * L + offs_d[:, None].to(tl.int64) * L
-    for k in tl.static_range(K):
+    k = tl.program_id(2)
+    if True:
         vch = k * dim + offs_d
         if CROSS:
             grp = k
@@ -141,7 +142,6 @@ def _scan_bwd_kernel(
             bias = tl.load(bias_ptr + vch, mask=mask_d, other=0.0).to(tl.float32)
         drow = pid_b.to(tl.int64) * K * dim * L + vch[:, None].to(tl.int64) * L
         bc_off = (pid_b.to(tl.int64) * n_bc_groups + grp) * N * L + offs_n[:, None] * L
-        part_off = ((pid_b.to(tl.int64) * n_dblocks + pid_d) * K + k) * N * L + offs_n[:, None] * L
         g = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
         dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
         dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -211,18 +211,18 @@ def _scan_bwd_kernel(
             ddt = tl.where(m2, ddt, 0.0)
             dbias_acc += tl.sum(ddt, axis=1)
             tl.store(ddelta_ptr + drow + pos[None, :], ddt, mask=m2)
-            if k > 0:
-                duv += tl.load(du_ptr + row + pos[None, :], mask=m2, other=0.0)
-            tl.store(du_ptr + row + pos[None, :], duv, mask=m2)
+            if CROSS:
+                tl.atomic_add(du_ptr + row + pos[None, :], duv, mask=m2, sem="relaxed")
+            else:
+                tl.store(du_ptr + row + pos[None, :], duv, mask=m2)
+            # B and C are shared by the channels of a group: sum this block's share in (zeroed) float32
             dBv = tl.sum(gs * (dt * u)[:, None, :], axis=0)
             dCv = tl.sum(hs * dy[:, None, :], axis=0)
-            tl.store(dBp_ptr + part_off + pos[None, :], dBv, mask=mnt)
-            tl.store(dCp_ptr + part_off + pos[None, :], dCv, mask=mnt)
+            tl.atomic_add(dBp_ptr + bc_off + pos[None, :], dBv, mask=mnt, sem="relaxed")
+            tl.atomic_add(dCp_ptr + bc_off + pos[None, :], dCv, mask=mnt, sem="relaxed")
             g = tl.sum(tl.where((offs_l == 0)[None, None, :], gs, 0.0), axis=2)
         tl.store(dA_ptr + (pid_b.to(tl.int64) * K * dim + vch[:, None]) * N + offs_n[None, :], dA_acc, mask=mask_dn)
         if HAS_D:
             tl.store(dD_ptr + pid_b.to(tl.int64) * K * dim + vch, dD_acc, mask=mask_d)
         if HAS_BIAS:
             tl.store(dbias_ptr + pid_b.to(tl.int64) * K * dim + vch, dbias_acc, mask=mask_d)
-        if K > 1:
-            tl.debug_barrier()
