@@ -193,7 +193,7 @@ def main(argv=None):
             sampler.set_epoch(epoch)
         net.train()
         losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0, leave=False)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0 or not sys.stderr.isatty(), leave=False)
         for batch in bar:
             x = batch["image"].to(device, non_blocking=True)
             y = batch["label"].to(device, non_blocking=True).float()
