@@ -225,14 +225,15 @@ def main(argv=None):
         elif rank == 0:
             print(f"epoch {epoch + 1}: loss {row['loss']:.4f}", flush=True)
         history.append(row)
-        if args.fit_epochs_to_time and args.max_minutes and epoch == start_epoch:
-            per_epoch = (time.time() - t_start) / 60
-            fit = int((args.max_minutes - per_epoch) / (per_epoch * (1 + 0.6 / args.val_every))) + 1
-            args.epochs = max(start_epoch + 2, min(args.epochs, start_epoch + fit))
+        if args.fit_epochs_to_time and args.max_minutes and epoch == start_epoch + 1:
+            # the second epoch's time (the first one includes kernel compilation and cudnn autotuning)
+            per_epoch = row["minutes"] - history[-2]["minutes"]
+            fit = int((args.max_minutes - row["minutes"]) / (per_epoch * (1 + 0.6 / args.val_every))) + 1
+            args.epochs = max(epoch + 2, min(args.epochs, epoch + 1 + fit))
             total[0] = args.epochs * steps_per_epoch
             meta["args"]["epochs"] = args.epochs
             if rank == 0:
-                print(f"first epoch took {per_epoch:.2f} min: training for {args.epochs} epochs", flush=True)
+                print(f"an epoch takes {per_epoch:.2f} min: training for {args.epochs} epochs", flush=True)
         if rank == 0:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                         "epoch": epoch, "best": best, "history": history, "meta": meta}, out / "last.pt")
