@@ -68,6 +68,31 @@ def _read_nifti_nibabel(p: Path):
     return np.ascontiguousarray(arr.transpose(2, 1, 0)), Geometry(tuple(spacing), tuple(origin), lps / spacing)
 
 
+def _check_complete(p: Path, img):
+    """ITK can return a truncated NIfTI/NRRD silently (zeros past the cut): check the bytes are all there."""
+    import gzip
+
+    name = p.name.lower()
+    need = img.GetNumberOfPixels() * img.GetNumberOfComponentsPerPixel() * img.GetSizeOfPixelComponent()
+    if name.endswith(".nii.gz"):
+        n = 0
+        try:
+            with gzip.open(p, "rb") as f:
+                while True:
+                    b = f.read(1 << 20)
+                    if not b:
+                        break
+                    n += len(b)
+        except (EOFError, OSError) as e:
+            raise VolumeError(f"could not read {p.name}: the file is truncated or corrupt ({e})") from e
+    elif name.endswith(".nii"):
+        n = p.stat().st_size
+    else:
+        return
+    if n < need:
+        raise VolumeError(f"could not read {p.name}: the file is truncated ({n} bytes of data, {need} needed)")
+
+
 def read_volume(path: os.PathLike):
     """NIfTI, NRRD, MHA, or a DICOM series folder -> (array kji, Geometry)."""
     p = Path(path)
@@ -89,6 +114,7 @@ def read_volume(path: os.PathLike):
             img = r.Execute()
         else:
             img = sitk.ReadImage(str(p))
+            _check_complete(p, img)
     except VolumeError:
         raise
     except Exception as e:  # truncated / not an image

@@ -1,0 +1,252 @@
+"""SRMASegmenter: one-click liver segmentation of MRI volumes with SRMA-Mamba.
+
+Thin module file: GUI wiring, parameter node, progress/cancel. The work is done by
+SRMASegmenterLogic (MRML only) over SRMASegmenterLib (model, inference; plain Python).
+"""
+import logging
+import os
+from typing import Annotated, Optional
+
+import qt
+import slicer
+import vtk
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from MRMLCorePython import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode  # noqa: F401
+
+
+class SRMASegmenter(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("SRMA Liver Segmenter")
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["Slicer liver and ultrasound AI team"]
+        self.parent.helpText = _(
+            "Segments the liver in an MRI volume with SRMA-Mamba (Zeng et al., arXiv 2508.12410). "
+            "Select a scalar volume and click <b>Segment Liver</b>: the result is an editable 'Liver' segment and a "
+            "table with its volume. Decision support, not a diagnosis: review and edit the segment.")
+        self.parent.acknowledgementText = _(
+            "Model architecture by Zeng et al.; shipped weights trained on CHAOS MR T2 (Kavur et al., CC BY-SA 4.0).")
+
+
+def _lib_paths():
+    """Make the plain-Python libraries beside this file importable inside Slicer."""
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    for p in (here, os.path.join(here, "..", "SlicerAICommon"), os.path.join(here, "..", "kernels"),
+              os.path.join(here, "Lib")):
+        p = os.path.normpath(p)
+        if os.path.isdir(p) and p not in sys.path:
+            sys.path.append(p)
+
+
+def ensure_dependencies(ask=True) -> bool:
+    """On first use: find missing packages and install them with the user's consent."""
+    _lib_paths()
+    from slicer_ai_common.dependencies import missing_packages
+    missing = missing_packages()
+    if not missing:
+        return True
+    if ask and not slicer.util.confirmOkCancelDisplay(
+            _("SRMA Liver Segmenter needs these Python packages: ") + ", ".join(missing) +
+            _(". Install them now? (This can take several minutes.)")):
+        return False
+    torch_missing = [m for m in missing if m.startswith("torch")]
+    if torch_missing:
+        try:
+            import PyTorchUtils  # the PyTorch extension picks the right CUDA/CPU build
+            PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
+        except ImportError:
+            slicer.util.pip_install(" ".join(torch_missing))
+    rest = [m for m in missing if not m.startswith("torch")]
+    if rest:
+        slicer.util.pip_install(" ".join(f'"{m}"' for m in rest))
+    return not missing_packages()
+
+
+@parameterNodeWrapper
+class SRMASegmenterParameterNode:
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    referenceSegmentation: vtkMRMLSegmentationNode
+    modality: Annotated[str, Choice(["T2", "T1"])] = "T2"
+    device: Annotated[str, Choice(["auto", "gpu", "cpu"])] = "auto"
+    smoothing: bool = False
+    weightsPath: str = ""
+
+
+class SRMASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._progress = None
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/SRMASegmenter.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = SRMASegmenterModuleLogic()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.cancelButton.enabled = False
+        self.ui.progressBar.hide()
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = first
+
+    def setParameterNode(self, node):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = node
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None):
+        ok = bool(self._parameterNode and self._parameterNode.inputVolume)
+        self.ui.applyButton.enabled = ok and self._progress is None
+        self.ui.applyButton.toolTip = _("Segment the liver") if ok else _("Select an input volume")
+
+    def _onProgress(self, stage, fraction):
+        self.ui.progressBar.value = int(100 * fraction)
+        self.ui.statusLabel.text = stage
+        slicer.app.processEvents()  # keeps Cancel clickable during the run
+
+    def onCancel(self):
+        if self._progress is not None:
+            self._progress.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
+
+    def onApplyButton(self):
+        if not ensure_dependencies():
+            self.ui.statusLabel.text = _("Missing Python packages: not run.")
+            return
+        from slicer_ai_common.progress import Cancelled, Progress
+        p = self._parameterNode
+        self._progress = Progress(self._onProgress)
+        self.ui.applyButton.enabled = False
+        self.ui.cancelButton.enabled = True
+        self.ui.progressBar.show()
+        try:
+            with slicer.util.WaitCursor():
+                res = self.logic.logic().run(
+                    p.inputVolume, output_segmentation=p.outputSegmentation,
+                    reference_segmentation=p.referenceSegmentation, device=p.device,
+                    weights=p.weightsPath or None, smoothing=p.smoothing, modality=p.modality,
+                    progress=self._progress)
+            if p.outputSegmentation is None:
+                p.outputSegmentation = res.segmentation_node
+            self.ui.resultsTableView.setMRMLTableNode(res.table_node)
+            res.segmentation_node.GetDisplayNode().SetVisibility(True)
+            notes = "; ".join(res.info.get("notes", []))
+            self.ui.statusLabel.text = (_("Liver: ") + f"{res.info['volume_ml']:.0f} mL, {res.info['seconds']:.1f} s "
+                                        f"on {res.info['device']}" + (f" ({notes})" if notes else ""))
+        except Cancelled:
+            self.ui.statusLabel.text = _("Cancelled: nothing was added to the scene.")
+        except Exception as e:  # noqa: BLE001 - every failure is shown, the scene is unchanged
+            logging.exception("SRMASegmenter failed")
+            self.ui.statusLabel.text = _("Failed: ") + str(e)
+            slicer.util.errorDisplay(_("Liver segmentation failed: ") + str(e))
+        finally:
+            self._progress = None
+            self.ui.cancelButton.enabled = False
+            self.ui.progressBar.hide()
+            self._checkCanApply()
+
+
+class SRMASegmenterModuleLogic(ScriptedLoadableModuleLogic):
+    """Slicer-side holder of the parameter node and the MRML logic (SRMASegmenterLogic)."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._logic = None
+
+    def getParameterNode(self):
+        return SRMASegmenterParameterNode(super().getParameterNode())
+
+    def logic(self):
+        _lib_paths()
+        if self._logic is None:
+            from SRMASegmenterLogic import SRMASegmenterLogic
+            self._logic = SRMASegmenterLogic(slicer.mrmlScene, slicer.modules.segmentations.logic())
+        return self._logic
+
+
+class SRMASegmenterTest(ScriptedLoadableModuleTest):
+    """Runs inside the Slicer application: real scene, real logics, the bundled sample volume."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_segment_sample()
+        self.test_bad_input_leaves_scene()
+
+    def _sample(self):
+        here = os.path.dirname(os.path.abspath(__file__))
+        path = os.path.join(here, "Resources", "SampleData", "chaos_case20_t2.nii.gz")
+        return slicer.util.loadVolume(os.path.normpath(path))
+
+    def test_segment_sample(self):
+        _lib_paths()
+        from SRMASegmenterLogic import SRMASegmenterLogic
+        vol = self._sample()
+        logic = SRMASegmenterLogic(slicer.mrmlScene, slicer.modules.segmentations.logic())
+        res = logic.run(vol, device="cpu")
+        seg = res.segmentation_node.GetSegmentation().GetSegment(res.segment_id)
+        self.assertEqual(seg.GetName(), "Liver")
+        tag = vtk.reference("")
+        self.assertTrue(seg.GetTag(seg.GetTerminologyEntryTagName(), tag))
+        self.assertIn("10200004", str(tag))
+        self.assertGreater(res.info["volume_ml"], 500)
+        self.delayDisplay("Liver segmented: %.0f mL" % res.info["volume_ml"])
+
+    def test_bad_input_leaves_scene(self):
+        _lib_paths()
+        import numpy as np
+        from SRMASegmenterLogic import SRMASegmenterLogic
+        vol = slicer.util.addVolumeFromArray(np.zeros((8, 8, 8), dtype=np.int16))
+        n = slicer.mrmlScene.GetNumberOfNodes()
+        logic = SRMASegmenterLogic(slicer.mrmlScene, slicer.modules.segmentations.logic())
+        with self.assertRaises(ValueError):
+            logic.run(vol, device="cpu")
+        self.assertEqual(n, slicer.mrmlScene.GetNumberOfNodes())

@@ -1,0 +1,164 @@
+"""srma-segment: liver segmentation from the command line, through the module's logic on slicer-core.
+
+    srma-segment INPUT -o OUTPUT [--device cpu|cuda] [--weights FILE] [--reference LABELS]
+    srma-segment INPUT_FOLDER -o OUTPUT_FOLDER [--format nii.gz|nrrd|seg.nrrd]
+
+INPUT: NIfTI, NRRD or MHA file, or a DICOM series folder. OUTPUT ending in .nii.gz / .nii / .nrrd:
+uint8 labelmap (1 = liver) with the input's geometry; ending in .seg.nrrd: a Slicer segmentation.
+A JSON report (liver volume, timing, device, weights) is written beside it (OUTPUT stem + .json).
+A folder of volumes in gives a folder of results out, one line of progress per volume.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+_VOL_EXT = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+_OUT_EXT = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd")
+
+
+def _stem(p: Path) -> str:
+    n = p.name
+    for e in (".seg.nrrd",) + _VOL_EXT:
+        if n.endswith(e):
+            return n[: -len(e)]
+    return p.stem
+
+
+def _is_dicom_folder(p: Path) -> bool:
+    if not p.is_dir():
+        return False
+    try:
+        import SimpleITK as sitk
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
+    except Exception:  # noqa: BLE001
+        return False
+
+
+class Runner:
+    """One slicer-core application, one logic, one loaded model, reused for every input."""
+
+    def __init__(self, device="auto", weights=None):
+        try:
+            from trame_slicer.core import SlicerApp
+        except ImportError as e:
+            raise SystemExit("srma-segment needs slicer-core: pip install 'trame-slicer[standalone]==2.0.0' "
+                             f"({e})")
+        from SRMASegmenterLogic import SRMASegmenterLogic
+
+        self.app = SlicerApp()
+        self.logic = SRMASegmenterLogic(self.app.scene, self.app.segmentations_logic)
+        self.segmenter = self.logic.segmenter(device, weights)
+
+    def segment(self, inp: Path, out: Path, reference: Path | None = None):
+        from slicer_ai_mrml.nodes import scalar_volume_from_array
+
+        from .volumes import read_volume, write_volume
+
+        arr, geom = read_volume(inp)
+        scene = self.app.scene
+        vol = scalar_volume_from_array(scene, arr, geom=geom, name=_stem(inp))
+        ref_node = None
+        try:
+            if reference is not None:
+                from slicer_ai_mrml.nodes import import_mask_as_segment
+                ref_arr, _ = read_volume(reference)
+                ref_node, _, _ = import_mask_as_segment(scene, self.logic.segmentations_logic, ref_arr == 1, vol,
+                                                        name="Reference", show_3d=False)
+            res = self.logic.run(vol, reference_segmentation=ref_node, segmenter=self.segmenter)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if out.name.endswith(".seg.nrrd"):
+                st = res.segmentation_node.CreateDefaultStorageNode()
+                st.SetFileName(str(out))
+                if not st.WriteData(res.segmentation_node):
+                    raise RuntimeError(f"could not write {out}")
+            else:
+                write_volume(res.mask.astype("uint8"), geom, out)
+            report = dict(input=str(inp), output=str(out), liver_volume_ml=res.info["volume_ml"],
+                          seconds=res.info["seconds"], device=res.info["device"], weights=res.info["weights_id"],
+                          resampled=res.info["resampled"], notes=res.info["notes"],
+                          geometry=dict(spacing=list(geom.spacing), origin=list(geom.origin),
+                                        direction=[list(r) for r in geom.direction]))
+            if res.metrics:
+                report["metrics"] = res.metrics
+            json_path = out.parent / (_stem(out) + ".json")
+            json_path.write_text(json.dumps(report, indent=1))
+            report["report"] = str(json_path)
+            return report
+        finally:  # the scene is reused for the next input: leave nothing behind
+            for n in (vol, ref_node):
+                if n is not None and scene.IsNodePresent(n):
+                    scene.RemoveNode(n)
+            if "res" in locals():
+                for n in (res.segmentation_node, res.table_node):
+                    if scene.IsNodePresent(n):
+                        scene.RemoveNode(n)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="srma-segment", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", help="volume file, DICOM series folder, or a folder of volumes")
+    p.add_argument("-o", "--output", required=True, help="output file, or folder for a folder input")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "gpu"])
+    p.add_argument("--weights", help="model folder (with model.json), .safetensors or .pth")
+    p.add_argument("--reference", help="labelmap of the liver (label 1) to compute Dice, HD95, ... against")
+    p.add_argument("--roi", type=int, nargs=3, metavar=("I", "J", "K"),
+                   help="sliding-window size (each divisible by 16; default 224 224 64)")
+    p.add_argument("--format", default="nii.gz", choices=["nii.gz", "nrrd", "seg.nrrd"],
+                   help="output format in folder mode")
+    a = p.parse_args(argv)
+
+    from slicer_ai_common.weights import WeightsError
+
+    from .inference import NoWeightsError
+    from .volumes import VolumeError
+
+    inp, out = Path(a.input), Path(a.output)
+    if not inp.exists():
+        print(f"srma-segment: input not found: {inp}", file=sys.stderr)
+        return 2
+    folder_mode = inp.is_dir() and not _is_dicom_folder(inp)
+    if folder_mode:
+        inputs = sorted([f for f in inp.iterdir() if f.name.endswith(_VOL_EXT)] +
+                        [d for d in inp.iterdir() if _is_dicom_folder(d)])
+        if not inputs:
+            print(f"srma-segment: no volumes in {inp}", file=sys.stderr)
+            return 2
+        jobs = [(f, out / f"{_stem(f)}_liver.{a.format}") for f in inputs]
+    else:
+        if not out.name.endswith(_OUT_EXT):
+            print(f"srma-segment: output must end in one of {', '.join(_OUT_EXT)}", file=sys.stderr)
+            return 2
+        jobs = [(inp, out)]
+    try:
+        runner = Runner(a.device, a.weights)
+    except (NoWeightsError, WeightsError, RuntimeError) as e:
+        print(f"srma-segment: {e}", file=sys.stderr)
+        return 3
+    if a.roi:
+        if any(r % 16 for r in a.roi):
+            print("srma-segment: --roi sizes must be divisible by 16", file=sys.stderr)
+            return 2
+        runner.segmenter.config.roi_size = tuple(a.roi)
+    failures = 0
+    t0 = time.perf_counter()
+    for i, (src, dst) in enumerate(jobs, 1):
+        try:
+            r = runner.segment(src, dst, Path(a.reference) if a.reference and not folder_mode else None)
+            extra = f", Dice {r['metrics']['dice']:.3f}" if "metrics" in r else ""
+            print(f"[{i}/{len(jobs)}] {src.name}: liver {r['liver_volume_ml']:.0f} mL in {r['seconds']:.1f} s on "
+                  f"{r['device']}{extra} -> {dst}", flush=True)
+        except (VolumeError, ValueError, RuntimeError) as e:
+            failures += 1
+            print(f"[{i}/{len(jobs)}] {src.name}: FAILED: {e}", file=sys.stderr, flush=True)
+    if len(jobs) > 1:
+        print(f"{len(jobs) - failures} of {len(jobs)} segmented in {time.perf_counter() - t0:.0f} s")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""SRMASegmenter logic: MRML nodes in, a "Liver" segment and a results table out.
+
+No Qt: the same class serves the module's GUI, Slicer's Python console, `Slicer --python-script`
+batch runs, and plain Python on slicer-core (see SRMASegmenterLib.cli).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from slicer_ai_common.progress import Cancelled, Progress
+from slicer_ai_mrml.nodes import (NodeError, SceneTransaction, add_table, array_from_volume_node,
+                                  geometry_from_volume_node, import_mask_as_segment, mask_from_segmentation)
+
+__all__ = ["SRMASegmenterLogic", "SegmentationResult", "Cancelled", "NodeError"]
+
+
+@dataclass
+class SegmentationResult:
+    segmentation_node: object
+    segment_id: str
+    table_node: object
+    mask: np.ndarray
+    info: dict
+    metrics: dict | None = None
+
+
+class SRMASegmenterLogic:
+    """Segment the liver of a scalar MRI volume node.
+
+    scene / segmentations_logic default to the Slicer application's; pass them explicitly on
+    slicer-core (trame_slicer.core.SlicerApp().scene and .segmentations_logic).
+    """
+
+    def __init__(self, scene=None, segmentations_logic=None):
+        if scene is None or segmentations_logic is None:
+            import slicer
+            scene = scene or slicer.mrmlScene
+            segmentations_logic = segmentations_logic or slicer.modules.segmentations.logic()
+        self.scene = scene
+        self.segmentations_logic = segmentations_logic
+        self._segmenters = {}
+
+    # -- model ---------------------------------------------------------------------------------
+    def segmenter(self, device="auto", weights=None):
+        """The loaded model (cached per device and weights); raises NoWeightsError if none installed."""
+        from SRMASegmenterLib.inference import LiverSegmenter
+
+        key = (str(device), str(weights))
+        if key not in self._segmenters:
+            self._segmenters[key] = LiverSegmenter.load(weights, device=device)
+        return self._segmenters[key]
+
+    # -- the one operation ---------------------------------------------------------------------
+    def run(self, volume_node, output_segmentation=None, reference_segmentation=None, device="auto",
+            weights=None, smoothing=False, modality="T2", progress: Progress | None = None, table_node=None,
+            segmenter=None):
+        """Segment, then add results to the scene in one step (nothing is added if anything fails).
+
+        Returns SegmentationResult. Raises NodeError / VolumeError for bad input, WeightsError or
+        NoWeightsError for weights, Cancelled when progress.cancel() was called.
+        """
+        from SRMASegmenterLib.volumes import check_array
+
+        progress = progress or Progress()
+        if volume_node is None:
+            raise NodeError("no input volume selected")
+        if not volume_node.IsA("vtkMRMLScalarVolumeNode") or volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise NodeError(f"'{volume_node.GetName()}' is a {volume_node.GetClassName()}: select a scalar MRI volume")
+        if modality not in ("T1", "T2"):
+            raise ValueError(f"modality must be T1 or T2, got {modality!r}")
+        arr = check_array(array_from_volume_node(volume_node), f"volume '{volume_node.GetName()}'")
+        geom = geometry_from_volume_node(volume_node)
+        if output_segmentation is not None and not output_segmentation.IsA("vtkMRMLSegmentationNode"):
+            raise NodeError("the output must be a segmentation node")
+        ref_mask = None
+        if reference_segmentation is not None:
+            ref_mask = mask_from_segmentation(self.scene, self.segmentations_logic, reference_segmentation, volume_node)
+        progress.step("loading model", 0.0)
+        seg = segmenter or self.segmenter(device, weights)
+        mask, info = seg.predict(arr, geom, progress=progress)
+        info["modality"] = modality
+        if modality != "T2":
+            info["notes"] = info.get("notes", []) + ["the shipped model was trained on T2 MRI only"]
+        metrics = None
+        if ref_mask is not None:
+            from SRMASegmenterLib.metrics import segmentation_metrics
+            metrics = segmentation_metrics(mask, ref_mask, tuple(geom.spacing)[::-1])
+        progress.step("adding results", 1.0)
+        # all scene changes happen here, and are undone if any of them fails or the user cancels
+        with SceneTransaction(self.scene):
+            seg_node, sid, created = import_mask_as_segment(
+                self.scene, self.segmentations_logic, mask, volume_node, output_segmentation)
+            if smoothing:
+                self._smooth(seg_node)
+            rows = [("Liver volume (mL)", info["volume_ml"]), ("Inference time (s)", info["seconds"]),
+                    ("Device", info["device"]), ("Model", "SRMA-Mamba"), ("Weights", info["weights_id"]),
+                    ("Input", volume_node.GetName()), ("Modality", modality)]
+            if metrics:
+                names = dict(dice="Dice", jaccard="Jaccard", precision="Precision", recall="Recall", f1="F1",
+                             f2="F2", hd95_mm="HD95 (mm)", assd_mm="ASSD (mm)", volume_diff_ml="Volume difference (mL)")
+                rows += [(names[k], metrics[k]) for k in names]
+            table = add_table(self.scene, rows, name=f"{volume_node.GetName()} liver results", table=table_node)
+            progress.check()
+        return SegmentationResult(seg_node, sid, table, mask, info, metrics)
+
+    @staticmethod
+    def _smooth(seg_node):
+        """Smooth the closed-surface representation shown in 3D (the labelmap stays as segmented)."""
+        seg_node.GetSegmentation().SetConversionParameter("Smoothing factor", "0.5")
+        seg_node.RemoveClosedSurfaceRepresentation()
+        seg_node.CreateClosedSurfaceRepresentation()

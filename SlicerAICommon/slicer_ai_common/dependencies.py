@@ -1,0 +1,32 @@
+"""Which Python packages the modules need, and which are missing (checked on first use, never at import)."""
+from __future__ import annotations
+
+import importlib.util
+import platform
+
+# import name -> pip requirement
+REQUIRED = {"torch": "torch>=2.1", "monai": "monai>=1.3", "safetensors": "safetensors>=0.4", "scipy": "scipy",
+            "SimpleITK": "SimpleITK>=2.2", "yaml": "pyyaml"}
+# the GPU kernels: only where they can run
+OPTIONAL_GPU = {"triton": "triton>=3.0"}
+
+
+def gpu_kernels_possible() -> bool:
+    """Triton kernels need Linux and an NVIDIA GPU; elsewhere the vectorised CPU path is used."""
+    if platform.system() != "Linux":
+        return False
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def missing_packages(include_gpu: bool | None = None) -> list[str]:
+    """Requirements (pip syntax) not importable now."""
+    need = dict(REQUIRED)
+    if include_gpu is None:
+        include_gpu = importlib.util.find_spec("torch") is not None and gpu_kernels_possible()
+    if include_gpu:
+        need.update(OPTIONAL_GPU)
+    return [req for mod, req in need.items() if importlib.util.find_spec(mod) is None]

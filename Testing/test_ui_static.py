@@ -1,0 +1,28 @@
+"""Every widget the module code names exists in its .ui file; every bound parameter exists."""
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ui_names(ui):
+    return {w.get("name") for w in ET.parse(ui).iter("widget")}
+
+
+def test_srma_widgets_exist():
+    code = (ROOT / "SRMASegmenter" / "SRMASegmenter.py").read_text()
+    used = set(re.findall(r"self\.ui\.(\w+)", code))
+    names = _ui_names(ROOT / "SRMASegmenter" / "Resources" / "UI" / "SRMASegmenter.ui")
+    assert used, "no widgets referenced?"
+    missing = used - names
+    assert not missing, f"widgets used in code but absent from the .ui: {sorted(missing)}"
+
+
+def test_srma_parameter_bindings():
+    code = (ROOT / "SRMASegmenter" / "SRMASegmenter.py").read_text()
+    block = code.split("class SRMASegmenterParameterNode:")[1].split("\nclass ")[0]
+    fields = set(re.findall(r"^    (\w+):", block, re.M))
+    tree = ET.parse(ROOT / "SRMASegmenter" / "Resources" / "UI" / "SRMASegmenter.ui")
+    bound = {p.find("string").text for p in tree.iter("property") if p.get("name") == "SlicerParameterName"}
+    assert bound == fields, (bound ^ fields)
