@@ -55,7 +55,7 @@ def test_every_chaos_volume_keeps_geometry(tiny_model_folder, tmp_path):
     for c in cases:
         (src / c.name).symlink_to(c)
     out = tmp_path / "out"
-    r = run_cli(src, "-o", out, "--weights", tiny_model_folder, "--device", "cpu", "--roi", "128", "128", "32")
+    r = run_cli(src, "-o", out, "--weights", tiny_model_folder, "--device", "cpu", "--roi", "256", "256", "48")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("liver") >= len(cases)
     for c in cases:

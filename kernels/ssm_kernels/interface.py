@@ -175,9 +175,15 @@ def cross_selective_scan(x, delta, A, B, C, D=None, delta_bias=None, delta_softp
         return y.view(b, d, h, w)
     # torch / ref / unfused triton: materialise the four sequences, scan, merge
     xs = cross_scan(x).reshape(b, 4 * d, L)
-    ds = torch.stack([cross_scan(delta[:, i])[:, i] for i in range(4)], 1).reshape(b, 4 * d, L)
-    Bs = torch.stack([cross_scan(B[:, i])[:, i] for i in range(4)], 1).contiguous()
-    Cs = torch.stack([cross_scan(C[:, i])[:, i] for i in range(4)], 1).contiguous()
+    ds = torch.stack([_direction(delta[:, i], i) for i in range(4)], 1).reshape(b, 4 * d, L)
+    Bs = torch.stack([_direction(B[:, i], i) for i in range(4)], 1)
+    Cs = torch.stack([_direction(C[:, i], i) for i in range(4)], 1)
     ys = selective_scan_fn(xs, ds, A, Bs, Cs, D, None, delta_bias, delta_softplus, output_fp32=True,
                            backend=backend)
     return cross_merge(ys.view(b, 4, d, L), h, w).view(b, d, h, w)
+
+
+def _direction(t, k):
+    """Sequence of direction k of a (batch, c, H, W) map: (batch, c, H*W)."""
+    seq = t.flatten(-2) if k % 2 == 0 else t.transpose(-1, -2).flatten(-2)
+    return seq.flip(-1) if k >= 2 else seq

@@ -1,0 +1,43 @@
+# Quick start: `make demo` (segment the bundled sample MRI) and `make test` (the test suite).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= out/demo
+SAMPLE := SRMASegmenter/Resources/SampleData/chaos_case20_t2.nii.gz
+REFERENCE := SRMASegmenter/Resources/SampleData/chaos_case20_labels.nii.gz
+# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build on machines without a GPU
+TORCH ?= torch==2.13.0
+
+.PHONY: venv install install-test demo test test-kernels bench-cpu clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e kernels -e ".[slicer-core]"
+
+install-test: install
+	$(BIN)/python -m pip install -q -e ".[test]"
+
+demo: install
+	$(BIN)/srma-segment $(SAMPLE) -o $(OUT)/chaos_case20_liver.seg.nrrd --reference $(REFERENCE)
+	$(BIN)/srma-segment $(SAMPLE) -o $(OUT)/chaos_case20_liver.nii.gz
+	@$(BIN)/python -c "import json; r = json.load(open('$(OUT)/chaos_case20_liver.json')); \
+	print(f\"\nLiver volume: {r['liver_volume_ml']:.0f} mL ({r['seconds']:.0f} s on {r['device']}, weights {r['weights']})\"); \
+	print('Outputs: $(OUT)/chaos_case20_liver.nii.gz (labelmap), $(OUT)/chaos_case20_liver.seg.nrrd (Slicer segmentation), $(OUT)/*.json (reports)')"
+
+test: install-test
+	cd kernels && TRITON_INTERPRET=1 ../$(BIN)/python -m pytest -q tests -p no:cacheprovider
+	cd Testing && ../$(BIN)/python -m pytest -q . -p no:cacheprovider
+
+test-kernels: install-test
+	cd kernels && TRITON_INTERPRET=1 ../$(BIN)/python -m pytest -q tests -p no:cacheprovider
+
+bench-cpu: install
+	$(BIN)/python kernels/benchmarks/bench_scan.py --cpu
+	$(BIN)/python benchmarks/bench_srma.py --cpu --threads 2 --reps 1
+
+clean:
+	rm -rf $(VENV) out
