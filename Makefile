@@ -22,10 +22,9 @@ install-test: install
 	$(BIN)/python -m pip install -q -e ".[test]"
 
 demo: install
-	$(BIN)/srma-segment $(SAMPLE) -o $(OUT)/chaos_case20_liver.seg.nrrd --reference $(REFERENCE)
-	$(BIN)/srma-segment $(SAMPLE) -o $(OUT)/chaos_case20_liver.nii.gz
+	$(BIN)/srma-segment $(SAMPLE) -o $(OUT)/chaos_case20_liver.nii.gz -o $(OUT)/chaos_case20_liver.seg.nrrd --reference $(REFERENCE)
 	@$(BIN)/python -c "import json; r = json.load(open('$(OUT)/chaos_case20_liver.json')); \
-	print(f\"\nLiver volume: {r['liver_volume_ml']:.0f} mL ({r['seconds']:.0f} s on {r['device']}, weights {r['weights']})\"); \
+	print(f\"\nLiver volume: {r['liver_volume_ml']:.0f} mL ({r['seconds']:.0f} s on {r['device']}, weights {r['weights']}); Dice vs the CHAOS reference {r['metrics']['dice']:.3f}\"); \
 	print('Outputs: $(OUT)/chaos_case20_liver.nii.gz (labelmap), $(OUT)/chaos_case20_liver.seg.nrrd (Slicer segmentation), $(OUT)/*.json (reports)')"
 
 test: install-test

@@ -53,7 +53,8 @@ class Runner:
         self.logic = SRMASegmenterLogic(self.app.scene, self.app.segmentations_logic)
         self.segmenter = self.logic.segmenter(device, weights)
 
-    def segment(self, inp: Path, out: Path, reference: Path | None = None):
+    def segment(self, inp: Path, outs, reference: Path | None = None):
+        outs = [outs] if isinstance(outs, Path) else list(outs)
         from slicer_ai_mrml.nodes import scalar_volume_from_array
 
         from .volumes import read_volume, write_volume
@@ -69,15 +70,17 @@ class Runner:
                 ref_node, _, _ = import_mask_as_segment(scene, self.logic.segmentations_logic, ref_arr == 1, vol,
                                                         name="Reference", show_3d=False)
             res = self.logic.run(vol, reference_segmentation=ref_node, segmenter=self.segmenter)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            if out.name.endswith(".seg.nrrd"):
-                st = res.segmentation_node.CreateDefaultStorageNode()
-                st.SetFileName(str(out))
-                if not st.WriteData(res.segmentation_node):
-                    raise RuntimeError(f"could not write {out}")
-            else:
-                write_volume(res.mask.astype("uint8"), geom, out)
-            report = dict(input=str(inp), output=str(out), liver_volume_ml=res.info["volume_ml"],
+            for out in outs:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                if out.name.endswith(".seg.nrrd"):
+                    st = res.segmentation_node.CreateDefaultStorageNode()
+                    st.SetFileName(str(out))
+                    if not st.WriteData(res.segmentation_node):
+                        raise RuntimeError(f"could not write {out}")
+                else:
+                    write_volume(res.mask.astype("uint8"), geom, out)
+            out = outs[0]
+            report = dict(input=str(inp), output=[str(o) for o in outs], liver_volume_ml=res.info["volume_ml"],
                           seconds=res.info["seconds"], device=res.info["device"], weights=res.info["weights_id"],
                           resampled=res.info["resampled"], notes=res.info["notes"],
                           geometry=dict(spacing=list(geom.spacing), origin=list(geom.origin),
@@ -102,7 +105,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="srma-segment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="volume file, DICOM series folder, or a folder of volumes")
-    p.add_argument("-o", "--output", required=True, help="output file, or folder for a folder input")
+    p.add_argument("-o", "--output", required=True, action="append",
+                   help="output file (repeat for several formats), or folder for a folder input")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "gpu"])
     p.add_argument("--weights", help="model folder (with model.json), .safetensors or .pth")
     p.add_argument("--reference", help="labelmap of the liver (label 1) to compute Dice, HD95, ... against")
@@ -117,7 +121,8 @@ def main(argv=None):
     from .inference import NoWeightsError
     from .volumes import VolumeError
 
-    inp, out = Path(a.input), Path(a.output)
+    inp, outs = Path(a.input), [Path(o) for o in a.output]
+    out = outs[0]
     if not inp.exists():
         print(f"srma-segment: input not found: {inp}", file=sys.stderr)
         return 2
@@ -130,10 +135,11 @@ def main(argv=None):
             return 2
         jobs = [(f, out / f"{_stem(f)}_liver.{a.format}") for f in inputs]
     else:
-        if not out.name.endswith(_OUT_EXT):
-            print(f"srma-segment: output must end in one of {', '.join(_OUT_EXT)}", file=sys.stderr)
+        bad = [o for o in outs if not o.name.endswith(_OUT_EXT)]
+        if bad:
+            print(f"srma-segment: output must end in one of {', '.join(_OUT_EXT)}: {bad[0]}", file=sys.stderr)
             return 2
-        jobs = [(inp, out)]
+        jobs = [(inp, outs)]
     try:
         runner = Runner(a.device, a.weights)
     except (NoWeightsError, WeightsError, RuntimeError) as e:
@@ -151,7 +157,7 @@ def main(argv=None):
             r = runner.segment(src, dst, Path(a.reference) if a.reference and not folder_mode else None)
             extra = f", Dice {r['metrics']['dice']:.3f}" if "metrics" in r else ""
             print(f"[{i}/{len(jobs)}] {src.name}: liver {r['liver_volume_ml']:.0f} mL in {r['seconds']:.1f} s on "
-                  f"{r['device']}{extra} -> {dst}", flush=True)
+                  f"{r['device']}{extra} -> {', '.join(r['output'])}", flush=True)
         except (VolumeError, ValueError, RuntimeError) as e:
             failures += 1
             print(f"[{i}/{len(jobs)}] {src.name}: FAILED: {e}", file=sys.stderr, flush=True)
