@@ -14,8 +14,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-# channels processed together when no gradient is needed (bounds the working set)
-_BLOCK_ELEMS = 1 << 23
 
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None):
@@ -208,19 +206,8 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     Af = A.to(cd).view(G, dpg, N)
     Bf, Cf = B.to(cd), C.to(cd)
     Df = D.to(cd).view(G, dpg) if D is not None else None
-    step = dpg if needs_grad else max(1, min(dpg, _BLOCK_ELEMS // max(1, batch * G * N * L)))
-    if step >= dpg:
-        y, last = _scan_block(uf, df, Af, Bf, Cf, Df, return_last_state)
-    else:
-        ys, lasts = [], []
-        for s in range(0, dpg, step):
-            sl = slice(s, s + step)
-            yb, lb = _scan_block(uf[:, :, sl], df[:, :, sl], Af[:, sl], Bf, Cf,
-                                 Df[:, sl] if Df is not None else None, return_last_state)
-            ys.append(yb)
-            lasts.append(lb)
-        y = torch.cat(ys, dim=2)
-        last = torch.cat(lasts, dim=2) if return_last_state else None
+    # autograd path (and L == 0): the whole tensor at once
+    y, last = _scan_block(uf, df, Af, Bf, Cf, Df, return_last_state)
     y = y.reshape(batch, dim, L)
     if z is not None:
         y = y * F.silu(z.to(cd))
