@@ -62,7 +62,7 @@ class Runner:
         arr, geom = read_volume(inp)
         scene = self.app.scene
         vol = scalar_volume_from_array(scene, arr, geom=geom, name=_stem(inp))
-        ref_node = None
+        ref_node = res = None
         try:
             if reference is not None:
                 from slicer_ai_mrml.nodes import import_mask_as_segment
@@ -95,7 +95,7 @@ class Runner:
             for n in (vol, ref_node):
                 if n is not None and scene.IsNodePresent(n):
                     scene.RemoveNode(n)
-            if "res" in locals():
+            if res is not None:
                 for n in (res.segmentation_node, res.table_node):
                     if scene.IsNodePresent(n):
                         scene.RemoveNode(n)

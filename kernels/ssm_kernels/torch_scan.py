@@ -22,6 +22,14 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
     if L == 0:
         z = a.new_zeros(a.shape[:-1]) if h0 is None else h0
         return b, z
+    grad = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad
+                                        or (h0 is not None and h0.requires_grad))
+    if not grad:  # the in-place recursive scan of the inference path
+        b = b.clone()
+        if h0 is not None:
+            b[..., 0] += a[..., 0] * h0
+        h = _scan_last_(a.clone(), b)
+        return h, h[..., -1]
     T = max(1, int(math.ceil(math.sqrt(L))))
     nc = (L + T - 1) // T
     pad = nc * T - L
@@ -29,41 +37,23 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
         a = F.pad(a, (0, pad), value=1.0)
         b = F.pad(b, (0, pad), value=0.0)
     lead = a.shape[:-1]
-    # (..., nc, T) -> (..., T, nc): step t of every chunk is one contiguous slice
+    # (..., nc, T) -> (..., T, nc): step t of every chunk is one slice; built functionally for autograd
     a = a.reshape(*lead, nc, T).transpose(-1, -2)
     b = b.reshape(*lead, nc, T).transpose(-1, -2)
-    grad = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad
-                                        or (h0 is not None and h0.requires_grad))
-    if grad:
-        hs, ps = [b[..., 0, :]], [a[..., 0, :]]
-        for t in range(1, T):
-            ps.append(a[..., t, :] * ps[-1])
-            hs.append(a[..., t, :] * hs[-1] + b[..., t, :])
-        P = torch.stack(ps, dim=-2)
-        Hl = torch.stack(hs, dim=-2)
-        carry = [a.new_zeros(lead) if h0 is None else h0]
-        for c in range(nc):
-            carry.append(P[..., -1, c] * carry[-1] + Hl[..., -1, c])
-        Hin = torch.stack(carry[:-1], dim=-1)  # state entering each chunk
-        h = Hl + P * Hin[..., None, :]
-        last = carry[-1]
-    else:
-        P = a.contiguous()
-        Hl = b.contiguous()
-        for t in range(1, T):
-            Hl[..., t, :].addcmul_(P[..., t, :], Hl[..., t - 1, :])
-            P[..., t, :].mul_(P[..., t - 1, :])
-        Hin = a.new_empty(*lead, nc)
-        state = a.new_zeros(lead) if h0 is None else h0.clone()
-        for c in range(nc):
-            Hin[..., c] = state
-            state = P[..., -1, c] * state + Hl[..., -1, c]
-        h = Hl.addcmul_(P, Hin[..., None, :])
-        last = state
-    h = h.transpose(-1, -2).reshape(*lead, nc * T)
+    hs, ps = [b[..., 0, :]], [a[..., 0, :]]
+    for t in range(1, T):
+        ps.append(a[..., t, :] * ps[-1])
+        hs.append(a[..., t, :] * hs[-1] + b[..., t, :])
+    P = torch.stack(ps, dim=-2)
+    Hl = torch.stack(hs, dim=-2)
+    carry = [a.new_zeros(lead) if h0 is None else h0]
+    for c in range(nc):
+        carry.append(P[..., -1, c] * carry[-1] + Hl[..., -1, c])
+    Hin = torch.stack(carry[:-1], dim=-1)  # state entering each chunk
+    h = (Hl + P * Hin[..., None, :]).transpose(-1, -2).reshape(*lead, nc * T)
     if pad:
         h = h[..., :L]
-    return h, last
+    return h, carry[-1]
 
 
 def _scan_block(u, delta, A, B, C, D, with_state):
