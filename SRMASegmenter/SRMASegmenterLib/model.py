@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from slicer_ai_common.layers import DropPath
 from ssm_kernels import cross_selective_scan
 
 
@@ -37,21 +38,6 @@ class SRMAConfig:
         d = asdict(self)
         d["depths"] = list(self.depths)
         return d
-
-
-class DropPath(nn.Module):
-    """Per-sample stochastic depth (identity in eval)."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = float(p)
-
-    def forward(self, x):
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
 
 
 class Permute(nn.Module):

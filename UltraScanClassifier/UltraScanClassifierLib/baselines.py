@@ -1,0 +1,137 @@
+"""Baselines trained from scratch beside UltraScanNet: ResNet-50 and ConvNeXt-Tiny.
+
+Written out here with torchvision's module names, so that their state dicts load into torchvision's
+`resnet50()` / `convnext_tiny()` and back: torchvision cannot be installed beside the CPU build of
+PyTorch this project uses (its PyPI wheels pin a CUDA build of torch), and no weights are downloaded
+anyway. Parameter counts equal torchvision's (tested).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from slicer_ai_common.layers import DropPath
+
+
+# ----------------------------------------------------------------------------------------------- ResNet-50
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        idt = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + idt)
+
+
+class ResNet50(nn.Module):
+    def __init__(self, num_classes=3, layers=(3, 4, 6, 3)):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        inplanes = 64
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers)):
+            stride = 1 if i == 0 else 2
+            ds = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
+            blocks = [Bottleneck(inplanes, planes, stride, ds)]
+            inplanes = planes * 4
+            blocks += [Bottleneck(inplanes, planes) for _ in range(n - 1)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.fc = nn.Linear(2048, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for m in self.modules():          # zero-init the last BN of each block (standard from-scratch recipe)
+            if isinstance(m, Bottleneck):
+                nn.init.zeros_(m.bn3.weight)
+
+    def forward_features(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_head(self, fmap):
+        return self.fc(fmap.mean(dim=(2, 3)))
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+# ------------------------------------------------------------------------------------------- ConvNeXt-Tiny
+class LayerNorm2d(nn.LayerNorm):
+    def forward(self, x):
+        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
+                            self.eps).permute(0, 3, 1, 2)
+
+
+class Permute(nn.Module):
+    def __init__(self, *dims):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return x.permute(*self.dims)
+
+
+class CNBlock(nn.Module):
+    def __init__(self, dim, drop_path, layer_scale=1e-6):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(dim, dim, 7, padding=3, groups=dim), Permute(0, 2, 3, 1), nn.LayerNorm(dim, eps=1e-6),
+            nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), Permute(0, 3, 1, 2))
+        self.layer_scale = nn.Parameter(torch.full((dim, 1, 1), layer_scale))
+        self.stochastic_depth = DropPath(drop_path)
+
+    def forward(self, x):
+        return x + self.stochastic_depth(self.layer_scale * self.block(x))
+
+
+class ConvNeXtTiny(nn.Module):
+    def __init__(self, num_classes=3, dims=(96, 192, 384, 768), depths=(3, 3, 9, 3), drop_path_rate=0.1):
+        super().__init__()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        layers = [nn.Sequential(nn.Conv2d(3, dims[0], 4, 4), LayerNorm2d(dims[0], eps=1e-6))]
+        k = 0
+        for i, (d, n) in enumerate(zip(dims, depths)):
+            layers.append(nn.Sequential(*[CNBlock(d, dpr[k + j]) for j in range(n)]))
+            k += n
+            if i < 3:
+                layers.append(nn.Sequential(LayerNorm2d(d, eps=1e-6), nn.Conv2d(d, dims[i + 1], 2, 2)))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(LayerNorm2d(dims[-1], eps=1e-6), nn.Flatten(1), nn.Linear(dims[-1], num_classes))
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward_features(self, x):
+        return self.features(x)
+
+    def forward_head(self, fmap):
+        return self.classifier(fmap.mean(dim=(2, 3), keepdim=True))
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+BASELINES = {"resnet50": ResNet50, "convnext_tiny": ConvNeXtTiny}
+
+
+def build_baseline(name: str, num_classes: int = 3) -> nn.Module:
+    if name not in BASELINES:
+        raise ValueError(f"unknown model {name!r}; choose ultrascannet or one of {sorted(BASELINES)}")
+    return BASELINES[name](num_classes=num_classes)
