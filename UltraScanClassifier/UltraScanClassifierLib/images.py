@@ -1,0 +1,96 @@
+"""Reading ultrasound images and checking them before they reach the model.
+
+PNG / JPEG / BMP / TIFF through Pillow (8- and 16-bit, grayscale, palette, RGB, RGBA); DICOM and
+other formats through SimpleITK. Every failure is an ImageError naming the file and what is wrong.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
+
+
+class ImageError(ValueError):
+    """The input is not a classifiable 2D image (unreadable, empty, constant, NaN, 3D, ...)."""
+
+
+def read_image(path: os.PathLike) -> tuple[np.ndarray, tuple[float, float]]:
+    """-> (array (H, W) or (H, W, C), pixel spacing (x, y) in mm; (1, 1) where the file has none)."""
+    p = Path(path)
+    if not p.exists():
+        raise ImageError(f"{p}: no such file")
+    if p.is_dir():
+        raise ImageError(f"{p}: is a folder, not an image")
+    if p.stat().st_size == 0:
+        raise ImageError(f"{p}: empty file")
+    if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
+        try:
+            from PIL import Image
+            with Image.open(p) as im:
+                im.load()
+                if im.mode == "P":
+                    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                elif im.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
+                    im = im.convert("RGB")
+                elif im.mode == "LA":
+                    im = im.convert("L")
+                arr = np.asarray(im)
+            return arr, (1.0, 1.0)
+        except Exception as e:  # noqa: BLE001 - any decoder failure is "not a readable image"
+            raise ImageError(f"{p.name}: not a readable image ({e})") from e
+    try:
+        import SimpleITK as sitk
+        img = sitk.ReadImage(str(p))
+    except Exception as e:  # noqa: BLE001
+        raise ImageError(f"{p.name}: not a readable image ({str(e).strip().splitlines()[-1] if str(e) else e})") from e
+    arr = sitk.GetArrayFromImage(img)          # (z, y, x[, c]) or (y, x[, c])
+    sp = img.GetSpacing()
+    if img.GetDimension() == 3:
+        if img.GetSize()[2] != 1:
+            raise ImageError(f"{p.name}: a 3D image with {img.GetSize()[2]} slices; choose one frame")
+        arr = arr[0]
+    return arr, (float(sp[0]), float(sp[1]))
+
+
+def check_image(arr: np.ndarray, name: str = "image") -> np.ndarray:
+    """Validate and return (H, W, 3) float32 in [0, 1]. Grayscale is replicated to 3 channels, alpha dropped."""
+    a = np.asarray(arr)
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise ImageError(f"{name}: pixel type {a.dtype} is not numeric")
+    if a.ndim == 3 and a.shape[0] == 1 and a.shape[-1] not in (1, 3, 4):
+        a = a[0]                                  # one-slice volume (1, H, W)
+    if a.ndim == 3 and a.shape[-1] in (1, 3, 4):
+        a = a[..., :3] if a.shape[-1] != 1 else a[..., 0]
+    elif a.ndim == 3:
+        raise ImageError(f"{name}: a 3D array of shape {a.shape}; a 2D image (one slice or frame) is needed")
+    if a.ndim != 2 and not (a.ndim == 3 and a.shape[-1] == 3):
+        raise ImageError(f"{name}: expected a 2D grayscale or RGB image, got shape {a.shape}")
+    if a.size == 0 or min(a.shape[:2]) == 0:
+        raise ImageError(f"{name}: empty image (shape {a.shape})")
+    if min(a.shape[:2]) < 16:
+        raise ImageError(f"{name}: image too small ({a.shape[1]} x {a.shape[0]} pixels; at least 16 x 16)")
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        raise ImageError(f"{name}: {int((~np.isfinite(a)).sum())} pixels are NaN or infinite")
+    a = a.astype(np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    if hi - lo <= 0:
+        raise ImageError(f"{name}: constant image (every pixel is {lo:g}); nothing to classify")
+    if np.asarray(arr).dtype == np.uint8:
+        a = a / 255.0
+    else:                                         # 16-bit, float: scale the image's own range to [0, 1]
+        a = (a - lo) / (hi - lo)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    return a.astype(np.float32)
+
+
+def list_images(folder: os.PathLike) -> list[Path]:
+    """Image files under folder (recursive, sorted), skipping BUSI's `*_mask*.png` annotation files."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageError(f"{folder}: not a folder")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and "_mask" not in p.stem)

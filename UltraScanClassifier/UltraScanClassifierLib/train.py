@@ -1,0 +1,280 @@
+"""Train UltraScanNet (or a baseline) on BUSI, one cross-validation fold or all images.
+
+    python -m UltraScanClassifierLib.train --data ../shared/data/busi --split splits/busi_5fold.json \
+        --fold 0 --out runs/ultrascannet/fold0
+
+Defaults are the published recipe: AdamW lr 6.25e-5, weight decay 0.01, batch 32, per-step cosine
+with 20 warm-up epochs, 150 epochs + 10 cool-down, RandAugment m9, Mixup/CutMix 0.2, label smoothing
+0.1, random erasing 0.1, drop path 0.2, gradient clip 5, AMP (bf16 on GPUs); plus an EMA of the weights.
+No epoch is chosen by looking at the validation fold: the reported model is the EMA after the last
+epoch. The validation fold is scored every `--eval-every` epochs for the curves only.
+
+Writes to --out: metrics.csv, curves.png, last.pt (resumable), final.safetensors (EMA weights),
+val_logits.npz (names, labels, logits of the validation fold), summary.json.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .augment import AugmentConfig, eval_batch, train_batch
+from .data import load_images, load_split, list_busi
+from .metrics import classification_report
+from .model import CLASSES, build_model, count_parameters
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="BUSI root (benign/ malignant/ normal/)")
+    ap.add_argument("--split", default=None, help="split JSON (data.py split); needed unless --fold all")
+    ap.add_argument("--fold", default="0", help="validation fold index, or 'all' to train on every image")
+    ap.add_argument("--model", default="ultrascannet", choices=["ultrascannet", "resnet50", "convnext_tiny"])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--epochs", type=int, default=150)
+    ap.add_argument("--cooldown-epochs", type=int, default=10)
+    ap.add_argument("--warmup-epochs", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=6.25e-5)
+    ap.add_argument("--warmup-lr", type=float, default=6.25e-8)
+    ap.add_argument("--min-lr", type=float, default=6.25e-7)
+    ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--clip-grad", type=float, default=5.0)
+    ap.add_argument("--drop-path", type=float, default=0.2)
+    ap.add_argument("--ema-decay", type=float, default=0.995,
+                    help="per step; BUSI folds give ~15 steps per epoch, so ImageNet's 0.9998 would still hold "
+                         "a fifth of the random initialisation after 100 epochs")
+    ap.add_argument("--aug", choices=["published", "scratch"], default="published",
+                    help="augmentation preset (augment.AugmentConfig.preset)")
+    ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--load-size", type=int, default=256, help="images are held in memory at this size")
+    ap.add_argument("--scan-backend", default=None, choices=[None, "triton", "torch", "ref"],
+                    help="selective-scan backend for UltraScanNet (default: best for the device)")
+    ap.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-every", type=int, default=5)
+    ap.add_argument("--limit", type=int, default=0, help="use only the first N training images (smoke tests)")
+    ap.add_argument("--init", default=None, help="initial weights (e.g. ImageNet MambaVision-T2); non-matching keys skipped")
+    ap.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
+    ap.add_argument("--time-budget", type=float, default=0,
+                    help="seconds; if the run would exceed it (measured after 3 epochs), epochs, warm-up and "
+                         "cool-down shrink in proportion so that it fits (recorded in summary.json)")
+    return ap
+
+
+def lr_at(step, steps_per_epoch, a):
+    """Per-step schedule: linear warm-up, cosine to min_lr over `epochs`, then min_lr (cool-down)."""
+    e = step / steps_per_epoch
+    if e < a.warmup_epochs:
+        return a.warmup_lr + (a.lr - a.warmup_lr) * e / a.warmup_epochs
+    t = min(1.0, (e - a.warmup_epochs) / max(1e-9, a.epochs - a.warmup_epochs))
+    return a.min_lr + 0.5 * (a.lr - a.min_lr) * (1 + math.cos(math.pi * t))
+
+
+def param_groups(model, weight_decay):
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if (n in skip or p.ndim <= 1) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def predict_logits(model, images_u8, size, batch=64, amp_dtype=None):
+    model.eval()
+    out = []
+    for i in range(0, len(images_u8), batch):
+        x = eval_batch(images_u8[i:i + batch], size)
+        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out.append(model(x).float())
+    return torch.cat(out).cpu().numpy()
+
+
+def load_init(model, path):
+    """Initial weights by name where shapes fit (an ImageNet checkpoint has a 1000-class head)."""
+    from slicer_ai_common.weights import load_weights_file
+    sd, _ = load_weights_file(path)
+    own = model.state_dict()
+    fit = {k: v for k, v in sd.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    model.load_state_dict(fit, strict=False)
+    return len(fit), len(own)
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from slicer_ai_common.devices import resolve_device
+    device = resolve_device(a.device)
+    torch.manual_seed(a.seed)
+    np.random.seed(a.seed)
+    g = torch.Generator(device=device)
+    g.manual_seed(a.seed)
+
+    if a.fold == "all":
+        train_names = [n for n, _ in list_busi(a.data)]
+        val_names = []
+    else:
+        split = load_split(a.split)
+        k = int(a.fold)
+        val_names = split["folds"][k]
+        train_names = [n for i, f in enumerate(split["folds"]) if i != k for n in f]
+    if a.limit:
+        train_names = train_names[:a.limit]
+        val_names = val_names[:max(8, a.limit // 4)] if val_names else []
+    t0 = time.time()
+    xtr, ytr = load_images(a.data, train_names, a.load_size)
+    xva, yva = load_images(a.data, val_names, a.load_size) if val_names else (None, None)
+    xtr, ytr = xtr.to(device), ytr.to(device)
+    if xva is not None:
+        xva = xva.to(device)
+    print(f"[data] {len(train_names)} train / {len(val_names)} val images loaded in {time.time() - t0:.1f} s", flush=True)
+
+    kw = {"drop_path_rate": a.drop_path, "scan_backend": a.scan_backend} if a.model == "ultrascannet" else {}
+    model = build_model(a.model, len(CLASSES), **kw).to(device)
+    if a.init:
+        n, tot = load_init(model, a.init)
+        print(f"[init] {n} of {tot} tensors from {a.init}")
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(a.ema_decay),
+                                              use_buffers=True)
+    opt = torch.optim.AdamW(param_groups(model, a.weight_decay), lr=a.lr, betas=(0.9, 0.999), eps=1e-8)
+    amp = {"auto": "bf16" if device.type == "cuda" else "off"}.get(a.amp, a.amp)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    aug = AugmentConfig.preset(a.aug, a.img_size)
+    steps_per_epoch = max(1, len(train_names) // a.batch_size)      # drop the last partial batch
+    total_epochs = a.epochs + a.cooldown_epochs
+    start_epoch = 0
+    if a.resume and (out / "last.pt").is_file():
+        ck = torch.load(out / "last.pt", map_location=device, weights_only=True)
+        model.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["opt"])
+        start_epoch = ck["epoch"] + 1
+        g.set_state(ck["gen"].to(g.get_state().device) if device.type == "cpu" else ck["gen"].cpu())
+        print(f"[resume] from epoch {start_epoch}")
+    print(f"[model] {a.model}: {count_parameters(model):,} parameters; {steps_per_epoch} steps/epoch x "
+          f"{total_epochs} epochs; device {device}, amp {amp}", flush=True)
+
+    fields = ["epoch", "lr", "train_loss", "val_loss", "val_acc", "val_macro_f1", "ema_val_loss", "ema_val_acc",
+              "ema_val_macro_f1", "seconds"]
+    csv_path = out / "metrics.csv"
+    if start_epoch == 0 or not csv_path.exists():
+        with open(csv_path, "w", newline="") as f:
+            csv.writer(f).writerow(fields)
+    t_start = time.time()
+    step = start_epoch * steps_per_epoch
+    epoch = start_epoch
+    while epoch < total_epochs:
+        model.train()
+        perm = torch.randperm(len(train_names), generator=g, device=device)
+        losses = []
+        te = time.time()
+        for it in range(steps_per_epoch):
+            idx = perm[it * a.batch_size:(it + 1) * a.batch_size]
+            x, y = train_batch(xtr[idx], ytr[idx], aug, len(CLASSES), g)
+            lr = lr_at(step, steps_per_epoch, a)
+            for grp in opt.param_groups:
+                grp["lr"] = lr
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(x)
+            loss = torch.sum(-y * F.log_softmax(logits.float(), dim=1), dim=1).mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {it}")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip_grad)
+            scaler.step(opt)
+            scaler.update()
+            ema.update_parameters(model)
+            losses.append(loss.detach())
+            step += 1
+        row = {"epoch": epoch, "lr": f"{lr:.3e}", "train_loss": f"{torch.stack(losses).mean().item():.4f}",
+               "seconds": f"{time.time() - te:.2f}"}
+        last = epoch == total_epochs - 1
+        if xva is not None and ((epoch + 1) % a.eval_every == 0 or last):
+            for tag, m in (("", model), ("ema_", ema.module)):
+                lg = predict_logits(m, xva, a.img_size, amp_dtype=amp_dtype)
+                rep = classification_report(lg, yva.numpy(), CLASSES)
+                row.update({f"{tag}val_loss": f"{rep['nll']:.4f}", f"{tag}val_acc": f"{rep['accuracy']:.4f}",
+                            f"{tag}val_macro_f1": f"{rep['macro_f1']:.4f}"})
+        with open(csv_path, "a", newline="") as f:
+            csv.DictWriter(f, fields).writerow(row)
+        if epoch == start_epoch:
+            t_first = time.time()          # epoch 0 includes kernel compilation: time epochs 1-2
+        if a.time_budget and epoch == start_epoch + 2:
+            per_epoch = (time.time() - t_first) / 2
+            fit = int((a.time_budget - (time.time() - t0)) / per_epoch) + epoch + 1
+            if fit < total_epochs:
+                f = fit / total_epochs
+                a.epochs, a.warmup_epochs = max(epoch + 2, int(a.epochs * f)), max(1, int(round(a.warmup_epochs * f)))
+                a.cooldown_epochs = max(0, fit - a.epochs)
+                total_epochs = a.epochs + a.cooldown_epochs
+                print(f"[time] {per_epoch:.1f} s/epoch: shortened to {a.epochs} + {a.cooldown_epochs} epochs "
+                      f"(warm-up {a.warmup_epochs}) to fit {a.time_budget:.0f} s", flush=True)
+        print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+        if (epoch + 1) % 20 == 0 or last:
+            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                        "epoch": epoch, "gen": g.get_state()}, out / "last.pt")
+        epoch += 1
+
+    from safetensors.torch import save_file
+    final = {k: v.detach().float().cpu().contiguous() for k, v in ema.module.state_dict().items()}
+    save_file(final, str(out / "final.safetensors"))
+    summary = {"model": a.model, "fold": a.fold, "args": vars(a), "epochs_run": total_epochs, "parameters": count_parameters(model),
+               "train_images": len(train_names), "val_images": len(val_names),
+               "train_seconds": round(time.time() - t_start, 1), "device": str(device),
+               "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+               "command": "python -m UltraScanClassifierLib.train " + " ".join(sys.argv[1:] if argv is None else argv)}
+    if xva is not None:
+        lg = predict_logits(ema.module, xva, a.img_size, amp_dtype=None)
+        np.savez(out / "val_logits.npz", names=np.array(val_names), labels=yva.numpy(), logits=lg)
+        summary["val"] = classification_report(lg, yva.numpy(), CLASSES)
+        print(f"[val] EMA after the last epoch: accuracy {summary['val']['accuracy']:.4f}, "
+              f"macro-F1 {summary['val']['macro_f1']:.4f}", flush=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    try:
+        plot_curves(csv_path, out / "curves.png")
+    except Exception as e:  # noqa: BLE001 - curves are a convenience
+        print(f"[warn] no curves: {e}")
+    return summary
+
+
+def plot_curves(csv_path, png):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = list(csv.DictReader(open(csv_path)))
+    ep = [int(r["epoch"]) for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax[0].plot(ep, [float(r["train_loss"]) for r in rows], label="train loss")
+    ev = [r for r in rows if r["val_acc"]]
+    if ev:
+        ax[0].plot([int(r["epoch"]) for r in ev], [float(r["ema_val_loss"]) for r in ev], label="val NLL (EMA)")
+        ax[1].plot([int(r["epoch"]) for r in ev], [float(r["val_acc"]) for r in ev], label="val acc")
+        ax[1].plot([int(r["epoch"]) for r in ev], [float(r["ema_val_acc"]) for r in ev], label="val acc (EMA)")
+        ax[1].plot([int(r["epoch"]) for r in ev], [float(r["ema_val_macro_f1"]) for r in ev], label="val macro-F1 (EMA)")
+    for x in ax:
+        x.set_xlabel("epoch")
+        x.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
