@@ -1,0 +1,185 @@
+"""Classify breast-ultrasound images: calibrated probabilities, label, Grad-CAM heatmap, timing.
+
+    clf = UltrasoundClassifier.load()                     # the shipped model, sha256-checked
+    r = clf.classify(array, spacing=(0.1, 0.1))           # (H, W) or (H, W, 3), any size
+    r.label, r.probabilities, r.heatmap  (H, W) in [0, 1] on the input's own pixel grid
+
+The whole image is resized to 224 x 224 (as in training); the heatmap is mapped back onto the input
+grid, so it overlays the input exactly. Pixel spacing is not used by the network (BUSI has none) and
+is carried to the result for the caller's geometry.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from slicer_ai_common.devices import resolve_device, run_with_fallback
+from slicer_ai_common.progress import Progress
+from slicer_ai_common.weights import MANIFEST, ModelRecord, WeightsError, find_models, load_into, load_weights_file
+
+from .augment import normalize
+from .images import check_image, read_image
+from .model import CLASSES, UltraScanNet, UltraScanNetConfig
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+DEFAULT_MODEL = "ultrascannet_busi"
+INPUT_SIZE = 224
+DISCLAIMER = "Decision support only, not a diagnosis: a radiologist makes the call."
+
+
+def disclaimer(manifest: dict) -> str:
+    """The decision-support note, with the model's cross-validated accuracy where its manifest has it."""
+    try:
+        acc = manifest["cross_validation"]["ultrascannet"]["mean_sd"]["accuracy"]["mean"]
+    except (KeyError, TypeError):
+        return DISCLAIMER
+    return (f"Decision support only, not a diagnosis: this model was right on {100 * acc:.0f}% of held-out "
+            "BUSI images in cross-validation; a radiologist makes the call.")
+
+
+@dataclass
+class Classification:
+    label: str
+    probabilities: dict
+    logits: np.ndarray
+    heatmap: np.ndarray | None
+    seconds: float
+    weights_id: str
+    device: str
+    spacing: tuple = (1.0, 1.0)
+    notes: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"label": self.label, "probabilities": {k: round(float(v), 6) for k, v in self.probabilities.items()},
+                "seconds": round(self.seconds, 4), "weights": self.weights_id, "device": self.device,
+                "notes": self.notes}
+
+
+def preprocess(image01: np.ndarray, size: int = INPUT_SIZE) -> torch.Tensor:
+    """(H, W, 3) float in [0, 1] -> normalised (1, 3, size, size), the whole image resized (bicubic, antialiased)."""
+    x = torch.from_numpy(np.ascontiguousarray(image01)).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    return normalize(x)
+
+
+class UltrasoundClassifier:
+    def __init__(self, model: UltraScanNet, record: ModelRecord, device, temperature: float = 1.0):
+        self.model = model.eval()
+        self.record = record
+        self.device = device
+        self.temperature = float(temperature)
+        self.classes = list(record.manifest.get("classes", CLASSES))
+
+    @property
+    def weights_id(self) -> str:
+        return self.record.weights_id
+
+    @property
+    def disclaimer(self) -> str:
+        return disclaimer(self.record.manifest)
+
+    @classmethod
+    def available(cls, root=MODELS_DIR):
+        return find_models(root)
+
+    @classmethod
+    def load(cls, model=None, device: str = "auto", verify: bool = True) -> "UltrasoundClassifier":
+        """model: None (the shipped model), a model folder, its model.json, or a weights file
+        (.safetensors / .pth state dict, e.g. the authors' checkpoint; then uncalibrated, T = 1)."""
+        dev = resolve_device(device)
+        path = Path(model) if model else MODELS_DIR / DEFAULT_MODEL
+        if not path.exists():
+            raise WeightsError(f"no UltraScanNet weights at {path}: reinstall the extension or choose a weights file")
+        folder = path if path.is_dir() else (path.parent if path.name == MANIFEST else None)
+        if folder is not None:
+            if not (folder / MANIFEST).is_file():
+                raise WeightsError(f"{folder} has no {MANIFEST}")
+            rec = ModelRecord(folder, json.loads((folder / MANIFEST).read_text()))
+            sd = rec.load_state_dict(verify=verify)
+        else:
+            sd, rec = load_weights_file(path)
+        cfg = UltraScanNetConfig.from_dict(rec.manifest.get("config", {}))
+        if "head.weight" in sd:
+            cfg.num_classes = int(sd["head.weight"].shape[0])
+        net = load_into(UltraScanNet(cfg), sd).to(dev)
+        return cls(net, rec, dev, rec.manifest.get("temperature", 1.0))
+
+    # --------------------------------------------------------------------------------------- one image
+    def _run(self, x, device, want_heatmap, out_hw):
+        model = self.model.to(device)
+        x = x.to(device)
+        if not want_heatmap:
+            with torch.no_grad():
+                return model(x).float().cpu(), None
+        with torch.enable_grad():
+            fmap = model.forward_features(x).detach().requires_grad_(True)
+            logits = model.forward_head(fmap)
+            top = logits.argmax(dim=1)
+            logits.gather(1, top[:, None]).sum().backward()
+            w = fmap.grad.mean(dim=(2, 3), keepdim=True)
+            cam = torch.relu((w * fmap).sum(dim=1, keepdim=True)).detach()
+        heat = []
+        for i in range(cam.shape[0]):
+            h = F.interpolate(cam[i:i + 1].float(), size=out_hw[i], mode="bilinear", align_corners=False)[0, 0]
+            h = h / h.max() if float(h.max()) > 0 else h
+            heat.append(h.cpu().numpy().astype(np.float32))
+        return logits.detach().float().cpu(), heat
+
+    def classify(self, image, spacing=(1.0, 1.0), heatmap: bool = True, name: str = "image",
+                 progress: Progress | None = None, notify=None) -> Classification:
+        """Validate, classify and explain one 2D image (H, W) / (H, W, 3|4) of any numeric type."""
+        if spacing is None or len(spacing) < 2 or not all(np.isfinite(s) and s > 0 for s in spacing[:2]):
+            raise ValueError(f"{name}: pixel spacing must be two positive numbers, got {spacing}")
+        img = check_image(image, name)
+        if progress:
+            progress.step("classifying", 0.1)
+        t0 = time.perf_counter()
+        x = preprocess(img)
+        (logits, heat), used, tried = run_with_fallback(
+            lambda dev, _bs: self._run(x, dev, heatmap, [img.shape[:2]]), self.device, batch_sizes=(1,), notify=notify)
+        if used != self.device:
+            self.device = used
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        secs = time.perf_counter() - t0
+        if progress:
+            progress.step("classifying", 1.0)
+        return self._result(logits[0].numpy(), heat[0] if heat else None, secs, tuple(float(s) for s in spacing[:2]),
+                            tried)
+
+    def _result(self, logits, heat, secs, spacing, notes=()):
+        z = np.asarray(logits, dtype=np.float64)
+        p = np.exp((z - z.max()) / self.temperature)
+        p = p / p.sum()
+        return Classification(label=self.classes[int(np.argmax(p))],
+                              probabilities={c: float(v) for c, v in zip(self.classes, p)},
+                              logits=logits, heatmap=heat, seconds=secs, weights_id=self.weights_id,
+                              device=str(self.device), spacing=spacing, notes=list(notes))
+
+    def classify_file(self, path, heatmap: bool = True, progress=None) -> Classification:
+        arr, spacing = read_image(path)
+        return self.classify(arr, spacing, heatmap=heatmap, name=Path(path).name, progress=progress)
+
+    # ------------------------------------------------------------------------------------------ batches
+    def classify_batch(self, images, heatmap: bool = False, batch_size: int = 16, notify=None) -> list:
+        """Many (already read) images at once; one forward per batch of up to batch_size."""
+        imgs = [check_image(a, f"image {i}") for i, a in enumerate(images)]
+        out = []
+        for s in range(0, len(imgs), batch_size):
+            chunk = imgs[s:s + batch_size]
+            x = torch.cat([preprocess(i) for i in chunk])
+            t0 = time.perf_counter()
+            (logits, heat), used, tried = run_with_fallback(
+                lambda dev, _bs: self._run(x, dev, heatmap, [i.shape[:2] for i in chunk]), self.device,
+                batch_sizes=(1,), notify=notify)
+            self.device = used
+            secs = (time.perf_counter() - t0) / len(chunk)
+            out += [self._result(logits[j].numpy(), heat[j] if heat else None, secs, (1.0, 1.0), tried)
+                    for j in range(len(chunk))]
+        return out
