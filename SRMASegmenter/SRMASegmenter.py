@@ -46,27 +46,9 @@ def _lib_paths():
 
 
 def ensure_dependencies(ask=True) -> bool:
-    """On first use: find missing packages and install them with the user's consent."""
     _lib_paths()
-    from slicer_ai_common.dependencies import missing_packages
-    missing = missing_packages()
-    if not missing:
-        return True
-    if ask and not slicer.util.confirmOkCancelDisplay(
-            _("SRMA Liver Segmenter needs these Python packages: ") + ", ".join(missing) +
-            _(". Install them now? (This can take several minutes.)")):
-        return False
-    torch_missing = [m for m in missing if m.startswith("torch")]
-    if torch_missing:
-        try:
-            import PyTorchUtils  # the PyTorch extension picks the right CUDA/CPU build
-            PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
-        except ImportError:
-            slicer.util.pip_install(" ".join(torch_missing))
-    rest = [m for m in missing if not m.startswith("torch")]
-    if rest:
-        slicer.util.pip_install(" ".join(f'"{m}"' for m in rest))
-    return not missing_packages()
+    from slicer_ai_app import ensure_dependencies as ensure
+    return ensure(_("SRMA Liver Segmenter"), ask)
 
 
 @parameterNodeWrapper

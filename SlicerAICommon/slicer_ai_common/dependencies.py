@@ -5,7 +5,7 @@ import importlib.util
 import platform
 
 # import name -> pip requirement
-REQUIRED = {"torch": "torch>=2.1", "monai": "monai>=1.3", "safetensors": "safetensors>=0.4", "scipy": "scipy",
+REQUIRED = {"torch": "torch>=2.1", "monai": "monai>=1.3", "safetensors": "safetensors>=0.4", "scipy": "scipy", "PIL": "pillow",
             "SimpleITK": "SimpleITK>=2.2", "yaml": "pyyaml"}
 # the GPU kernels: only where they can run
 OPTIONAL_GPU = {"triton": "triton>=3.0"}

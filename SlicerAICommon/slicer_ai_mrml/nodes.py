@@ -77,6 +77,13 @@ def _image_data_from_array(arr: np.ndarray):
     return img
 
 
+def update_volume_from_array(node, arr):
+    """Replace a volume node's voxels (its geometry stays)."""
+    node.SetAndObserveImageData(_image_data_from_array(arr))
+    node.Modified()
+    return node
+
+
 def scalar_volume_from_array(scene, arr, like=None, geom=None, name="Volume", cls="vtkMRMLScalarVolumeNode"):
     """A new volume node (added to scene) with arr's voxels and the geometry of `like` or `geom`."""
     node = scene.AddNewNodeByClass(cls, name)
@@ -161,15 +168,19 @@ def mask_from_segmentation(scene, segmentations_logic, seg_node, reference_volum
     return arr > 0
 
 
-def add_table(scene, rows, name="Results", table=None):
-    """rows: list of (key, value) or dicts -> a vtkMRMLTableNode (new unless `table` given)."""
+def add_table(scene, rows, name="Results", table=None, columns=None):
+    """rows: list of (key, value) or dicts -> a vtkMRMLTableNode (new unless `table` given).
+    columns: names for a table that has none yet (default: the first dict's keys, or Metric / Value)."""
     if table is None:
         table = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
     t = table.GetTable()
-    if rows and isinstance(rows[0], dict):
+    if columns is not None:
+        cols = list(columns)
+    elif rows and isinstance(rows[0], dict):
         cols = list(rows[0].keys())
     else:
         cols = ["Metric", "Value"]
+    if rows and not isinstance(rows[0], dict):
         rows = [{"Metric": k, "Value": v} for k, v in rows]
     if t.GetNumberOfColumns() == 0:
         for c in cols:

@@ -1,0 +1,292 @@
+"""UltraScanClassifier: benign / malignant / normal for a breast-ultrasound image, with its evidence.
+
+Thin module file: GUI wiring, parameter node, progress/cancel, showing the heatmap. The work is done by
+UltraScanClassifierLogic (MRML only) over UltraScanClassifierLib (model, inference; plain Python).
+"""
+import logging
+import os
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from MRMLCorePython import vtkMRMLTableNode, vtkMRMLVolumeNode  # noqa: F401
+
+TITLE = "UltraScan Classifier"
+
+
+class UltraScanClassifier(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _(TITLE)
+        self.parent.categories = ["Ultrasound"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["Slicer liver and ultrasound AI team"]
+        self.parent.helpText = _(
+            "Classifies a breast-ultrasound image as benign, malignant or normal with UltraScanNet "
+            "(Laicu-Hausberger and Popa, 2025). Select a 2D image and click <b>Classify</b>: calibrated "
+            "probabilities, a heatmap of the regions that drove the verdict, and a row in the results table. "
+            "Folder mode classifies every image of a folder. Decision support, not a diagnosis.")
+        self.parent.acknowledgementText = _(
+            "Architecture by Laicu-Hausberger and Popa; shipped weights trained on BUSI "
+            "(Al-Dhabyani et al., Data in Brief 28, 2020).")
+
+
+def _lib_paths():
+    """Make the plain-Python libraries beside this file importable inside Slicer."""
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    for p in (here, os.path.join(here, "..", "SlicerAICommon"), os.path.join(here, "..", "kernels")):
+        p = os.path.normpath(p)
+        if os.path.isdir(p) and p not in sys.path:
+            sys.path.append(p)
+
+
+def ensure_dependencies(ask=True) -> bool:
+    _lib_paths()
+    from slicer_ai_app import ensure_dependencies as ensure
+    return ensure(_(TITLE), ask)
+
+
+@parameterNodeWrapper
+class UltraScanClassifierParameterNode:
+    inputImage: vtkMRMLVolumeNode
+    resultsTable: vtkMRMLTableNode
+    device: Annotated[str, Choice(["auto", "gpu", "cpu"])] = "auto"
+    showHeatmap: bool = True
+    heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.4
+    weightsPath: str = ""
+    folderPath: str = ""
+
+
+class UltraScanClassifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._progress = None
+        self._bars = {}
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/UltraScanClassifier.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = UltraScanClassifierModuleLogic()
+        self._bars = {"benign": self.ui.benignBar, "malignant": self.ui.malignantBar, "normal": self.ui.normalBar}
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.classifyButton.connect("clicked(bool)", self.onClassify)
+        self.ui.classifyFolderButton.connect("clicked(bool)", self.onClassifyFolder)
+        self.ui.exportCsvButton.connect("clicked(bool)", self.onExportCsv)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.heatmapOpacitySlider.connect("valueChanged(double)", self._setOpacity)
+        self.ui.cancelButton.enabled = False
+        self.ui.progressBar.hide()
+        self.ui.disclaimerLabel.text = _("Decision support only, not a diagnosis.")
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, node):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = node
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None):
+        p = self._parameterNode
+        idle = self._progress is None
+        self.ui.classifyButton.enabled = bool(p and p.inputImage) and idle
+        self.ui.classifyFolderButton.enabled = bool(p and p.folderPath) and idle
+        self.ui.exportCsvButton.enabled = bool(p and p.resultsTable) and idle
+
+    def _onProgress(self, stage, fraction):
+        self.ui.progressBar.value = int(100 * fraction)
+        self.ui.statusLabel.text = stage
+        slicer.app.processEvents()  # keeps Cancel clickable during the run
+
+    def onCancel(self):
+        if self._progress is not None:
+            self._progress.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
+
+    def _start(self):
+        from slicer_ai_common.progress import Progress
+        self._progress = Progress(self._onProgress)
+        self.ui.cancelButton.enabled = True
+        self.ui.progressBar.show()
+        self._checkCanApply()
+
+    def _finish(self):
+        self._progress = None
+        self.ui.cancelButton.enabled = False
+        self.ui.progressBar.hide()
+        self._checkCanApply()
+
+    def _showResult(self, res):
+        r = res.classification
+        self.ui.verdictLabel.text = f"<b>{r.label.capitalize()}</b>"
+        for c, bar in self._bars.items():
+            bar.value = int(round(100 * r.probabilities[c]))
+            bar.format = f"{c}: {100 * r.probabilities[c]:.1f}%"
+        self.ui.disclaimerLabel.text = self.logic.logic().classifier(self._parameterNode.device,
+                                                                     self._parameterNode.weightsPath or None).disclaimer
+        notes = "; ".join(r.notes)
+        self.ui.modelLabel.text = f"{r.weights_id} ({r.device}, {r.seconds:.2f} s)" + (f"; {notes}" if notes else "")
+        self.ui.resultsTableView.setMRMLTableNode(res.table_node)
+        self._parameterNode.resultsTable = res.table_node
+        if res.heatmap_node is not None:
+            slicer.util.setSliceViewerLayers(background=self._parameterNode.inputImage, foreground=res.heatmap_node,
+                                             foregroundOpacity=self._parameterNode.heatmapOpacity)
+            self._heatmap = res.heatmap_node
+
+    def _setOpacity(self, value):
+        for name in ("Red", "Yellow", "Green"):
+            w = slicer.app.layoutManager().sliceWidget(name) if slicer.app.layoutManager() else None
+            if w is not None:
+                w.sliceLogic().GetSliceCompositeNode().SetForegroundOpacity(value)
+
+    def onClassify(self):
+        if not ensure_dependencies():
+            self.ui.statusLabel.text = _("Missing Python packages: not run.")
+            return
+        from slicer_ai_common.progress import Cancelled
+        p = self._parameterNode
+        self._start()
+        try:
+            with slicer.util.WaitCursor():
+                res = self.logic.logic().classify(p.inputImage, device=p.device, weights=p.weightsPath or None,
+                                                  heatmap=p.showHeatmap, table_node=p.resultsTable,
+                                                  progress=self._progress)
+            self._showResult(res)
+            self.ui.statusLabel.text = _("Done.")
+        except Cancelled:
+            self.ui.statusLabel.text = _("Cancelled: nothing was added to the scene.")
+        except Exception as e:  # noqa: BLE001 - every failure is shown, the scene is unchanged
+            logging.exception("UltraScanClassifier failed")
+            self.ui.statusLabel.text = _("Failed: ") + str(e)
+            slicer.util.errorDisplay(_("Classification failed: ") + str(e))
+        finally:
+            self._finish()
+
+    def onClassifyFolder(self):
+        if not ensure_dependencies():
+            return
+        from slicer_ai_common.progress import Cancelled
+        p = self._parameterNode
+        self._start()
+        try:
+            res = self.logic.logic().classify_folder(p.folderPath, device=p.device, weights=p.weightsPath or None,
+                                                     table_node=p.resultsTable, progress=self._progress)
+            p.resultsTable = res.table_node
+            self.ui.resultsTableView.setMRMLTableNode(res.table_node)
+            msg = _("Classified {n} images.").format(n=len(res.rows))
+            if res.failures:
+                msg += " " + _("Skipped {n}: ").format(n=len(res.failures)) + "; ".join(
+                    f"{os.path.basename(f)} ({e})" for f, e in res.failures[:5])
+            self.ui.statusLabel.text = msg
+        except Cancelled:
+            self.ui.statusLabel.text = _("Cancelled: the rows already in the table are kept.")
+        except Exception as e:  # noqa: BLE001
+            logging.exception("UltraScanClassifier folder mode failed")
+            slicer.util.errorDisplay(_("Folder classification failed: ") + str(e))
+        finally:
+            self._finish()
+
+    def onExportCsv(self):
+        path = qt.QFileDialog.getSaveFileName(None, _("Export results"), "ultrasound_classification.csv", "CSV (*.csv)")
+        if path:
+            self.logic.logic().export_csv(self._parameterNode.resultsTable, path)
+            self.ui.statusLabel.text = _("Exported to ") + path
+
+
+class UltraScanClassifierModuleLogic(ScriptedLoadableModuleLogic):
+    """Slicer-side holder of the parameter node and the MRML logic (UltraScanClassifierLogic)."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._logic = None
+
+    def getParameterNode(self):
+        return UltraScanClassifierParameterNode(super().getParameterNode())
+
+    def logic(self):
+        _lib_paths()
+        if self._logic is None:
+            from UltraScanClassifierLogic import UltraScanClassifierLogic
+            self._logic = UltraScanClassifierLogic(slicer.mrmlScene)
+        return self._logic
+
+
+class UltraScanClassifierTest(ScriptedLoadableModuleTest):
+    """Runs inside the Slicer application: real scene, the bundled sample images, the shipped model."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_classify_sample()
+        self.test_3d_volume_refused()
+
+    def _sample(self, name):
+        here = os.path.dirname(os.path.abspath(__file__))
+        return slicer.util.loadVolume(os.path.join(here, "Resources", "SampleData", name), {"singleFile": True})
+
+    def test_classify_sample(self):
+        _lib_paths()
+        import numpy as np
+        from UltraScanClassifierLogic import UltraScanClassifierLogic
+        node = self._sample("busi_malignant_12.png")
+        res = UltraScanClassifierLogic(slicer.mrmlScene).classify(node, device="cpu")
+        self.assertAlmostEqual(sum(res.classification.probabilities.values()), 1.0, places=6)
+        m1, m2 = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        node.GetIJKToRASMatrix(m1)
+        res.heatmap_node.GetIJKToRASMatrix(m2)
+        self.assertTrue(all(m1.GetElement(r, c) == m2.GetElement(r, c) for r in range(4) for c in range(4)))
+        self.assertTrue(np.isfinite(slicer.util.arrayFromVolume(res.heatmap_node)).all())
+        self.delayDisplay(f"Verdict: {res.classification.label}")
+
+    def test_3d_volume_refused(self):
+        _lib_paths()
+        import numpy as np
+        from UltraScanClassifierLogic import NodeError, UltraScanClassifierLogic
+        vol = slicer.util.addVolumeFromArray(np.random.rand(4, 32, 32).astype(np.float32))
+        n = slicer.mrmlScene.GetNumberOfNodes()
+        with self.assertRaises(NodeError):
+            UltraScanClassifierLogic(slicer.mrmlScene).classify(vol, device="cpu")
+        self.assertEqual(n, slicer.mrmlScene.GetNumberOfNodes())

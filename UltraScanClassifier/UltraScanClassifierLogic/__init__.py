@@ -1,0 +1,205 @@
+"""UltraScanClassifier logic: an ultrasound image node in; a verdict, a results-table row and a
+heatmap volume (the input's exact geometry) out. Folder mode fills the table image by image.
+
+No Qt: the same class serves the module's GUI, Slicer's Python console, `Slicer --python-script`
+batch runs, and plain Python on slicer-core.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from slicer_ai_common.progress import Cancelled, Progress
+from slicer_ai_mrml.nodes import (NodeError, SceneTransaction, add_table, array_from_volume_node,
+                                  scalar_volume_from_array, update_volume_from_array)
+
+__all__ = ["UltraScanClassifierLogic", "NodeResult", "FolderResult", "Cancelled", "NodeError", "TABLE_COLUMNS"]
+
+TABLE_NAME = "Ultrasound classification"
+TABLE_COLUMNS = ("Image", "Label", "P(benign)", "P(malignant)", "P(normal)", "Time (s)", "Weights")
+HEATMAP_ATTRIBUTE = "UltraScanClassifier.HeatmapOf"
+
+
+@dataclass
+class NodeResult:
+    classification: object        # UltraScanClassifierLib.inference.Classification
+    table_node: object
+    heatmap_node: object | None
+    row: dict
+    frame_note: str | None = None
+
+
+@dataclass
+class FolderResult:
+    table_node: object
+    rows: list
+    failures: list                # (file, message)
+
+
+def _row(name, r) -> dict:
+    p = r.probabilities
+    return {"Image": name, "Label": r.label, "P(benign)": p["benign"], "P(malignant)": p["malignant"],
+            "P(normal)": p["normal"], "Time (s)": r.seconds, "Weights": r.weights_id}
+
+
+class UltraScanClassifierLogic:
+    def __init__(self, scene=None):
+        if scene is None:
+            import slicer
+            scene = slicer.mrmlScene
+        self.scene = scene
+        self._classifiers = {}
+
+    def classifier(self, device="auto", weights=None):
+        """The loaded model (cached per device and weights); WeightsError when missing or damaged."""
+        from UltraScanClassifierLib.inference import UltrasoundClassifier
+        key = (str(device), str(weights))
+        if key not in self._classifiers:
+            self._classifiers[key] = UltrasoundClassifier.load(weights, device=device)
+        return self._classifiers[key]
+
+    # ------------------------------------------------------------------------------------------- input
+    def frame_note(self, node) -> str | None:
+        """'frame i of N' when node is the proxy of a sequence (a multi-frame ultrasound), else None."""
+        for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode")):
+            b = self.scene.GetNthNodeByClass(i, "vtkMRMLSequenceBrowserNode")
+            try:
+                seq = b.GetMasterSequenceNode()
+                if seq is not None and b.GetProxyNode(seq) is node:
+                    return (f"current frame ({b.GetSelectedItemNumber() + 1} of {seq.GetNumberOfDataNodes()}) "
+                            "of a multi-frame sequence")
+            except AttributeError:           # sequences not available (slicer-core without Sequences)
+                return None
+        return None
+
+    @staticmethod
+    def image_from_node(node):
+        """(H, W) or (H, W, C) pixels of a one-slice scalar or vector (RGB) volume node, and its spacing."""
+        if node is None:
+            raise NodeError("no input image selected")
+        if node.IsA("vtkMRMLLabelMapVolumeNode") or node.IsA("vtkMRMLSegmentationNode"):
+            raise NodeError(f"'{node.GetName()}' is a {node.GetClassName()}: select an ultrasound image")
+        arr = array_from_volume_node(node)            # (k, j, i[, c])
+        vec = node.IsA("vtkMRMLVectorVolumeNode") or arr.ndim == 4
+        dims = arr.shape[:3]
+        if 0 in dims:
+            raise NodeError(f"'{node.GetName()}' is an empty image (dimensions {dims[::-1]})")
+        single = [ax for ax in range(3) if dims[ax] == 1]
+        if not single:
+            raise NodeError(f"'{node.GetName()}' is a 3D volume with {dims[0]} slices of {dims[2]} x {dims[1]}: "
+                            "select a 2D ultrasound image (or one frame of a sequence)")
+        ax = 0 if 0 in single else single[0]
+        img = np.take(arr, 0, axis=ax)
+        sp = [s for a, s in zip((2, 1, 0), node.GetSpacing()) if a != ax][::-1]   # (row, col) -> (x, y)
+        if not vec and img.ndim == 3:
+            raise NodeError(f"'{node.GetName()}' has an unexpected shape {arr.shape}")
+        return img, (float(sp[0]), float(sp[1]))
+
+    # ------------------------------------------------------------------------------------------ one node
+    def _table(self, table_node):
+        if table_node is not None:
+            if not table_node.IsA("vtkMRMLTableNode"):
+                raise NodeError("the results table must be a table node")
+            return table_node
+        return None
+
+    def _heatmap_node(self, input_node, heat):
+        """Reuse this input's heatmap node if there is one, else add one with the input's geometry."""
+        arr = heat.astype(np.float32)[None]           # (1, H, W): the same voxel grid as the input
+        arr = arr.reshape(array_from_volume_node(input_node).shape[:3])
+        for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+            n = self.scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+            if n.GetAttribute(HEATMAP_ATTRIBUTE) == input_node.GetID():
+                return update_volume_from_array(n, arr)
+        node = scalar_volume_from_array(self.scene, arr, like=input_node, name=f"{input_node.GetName()} heatmap")
+        node.SetAttribute(HEATMAP_ATTRIBUTE, input_node.GetID())
+        disp = node.GetDisplayNode()
+        if disp is not None:
+            color = self.scene.GetNodeByID("vtkMRMLColorTableNodeFileColdToHotRainbow.txt")
+            if color is not None:
+                disp.SetAndObserveColorNodeID(color.GetID())
+            disp.SetAutoWindowLevel(False)
+            disp.SetWindowLevelMinMax(0.0, 1.0)
+        return node
+
+    def classify(self, input_node, device="auto", weights=None, heatmap=True, table_node=None,
+                 progress: Progress | None = None, classifier=None) -> NodeResult:
+        """Classify one image node; add a table row (and the heatmap) in one step: on any error or
+        Cancel the scene is left as it was."""
+        progress = progress or Progress()
+        img, spacing = self.image_from_node(input_node)
+        from UltraScanClassifierLib.images import check_image
+        check_image(img, f"image '{input_node.GetName()}'")     # specific errors before any model work
+        table_node = self._table(table_node)
+        progress.step("loading model", 0.0)
+        clf = classifier or self.classifier(device, weights)
+        r = clf.classify(img, spacing, heatmap=heatmap, name=input_node.GetName(), progress=progress)
+        note = self.frame_note(input_node)
+        if note:
+            r.notes.append(f"classified the {note}")
+        progress.check()
+        with SceneTransaction(self.scene):
+            row = _row(input_node.GetName(), r)
+            table = add_table(self.scene, [row], name=TABLE_NAME, table=table_node or self.find_table(),
+                              columns=TABLE_COLUMNS)
+            hnode = self._heatmap_node(input_node, r.heatmap) if heatmap else None
+        return NodeResult(r, table, hnode, row, note)
+
+    def find_table(self):
+        """The scene's results table from earlier runs, so rows accumulate in one place."""
+        for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLTableNode")):
+            t = self.scene.GetNthNodeByClass(i, "vtkMRMLTableNode")
+            if t.GetName() == TABLE_NAME:
+                return t
+        return None
+
+    # ------------------------------------------------------------------------------------------ folder
+    def classify_folder(self, folder, device="auto", weights=None, table_node=None,
+                        progress: Progress | None = None, classifier=None) -> FolderResult:
+        """Every image in folder into the table, one row per image once it is done. Unreadable files
+        are listed in failures. Cancel keeps the rows done so far (then raises Cancelled)."""
+        from UltraScanClassifierLib.images import ImageError, list_images, read_image
+
+        progress = progress or Progress()
+        files = list_images(folder)
+        if not files:
+            raise NodeError(f"{folder}: no images found (PNG, JPEG, BMP, TIFF, DICOM)")
+        table_node = self._table(table_node)
+        clf = classifier or self.classifier(device, weights)
+        with SceneTransaction(self.scene):
+            table = add_table(self.scene, [], name=TABLE_NAME, table=table_node or self.find_table(),
+                              columns=TABLE_COLUMNS)
+        rows, failures = [], []
+        for i, f in enumerate(files):
+            progress.step(f"{i + 1} / {len(files)}: {f.name}", i / len(files))
+            try:
+                arr, spacing = read_image(f)
+                r = clf.classify(arr, spacing, heatmap=False, name=f.name)
+            except (ImageError, ValueError) as e:
+                failures.append((str(f), str(e)))
+                continue
+            progress.check()                          # a cancel during the image: no partial row
+            row = _row(str(Path(f).relative_to(folder)), r)
+            add_table(self.scene, [row], table=table)
+            rows.append(row)
+        progress.step("done", 1.0)
+        return FolderResult(table, rows, failures)
+
+    # ------------------------------------------------------------------------------------------- export
+    @staticmethod
+    def table_rows(table_node) -> list[dict]:
+        t = table_node.GetTable()
+        cols = [t.GetColumnName(c) for c in range(t.GetNumberOfColumns())]
+        return [{c: t.GetValueByName(r, c).ToString() for c in cols} for r in range(t.GetNumberOfRows())]
+
+    def export_csv(self, table_node, path):
+        rows = self.table_rows(table_node)
+        path = Path(path)
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else list(TABLE_COLUMNS))
+            w.writeheader()
+            w.writerows(rows)
+        return path
