@@ -26,6 +26,9 @@ demo: install
 	@$(BIN)/python -c "import json; r = json.load(open('$(OUT)/chaos_case20_liver.json')); \
 	print(f\"\nLiver volume: {r['liver_volume_ml']:.0f} mL ({r['seconds']:.0f} s on {r['device']}, weights {r['weights']}); Dice vs the CHAOS reference {r['metrics']['dice']:.3f}\"); \
 	print('Outputs: $(OUT)/chaos_case20_liver.nii.gz (labelmap), $(OUT)/chaos_case20_liver.seg.nrrd (Slicer segmentation), $(OUT)/*.json (reports)')"
+	@echo ""
+	@echo "Breast ultrasound (UltraScanNet, calibrated probabilities; decision support, not a diagnosis):"
+	$(BIN)/ultrascan-classify UltraScanClassifier/Resources/SampleData --heatmap-dir $(OUT)/heatmaps
 
 test: install-test
 	cd kernels && TRITON_INTERPRET=1 ../$(BIN)/python -m pytest -q tests -p no:cacheprovider
@@ -37,6 +40,7 @@ test-kernels: install-test
 bench-cpu: install
 	$(BIN)/python kernels/benchmarks/bench_scan.py --cpu
 	$(BIN)/python benchmarks/bench_srma.py --cpu --threads 2 --reps 1
+	$(BIN)/python benchmarks/bench_ultrascan.py --cpu --threads 2 --reps 3
 
 clean:
 	rm -rf $(VENV) out
