@@ -173,3 +173,28 @@ def test_cli_bad_weights_and_nothing_readable(tmp_path, capsys):
     assert "cannot load weights" in capsys.readouterr().err
     (tmp_path / "x.png").write_text("no")
     assert main([str(tmp_path / "x.png"), "--device", "cpu"]) == 2
+
+
+# ------------------------------------------------------------------------------- other checkpoints
+def test_authors_style_checkpoint_loads_by_name(tmp_path):
+    """A .pth holding {'model': state_dict} (the layout of the authors' checkpoints) loads strictly and gives
+    the shipped model's logits; an ImageNet-style 1000-class checkpoint initialises all but the head."""
+    from UltraScanClassifierLib.inference import UltrasoundClassifier
+    from UltraScanClassifierLib.model import UltraScanNet
+    from UltraScanClassifierLib.train import load_init
+    shipped = UltrasoundClassifier.load(device="cpu")
+    sd = {k: v.float() for k, v in shipped.model.state_dict().items()}
+    torch.save({"model": sd, "epoch": 3}, tmp_path / "ckpt.pth")
+    other = UltrasoundClassifier.load(tmp_path / "ckpt.pth", device="cpu")
+    img = read_image(need(BUSI / "normal" / "normal (5).png"))[0]
+    a = shipped.classify(img, heatmap=False)
+    b = other.classify(img, heatmap=False)
+    assert np.allclose(a.logits, b.logits, atol=1e-5) and other.temperature == 1.0
+    imagenet = dict(sd)
+    imagenet["head.weight"] = torch.zeros(1000, 640)
+    imagenet["head.bias"] = torch.zeros(1000)
+    torch.save({"state_dict": imagenet}, tmp_path / "mambavision_like.pth.tar.pth")
+    m = UltraScanNet()
+    n, total = load_init(m, tmp_path / "mambavision_like.pth.tar.pth")
+    assert n == total - 2
+    assert torch.equal(m.state_dict()["levels.2.blocks.0.mixer.A_log"], sd["levels.2.blocks.0.mixer.A_log"])
