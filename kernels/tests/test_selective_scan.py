@@ -170,3 +170,25 @@ def test_backend_choice(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(RuntimeError, match="CUDA tensors"):
         resolve_backend("triton", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_ultrascanunit_call(backend):
+    """The call UltraScanNet makes: N = 8, one 7 x 7 window of tokens, D, delta bias + softplus, no z;
+    forward in fp32 and bf16, gradients of every input against the reference's autograd."""
+    dev = device_for(backend)
+    x = make_inputs(3, 24, 49, 8, None, torch.float32, dev, with_d=True, with_z=False, with_bias=True)
+    ref = selective_scan_ref(**x, delta_softplus=True)
+    out = selective_scan_fn(**x, delta_softplus=True, backend=backend)
+    assert rel_err(out, ref) < TOL[torch.float32]
+    xb = {k: (v.to(torch.bfloat16) if k in ("u", "delta", "B", "C") else v) for k, v in x.items()}
+    outb = selective_scan_fn(**xb, delta_softplus=True, backend=backend)
+    assert outb.dtype == torch.bfloat16 and rel_err(outb.float(), ref) < TOL[torch.bfloat16] * 2
+    names = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+    leaves = {k: x[k].detach().double().cpu().requires_grad_(True) for k in names}
+    mine = {k: x[k].detach().clone().requires_grad_(True) for k in names}
+    w = torch.randn(3, 24, 49, dtype=torch.float64)
+    (selective_scan_ref(**leaves, delta_softplus=True) * w).sum().backward()
+    (selective_scan_fn(**mine, delta_softplus=True, backend=backend) * w.to(dev, torch.float32)).sum().backward()
+    for k in names:
+        assert rel_err(mine[k].grad.double().cpu(), leaves[k].grad) < GRAD_TOL[torch.float32], k
