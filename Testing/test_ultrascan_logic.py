@@ -168,3 +168,25 @@ def test_cancel_on_one_image_leaves_the_scene(app, clf):
     with pytest.raises(Cancelled):
         logic.classify(node, classifier=clf, progress=progress)
     assert app.scene.GetNumberOfNodes() == before
+
+
+def test_one_frame_of_a_multi_frame_volume(app, clf):
+    from slicer_ai_mrml.nodes import array_from_volume_node, scalar_volume_from_array
+    from UltraScanClassifierLogic import NodeError, UltraScanClassifierLogic
+    logic = UltraScanClassifierLogic(app.scene)
+    frames = np.stack([gray_image("benign/benign (3).png"), gray_image(), gray_image("normal/normal (5).png")])
+    cine = scalar_volume_from_array(app.scene, frames, name="cine")
+    set_matrix(cine, OBLIQUE)
+    res = logic.classify(cine, classifier=clf, frame=1)
+    single = clf.classify(frames[1], heatmap=False)
+    assert res.classification.label == single.label
+    assert np.allclose(res.classification.logits, single.logits, atol=1e-5)
+    assert "frame 2 of 3" in res.frame_note and any("frame 2 of 3" in n for n in res.classification.notes)
+    assert res.row["Image"] == "cine [frame 2]"
+    heat = array_from_volume_node(res.heatmap_node)
+    assert heat.shape == frames.shape and heat[1].max() > 0 and heat[0].max() == 0 and heat[2].max() == 0
+    assert np.allclose(ijk_to_ras(res.heatmap_node), ijk_to_ras(cine), atol=0, rtol=0)
+    n = app.scene.GetNumberOfNodes()
+    with pytest.raises(NodeError, match="frame 5 does not exist"):
+        logic.classify(cine, classifier=clf, frame=5)
+    assert app.scene.GetNumberOfNodes() == n

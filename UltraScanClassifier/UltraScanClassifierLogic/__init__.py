@@ -76,8 +76,9 @@ class UltraScanClassifierLogic:
         return None
 
     @staticmethod
-    def image_from_node(node):
-        """(H, W) or (H, W, C) pixels of a one-slice scalar or vector (RGB) volume node, and its spacing."""
+    def image_from_node(node, frame: int | None = None):
+        """(H, W) or (H, W, C) pixels of a one-slice scalar or vector (RGB) volume node, and its spacing.
+        frame: for a multi-frame volume (frames along K), the frame to take."""
         if node is None:
             raise NodeError("no input image selected")
         if node.IsA("vtkMRMLLabelMapVolumeNode") or node.IsA("vtkMRMLSegmentationNode"):
@@ -87,10 +88,15 @@ class UltraScanClassifierLogic:
         dims = arr.shape[:3]
         if 0 in dims:
             raise NodeError(f"'{node.GetName()}' is an empty image (dimensions {dims[::-1]})")
+        if frame is not None and dims[0] > 1:
+            if not 0 <= frame < dims[0]:
+                raise NodeError(f"'{node.GetName()}' has {dims[0]} frames; frame {frame} does not exist")
+            arr = arr[frame:frame + 1]
+            dims = arr.shape[:3]
         single = [ax for ax in range(3) if dims[ax] == 1]
         if not single:
             raise NodeError(f"'{node.GetName()}' is a 3D volume with {dims[0]} slices of {dims[2]} x {dims[1]}: "
-                            "select a 2D ultrasound image (or one frame of a sequence)")
+                            "select a 2D ultrasound image (or one frame: frame=...)")
         ax = 0 if 0 in single else single[0]
         img = np.take(arr, 0, axis=ax)
         sp = [s for a, s in zip((2, 1, 0), node.GetSpacing()) if a != ax][::-1]   # (row, col) -> (x, y)
@@ -106,10 +112,15 @@ class UltraScanClassifierLogic:
             return table_node
         return None
 
-    def _heatmap_node(self, input_node, heat):
-        """Reuse this input's heatmap node if there is one, else add one with the input's geometry."""
-        arr = heat.astype(np.float32)[None]           # (1, H, W): the same voxel grid as the input
-        arr = arr.reshape(array_from_volume_node(input_node).shape[:3])
+    def _heatmap_node(self, input_node, heat, frame=None):
+        """Reuse this input's heatmap node if there is one, else add one with the input's geometry
+        (for a frame of a multi-frame volume: a volume of the same grid, zero outside that frame)."""
+        shape = array_from_volume_node(input_node).shape[:3]
+        if frame is None:
+            arr = heat.astype(np.float32).reshape(shape)  # (1, H, W) etc.: the same voxel grid as the input
+        else:
+            arr = np.zeros(shape, np.float32)
+            arr[frame] = heat
         for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
             n = self.scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
             if n.GetAttribute(HEATMAP_ATTRIBUTE) == input_node.GetID():
@@ -126,11 +137,11 @@ class UltraScanClassifierLogic:
         return node
 
     def classify(self, input_node, device="auto", weights=None, heatmap=True, table_node=None,
-                 progress: Progress | None = None, classifier=None) -> NodeResult:
-        """Classify one image node; add a table row (and the heatmap) in one step: on any error or
-        Cancel the scene is left as it was."""
+                 progress: Progress | None = None, classifier=None, frame: int | None = None) -> NodeResult:
+        """Classify one image node (or one frame of a multi-frame volume); add a table row (and the
+        heatmap, on that frame's grid) in one step: on any error or Cancel the scene is left as it was."""
         progress = progress or Progress()
-        img, spacing = self.image_from_node(input_node)
+        img, spacing = self.image_from_node(input_node, frame)
         from UltraScanClassifierLib.images import check_image
         check_image(img, f"image '{input_node.GetName()}'")     # specific errors before any model work
         table_node = self._table(table_node)
@@ -138,14 +149,18 @@ class UltraScanClassifierLogic:
         clf = classifier or self.classifier(device, weights)
         r = clf.classify(img, spacing, heatmap=heatmap, name=input_node.GetName(), progress=progress)
         note = self.frame_note(input_node)
+        nframes = array_from_volume_node(input_node).shape[0]
+        if frame is not None and nframes > 1:
+            note = f"frame {frame + 1} of {nframes} of a multi-frame volume"
         if note:
             r.notes.append(f"classified the {note}")
         progress.check()
         with SceneTransaction(self.scene):
-            row = _row(input_node.GetName(), r)
+            label = input_node.GetName() + (f" [frame {frame + 1}]" if frame is not None and nframes > 1 else "")
+            row = _row(label, r)
             table = add_table(self.scene, [row], name=TABLE_NAME, table=table_node or self.find_table(),
                               columns=TABLE_COLUMNS)
-            hnode = self._heatmap_node(input_node, r.heatmap) if heatmap else None
+            hnode = self._heatmap_node(input_node, r.heatmap, frame if nframes > 1 else None) if heatmap else None
         return NodeResult(r, table, hnode, row, note)
 
     def find_table(self):
