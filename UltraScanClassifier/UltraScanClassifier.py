@@ -172,7 +172,6 @@ class UltraScanClassifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if res.heatmap_node is not None:
             slicer.util.setSliceViewerLayers(background=self._parameterNode.inputImage, foreground=res.heatmap_node,
                                              foregroundOpacity=self._parameterNode.heatmapOpacity)
-            self._heatmap = res.heatmap_node
 
     def _setOpacity(self, value):
         for name in ("Red", "Yellow", "Green"):
