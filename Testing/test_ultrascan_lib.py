@@ -198,3 +198,15 @@ def test_authors_style_checkpoint_loads_by_name(tmp_path):
     n, total = load_init(m, tmp_path / "mambavision_like.pth.tar.pth")
     assert n == total - 2
     assert torch.equal(m.state_dict()["levels.2.blocks.0.mixer.A_log"], sd["levels.2.blocks.0.mixer.A_log"])
+
+
+def test_batch_inference_equals_one_by_one():
+    from UltraScanClassifierLib.inference import UltrasoundClassifier
+    clf = UltrasoundClassifier.load(device="cpu")
+    imgs = [read_image(p)[0] for p in list_images(need(BUSI / "malignant"))[:3]]
+    imgs[1] = imgs[1][:, 30:]                              # different sizes in one batch
+    batch = clf.classify_batch(imgs, heatmap=True, batch_size=2)
+    for img, b in zip(imgs, batch):
+        one = clf.classify(img, heatmap=True)
+        assert b.label == one.label and np.allclose(b.logits, one.logits, atol=1e-4)
+        assert b.heatmap.shape == img.shape[:2] and np.allclose(b.heatmap, one.heatmap, atol=1e-3)
