@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from slicer_ai_common.layers import DropPath
+from slicer_ai_common.layers import DropPath, Mlp, Permute
 from ssm_kernels import cross_selective_scan
 
 
@@ -38,26 +38,6 @@ class SRMAConfig:
         d = asdict(self)
         d["depths"] = list(self.depths)
         return d
-
-
-class Permute(nn.Module):
-    def __init__(self, *dims):
-        super().__init__()
-        self.dims = dims
-
-    def forward(self, x):
-        return x.permute(*self.dims)
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class SS2D(nn.Module):

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from slicer_ai_common.layers import DropPath
+from slicer_ai_common.layers import DropPath, Permute
 
 
 # ----------------------------------------------------------------------------------------------- ResNet-50
@@ -75,15 +75,6 @@ class LayerNorm2d(nn.LayerNorm):
     def forward(self, x):
         return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
                             self.eps).permute(0, 3, 1, 2)
-
-
-class Permute(nn.Module):
-    def __init__(self, *dims):
-        super().__init__()
-        self.dims = dims
-
-    def forward(self, x):
-        return x.permute(*self.dims)
 
 
 class CNBlock(nn.Module):

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from slicer_ai_common.layers import DropPath
+from slicer_ai_common.layers import DropPath, Mlp
 from ssm_kernels import selective_scan_fn
 
 CLASSES = ("benign", "malignant", "normal")
@@ -255,17 +255,6 @@ class Attention(nn.Module):
         q, k, v = self.qkv(tokens).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
 
 
 def mixer_kind(i: int, depth: int) -> str:

@@ -163,7 +163,7 @@ def main(argv=None):
         ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["opt"])
         start_epoch = ck["epoch"] + 1
-        g.set_state(ck["gen"].to(g.get_state().device) if device.type == "cpu" else ck["gen"].cpu())
+        g.set_state(ck["gen"].cpu())          # generator states are CPU byte tensors on every device
         print(f"[resume] from epoch {start_epoch}")
     print(f"[model] {a.model}: {count_parameters(model):,} parameters; {steps_per_epoch} steps/epoch x "
           f"{total_epochs} epochs; device {device}, amp {amp}", flush=True)

@@ -39,6 +39,11 @@ class FolderResult:
     failures: list                # (file, message)
 
 
+def _dims(node) -> tuple:
+    """(k, j, i) voxel counts of a volume node, without copying its voxels."""
+    return tuple(node.GetImageData().GetDimensions())[::-1]
+
+
 def _row(name, r) -> dict:
     p = r.probabilities
     return {"Image": name, "Label": r.label, "P(benign)": p["benign"], "P(malignant)": p["malignant"],
@@ -115,7 +120,7 @@ class UltraScanClassifierLogic:
     def _heatmap_node(self, input_node, heat, frame=None):
         """Reuse this input's heatmap node if there is one, else add one with the input's geometry
         (for a frame of a multi-frame volume: a volume of the same grid, zero outside that frame)."""
-        shape = array_from_volume_node(input_node).shape[:3]
+        shape = _dims(input_node)
         if frame is None:
             arr = heat.astype(np.float32).reshape(shape)  # (1, H, W) etc.: the same voxel grid as the input
         else:
@@ -149,7 +154,7 @@ class UltraScanClassifierLogic:
         clf = classifier or self.classifier(device, weights)
         r = clf.classify(img, spacing, heatmap=heatmap, name=input_node.GetName(), progress=progress)
         note = self.frame_note(input_node)
-        nframes = array_from_volume_node(input_node).shape[0]
+        nframes = _dims(input_node)[0]
         if frame is not None and nframes > 1:
             note = f"frame {frame + 1} of {nframes} of a multi-frame volume"
         if note:
