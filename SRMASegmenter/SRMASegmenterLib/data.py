@@ -1,6 +1,7 @@
 """Liver MRI data sets in either layout, loaded into the model's canonical orientation.
 
-- CHAOS (as in ../shared/data/chaos-mr-t2): case_NN_t2.nii.gz + case_NN_labels.nii.gz, liver = 1.
+- CHAOS (as in ../shared/data/chaos-mr-t2): case_NN_t2.nii.gz + case_NN_labels.nii.gz: 0 background,
+  1 liver, 2 right kidney, 3 left kidney, 4 spleen (CHAOS_CLASSES).
 - CirrMRI600+: train_images/ train_masks/ valid_images/ valid_masks/ test_images/ test_masks/, with
   mask files named like their images; liver = any non-zero label.
 """
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .inference import normalize_intensity
+from .inference import normalize_intensity, resample, resample_labels
 from .volumes import orientation_transform, read_volume, to_canonical
 
+CHAOS_CLASSES = ("background", "liver", "right_kidney", "left_kidney", "spleen")
 _CHAOS = re.compile(r"case_(\d+)_t2\.nii(\.gz)?$")
 _EXT = (".nii.gz", ".nii", ".nrrd", ".mha")
 
@@ -47,15 +49,22 @@ def find_cases(root) -> dict:
                             "(train_images/ train_masks/ ...) layout")
 
 
-def split_cases(found: dict, split_file=None, val_ids=None):
-    """CirrMRI: its own train/valid folders. CHAOS: the split file's (or val_ids') validation cases."""
+def split_cases(found: dict, split_file=None, val_ids=None, fold=None):
+    """CirrMRI: its own train/valid folders. CHAOS: the split file's validation cases: its "val" list,
+    or, for a k-fold file ({"folds": [[ids], ...]}), fold `fold`'s cases."""
     cases = found["cases"]
     if found["layout"] == "cirrmri":
         return [c for c in cases if c["subset"] == "train"], [c for c in cases if c["subset"] == "valid"]
     if val_ids is None:
         if split_file is None:
             raise ValueError("CHAOS layout needs a split file or validation case ids")
-        val_ids = json.loads(Path(split_file).read_text())["val"]
+        d = json.loads(Path(split_file).read_text())
+        if "folds" in d:
+            if fold is None:
+                raise ValueError(f"{split_file} is a {len(d['folds'])}-fold split: say which fold validates (--fold)")
+            val_ids = d["folds"][int(fold)]
+        else:
+            val_ids = d["val"]
     val = [c for c in cases if c["id"] in set(val_ids)]
     train = [c for c in cases if c["id"] not in set(val_ids)]
     if not val:
@@ -63,8 +72,16 @@ def split_cases(found: dict, split_file=None, val_ids=None):
     return train, val
 
 
-def load_case(case: dict):
-    """-> dict(image (1, I, J, K) float32 normalised, label (1, I, J, K) uint8, spacing (i, j, k), id)."""
+def load_case(case: dict, spacing=None, multiclass: bool = False):
+    """-> dict(image (1, I, J, K) float32 normalised, label (1, I, J, K) uint8, spacing (i, j, k), id).
+
+    Canonical orientation, then intensity normalisation on the input grid (as inference does), then,
+    with `spacing`, resampling to that grid (inference.resample; labels one-hot, resampled, argmax).
+    Labels: with multiclass, CHAOS's five classes (CHAOS_CLASSES; CirrMRI: background / liver);
+    otherwise liver = 1.
+    """
+    import torch
+
     img, geom = read_volume(case["image"])
     lab, lgeom = read_volume(case["label"])
     if img.shape != lab.shape:
@@ -72,7 +89,18 @@ def load_case(case: dict):
     perm, flips = orientation_transform(geom.direction)
     img = to_canonical(img, perm, flips)
     lab = to_canonical(lab, perm, flips)
-    liver = (lab == case["liver_label"]) if case["liver_label"] is not None else (lab > 0)
-    sp_kji = np.array([np.asarray(geom.spacing)[::-1][p] for p in perm])
-    return dict(id=case["id"], image=normalize_intensity(img).transpose(2, 1, 0)[None].copy(),
-                label=liver.astype(np.uint8).transpose(2, 1, 0)[None].copy(), spacing=tuple(sp_kji[::-1]))
+    if multiclass and case["liver_label"] is not None:
+        lab = np.where(lab <= 4, lab, 0).astype(np.uint8)
+        n_classes = len(CHAOS_CLASSES)
+    else:
+        lab = ((lab == case["liver_label"]) if case["liver_label"] is not None else (lab > 0)).astype(np.uint8)
+        n_classes = 2
+    sp_ijk = tuple(np.array([np.asarray(geom.spacing)[::-1][p] for p in perm])[::-1])
+    x = normalize_intensity(img).transpose(2, 1, 0)[None].copy()
+    y = lab.transpose(2, 1, 0).copy()
+    if spacing is not None and not np.allclose(sp_ijk, spacing, rtol=1e-3):
+        x = resample(torch.from_numpy(x)[None], sp_ijk, spacing)[0].numpy()
+        y = resample_labels(torch.from_numpy(y), sp_ijk, spacing, n_classes, size=x.shape[1:]).numpy()
+        sp_ijk = tuple(spacing)
+    return dict(id=case["id"], image=x, label=y[None].astype(np.uint8), spacing=tuple(float(v) for v in sp_ijk),
+                num_classes=n_classes)

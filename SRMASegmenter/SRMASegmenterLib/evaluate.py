@@ -37,59 +37,88 @@ def overlay_png(img_kji, truth, pred, path, title=""):
     plt.close(fig)
 
 
+KEYS = ["id", "dice", "jaccard", "precision", "recall", "f1", "f2", "hd95_mm", "assd_mm", "volume_pred_ml",
+        "volume_ref_ml", "volume_diff_ml", "spleen_in_liver_ml", "dice_spleen", "dice_right_kidney",
+        "dice_left_kidney", "seconds", "device"]
+CHAOS_LABELS = {"liver": 1, "right_kidney": 2, "left_kidney": 3, "spleen": 4}
+
+
+def evaluate_cases(seg, cases, out=None, overlays=True, log=print):
+    """Per-case metrics of the liver (and, for a multi-class model on CHAOS, Dice of the other organs and
+    the reference spleen's volume that was labelled liver) through the module's inference path.
+    Writes metrics.csv / metrics.json (+ overlays) to `out` if given; returns (rows, summary)."""
+    from .metrics import segmentation_metrics
+    from .volumes import read_volume
+
+    rows = []
+    for c in cases:
+        img, geom = read_volume(c["image"])
+        lab, _ = read_volume(c["label"])
+        chaos = c["liver_label"] is not None
+        truth = (lab == c["liver_label"]) if chaos else (lab > 0)
+        organs = [o for o in seg.organs if o != "liver"] if chaos else []
+        mask, info = seg.predict(img, geom, organs=organs)
+        m = segmentation_metrics(mask, truth, tuple(geom.spacing)[::-1])
+        vox_ml = float(np.prod(geom.spacing)) / 1000
+        m["spleen_in_liver_ml"] = float((mask.astype(bool) & (lab == 4)).sum()) * vox_ml if chaos else float("nan")
+        for o in ("spleen", "right_kidney", "left_kidney"):
+            if o in info["organs"]:
+                t, p_ = lab == CHAOS_LABELS[o], info["organs"][o].astype(bool)
+                m[f"dice_{o}"] = float(2 * (t & p_).sum() / max(1, t.sum() + p_.sum()))
+            else:
+                m[f"dice_{o}"] = float("nan")
+        m.update(id=c["id"], seconds=info["seconds"], device=info["device"])
+        rows.append(m)
+        if out is not None and overlays:
+            overlay_png(img, truth, mask.astype(bool), Path(out) / f"{c['id']}_overlay.png",
+                        f"{c['id']}: Dice {m['dice']:.3f}, HD95 {m['hd95_mm']:.1f} mm")
+        log(f"{c['id']}: Dice {m['dice']:.4f}  HD95 {m['hd95_mm']:.1f} mm  ASSD {m['assd_mm']:.2f} mm  "
+            f"prec {m['precision']:.3f} rec {m['recall']:.3f}  vol err {m['volume_diff_ml']:+.0f} mL  "
+            f"spleen->liver {m['spleen_in_liver_ml']:.1f} mL  {info['seconds']:.1f} s ({info['device']})")
+    summary = {}
+    for k in KEYS[1:-1]:
+        vals = [r[k] for r in rows if not (isinstance(r[k], float) and math.isnan(r[k]))]
+        if vals:
+            summary[k] = {"mean": float(np.mean(vals)), "sd": float(np.std(vals)), "min": float(np.min(vals)),
+                          "max": float(np.max(vals))}
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "metrics.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=KEYS)
+            w.writeheader()
+            w.writerows([{k: r.get(k) for k in KEYS} for r in rows])
+        (out / "metrics.json").write_text(json.dumps({"weights": seg.weights_id, "cases": rows, "summary": summary},
+                                                     indent=1))
+    return rows, summary
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
     p.add_argument("--split")
+    p.add_argument("--fold", help="with a k-fold split file: the fold to evaluate")
     p.add_argument("--subset", default="val", choices=["val", "train", "all"])
     p.add_argument("--out", default="runs/eval")
     p.add_argument("--weights")
     p.add_argument("--device", default="auto")
+    p.add_argument("--tta", action="store_true", help="mirror test-time augmentation")
     p.add_argument("--cases", nargs="*", help="only these case ids")
     a = p.parse_args(argv)
 
     from .data import find_cases, split_cases
-    from .inference import LiverSegmenter
-    from .metrics import segmentation_metrics
-    from .volumes import read_volume
+    from .inference import InferenceConfig, LiverSegmenter
 
     found = find_cases(a.data)
     if a.subset == "all":
         cases = found["cases"]
     else:
-        tr, va = split_cases(found, a.split)
+        tr, va = split_cases(found, a.split, fold=a.fold)
         cases = va if a.subset == "val" else tr
     if a.cases:
         cases = [c for c in cases if c["id"] in set(a.cases)]
-    seg = LiverSegmenter.load(a.weights, device=a.device)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for c in cases:
-        img, geom = read_volume(c["image"])
-        lab, _ = read_volume(c["label"])
-        truth = (lab == c["liver_label"]) if c["liver_label"] is not None else (lab > 0)
-        mask, info = seg.predict(img, geom)
-        m = segmentation_metrics(mask, truth, tuple(geom.spacing)[::-1])
-        m.update(id=c["id"], seconds=info["seconds"], device=info["device"])
-        rows.append(m)
-        overlay_png(img, truth, mask.astype(bool), out / f"{c['id']}_overlay.png",
-                    f"{c['id']}: Dice {m['dice']:.3f}, HD95 {m['hd95_mm']:.1f} mm")
-        print(f"{c['id']}: Dice {m['dice']:.4f}  HD95 {m['hd95_mm']:.1f} mm  ASSD {m['assd_mm']:.2f} mm  "
-              f"vol err {m['volume_diff_ml']:+.0f} mL  {info['seconds']:.1f} s ({info['device']})", flush=True)
-    keys = ["id", "dice", "jaccard", "precision", "recall", "f1", "f2", "hd95_mm", "assd_mm", "volume_pred_ml",
-            "volume_ref_ml", "volume_diff_ml", "seconds", "device"]
-    with open(out / "metrics.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows([{k: r[k] for k in keys} for r in rows])
-    summary = {}
-    for k in keys[1:-1]:
-        vals = [r[k] for r in rows if not (isinstance(r[k], float) and math.isnan(r[k]))]
-        if vals:
-            summary[k] = {"mean": float(np.mean(vals)), "sd": float(np.std(vals))}
-    (out / "metrics.json").write_text(json.dumps({"weights": seg.weights_id, "cases": rows, "summary": summary},
-                                                 indent=1))
+    seg = LiverSegmenter.load(a.weights, device=a.device, config=InferenceConfig(tta=a.tta))
+    rows, summary = evaluate_cases(seg, cases, a.out, log=lambda m: print(m, flush=True))
     print("mean: " + ", ".join(f"{k} {v['mean']:.4g}" for k, v in summary.items()))
     return summary
 

@@ -1,25 +1,32 @@
-"""Volume in, liver mask out: orientation, intensity normalisation, resampling, sliding window with
-Gaussian blending, thresholding and post-processing, with progress and cancel.
+"""Volume in, liver (and optionally spleen / kidney) masks out: orientation, intensity normalisation,
+resampling to the model's grid, one window or a sliding window, softmax / sigmoid, post-processing,
+with progress and cancel.
 
-Resampling policy: the model was trained at TRAIN_SPACING (CHAOS T2, 1.25 x 1.25 x 7.7 mm). An input
-whose spacing differs by more than `resample_tolerance` (relative, any axis) is resampled to it
-(trilinear) for inference and the probabilities are resampled back to the input grid before
-thresholding; otherwise it runs on the input grid as is. The mask always has the input's shape and
-geometry.
+Grid policy: every model states in its manifest the spacing it was trained at (`train_spacing_ijk`)
+and its window (`inference.roi_size`); the published-style models without them use TRAIN_SPACING_IJK
+and a 224 x 224 x 64 window. An input whose spacing differs from the model's by more than
+`resample_tolerance` (relative, any axis) is resampled to it (Gaussian pre-filter on the axes that
+shrink, then trilinear), and the class probabilities are resampled back to the input grid before the
+labels are taken, so every mask has the input's shape and geometry. A volume that fits the window runs
+as one window (padded to the window, as in training, with the image's minimum); a larger one runs as
+overlapping windows with Gaussian blending.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .volumes import Geometry, check_array, from_canonical, orientation_transform, to_canonical
 
-TRAIN_SPACING_IJK = (1.25, 1.25, 7.7)
+TRAIN_SPACING_IJK = (1.25, 1.25, 7.7)   # the published-style binary model (CHAOS T2 as distributed)
+DEFAULT_ROI = (224, 224, 64)
 MODELS_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models"
+# The organs a multi-class model may give, by the class names in its manifest.
+ORGANS = ("liver", "spleen", "right_kidney", "left_kidney")
 
 
 class NoWeightsError(RuntimeError):
@@ -28,14 +35,17 @@ class NoWeightsError(RuntimeError):
 
 @dataclass
 class InferenceConfig:
-    roi_size: tuple = (224, 224, 64)   # (i, j, k) window, each divisible by 16
+    roi_size: tuple | None = None      # (i, j, k) window, each divisible by 16; None: the model's own
+    spacing: tuple | None = None       # model grid (i, j, k) mm; None: the model's training spacing
     overlap: float = 0.25
     sw_batch_size: int = 4
-    threshold: float = 0.5
+    threshold: float = 0.5             # binary (one-channel) models only; softmax models take the argmax
     largest_component: bool = True
     fill_holes: bool = True
     resample_tolerance: float = 0.1
     amp: bool = False                  # bf16 autocast on GPU
+    tta: bool = False                  # mirror test-time augmentation (anterior-posterior and cranio-caudal
+                                       # flips, the axes mirrored in training; never left-right)
 
 
 def normalize_intensity(arr: np.ndarray) -> np.ndarray:
@@ -47,16 +57,57 @@ def normalize_intensity(arr: np.ndarray) -> np.ndarray:
     return ((a - float(a.mean())) / (std if std > 0 else 1.0)).astype(np.float32)
 
 
+def resample(x, in_spacing, out_spacing, size=None):
+    """(B, C, I, J, K) float tensor from one grid to another: a Gaussian pre-filter (sigma = (f - 1) / 2
+    voxels) on every axis that shrinks by f > 1, then trilinear. `size` overrides the computed size."""
+    import torch
+    import torch.nn.functional as F
+
+    f = [float(o) / float(i) for i, o in zip(in_spacing, out_spacing)]
+    if size is None:
+        size = [max(1, int(round(s / fi))) for s, fi in zip(x.shape[2:], f)]
+    for ax, fi in enumerate(f):
+        if fi > 1.01:
+            sigma = (fi - 1) / 2
+            r = max(1, int(math.ceil(3 * sigma)))
+            t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+            k = torch.exp(-0.5 * (t / sigma) ** 2)
+            k = k / k.sum()
+            c = x.shape[1]
+            shape = [1, 1, 1]
+            shape[ax] = 2 * r + 1
+            pad = [0, 0, 0, 0, 0, 0]
+            pad[2 * (2 - ax)] = pad[2 * (2 - ax) + 1] = r
+            xp = F.pad(x, pad, mode="replicate")
+            x = F.conv3d(xp, k.view(1, 1, *shape).repeat(c, 1, 1, 1, 1), groups=c)
+    if list(size) != list(x.shape[2:]):
+        x = F.interpolate(x, size=list(size), mode="trilinear", align_corners=False)
+    return x
+
+
+def resample_labels(lab, in_spacing, out_spacing, num_classes, size=None):
+    """Integer labels (I, J, K) tensor to another grid: one-hot, `resample`, argmax."""
+    import torch.nn.functional as F
+
+    oh = F.one_hot(lab.long(), num_classes).permute(3, 0, 1, 2)[None].float()
+    return resample(oh, in_spacing, out_spacing, size)[0].argmax(0).to(lab.dtype)
+
+
+def _keep_largest(m, ndimage):
+    lab, n = ndimage.label(m)
+    if n > 1:
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        m = lab == int(sizes.argmax())
+    return m
+
+
 def postprocess(mask: np.ndarray, largest_component=True, fill_holes=True) -> np.ndarray:
     from scipy import ndimage
 
     m = mask.astype(bool)
     if largest_component and m.any():
-        lab, n = ndimage.label(m)
-        if n > 1:
-            sizes = np.bincount(lab.ravel())
-            sizes[0] = 0
-            m = lab == int(sizes.argmax())
+        m = _keep_largest(m, ndimage)
     if fill_holes and m.any():
         m = ndimage.binary_fill_holes(m)
     return m.astype(np.uint8)
@@ -65,11 +116,25 @@ def postprocess(mask: np.ndarray, largest_component=True, fill_holes=True) -> np
 class LiverSegmenter:
     """A loaded model ready to segment volumes; the one inference path for module, CLI and evaluate."""
 
-    def __init__(self, model, device, weights_id: str = "unknown", config: InferenceConfig | None = None):
+    def __init__(self, model, device, weights_id: str = "unknown", config: InferenceConfig | None = None,
+                 manifest: dict | None = None):
         self.model = model.eval().to(device)
         self.device = device
         self.weights_id = weights_id
         self.config = config or InferenceConfig()
+        manifest = manifest or {}
+        inf = manifest.get("inference", {})
+        if self.config.spacing is None:
+            self.config.spacing = tuple(manifest.get("train_spacing_ijk", TRAIN_SPACING_IJK))
+        if self.config.roi_size is None:
+            self.config.roi_size = tuple(inf.get("roi_size", DEFAULT_ROI))
+        cfg = model.cfg
+        self.classes = list(cfg.class_names) if cfg.out_chans > 1 else ["background", *cfg.class_names]
+
+    @property
+    def organs(self) -> list:
+        """The organs this model can segment (foreground class names)."""
+        return [c for c in self.classes[1:]]
 
     @classmethod
     def load(cls, weights: str | Path | None = None, device="auto", config: InferenceConfig | None = None,
@@ -91,50 +156,75 @@ class LiverSegmenter:
             sd = rec.load_state_dict(verify=True)
         else:
             sd, rec = load_weights_file(weights)
-        cfg_d = rec.manifest.get("config", {})
-        known = SRMAConfig.__dataclass_fields__
-        cfg = SRMAConfig(**{k: (tuple(v) if k == "depths" else v) for k, v in cfg_d.items() if k in known})
+        cfg = SRMAConfig.from_dict(rec.manifest.get("config", {}))
+        if "out_conv1.conv.conv.weight" in sd and sd["out_conv1.conv.conv.weight"].shape[0] != cfg.out_chans:
+            n = int(sd["out_conv1.conv.conv.weight"].shape[0])
+            raise NoWeightsError(f"the weights have {n} output classes but their manifest says {cfg.out_chans}")
         model = load_into(SRMAMamba(cfg), sd)
-        return cls(model, dev, rec.weights_id, config)
+        return cls(model, dev, rec.weights_id, config, rec.manifest)
+
+    def _forward(self, t, device):
+        """Class probabilities of one batch of windows (B, C, ...) (C = 1: sigmoid of the binary output)."""
+        import torch
+
+        cfg = self.config
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
+            out = self.model(t)[0].float()
+        return torch.sigmoid(out) if out.shape[1] == 1 else torch.softmax(out, dim=1)
 
     def predict_probabilities(self, x, progress=None, device=None, sw_batch_size=None):
-        """x: normalised float32 tensor (1, 1, I, J, K) on CPU -> liver probability (I, J, K) on CPU."""
+        """x: normalised float32 tensor (1, 1, I, J, K) on CPU on the model's grid -> probabilities
+        (C, I, J, K) on CPU (C = 1 for a binary model: P(liver))."""
         import torch
         from monai.inferers import sliding_window_inference
 
         cfg = self.config
         device = device or self.device
-        model = self.model.to(device)
+        self.model.to(device)
         roi = tuple(cfg.roi_size)
         sw = sw_batch_size or cfg.sw_batch_size
+        flips = [()] + ([(3,), (4,)] if cfg.tta else [])
         n_win = 1
         for s, r in zip(x.shape[2:], roi):
             step = max(1, int(r * (1 - cfg.overlap)))
             n_win *= max(1, math.ceil((max(s, r) - r) / step) + 1)
-        n_calls = max(1, math.ceil(n_win / sw))
+        n_calls = max(1, math.ceil(n_win / sw)) * len(flips)
         done = [0]
 
         def predictor(t):
             if progress is not None:
                 progress.step("segmenting", done[0] / n_calls)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
-                out = model(t)[0].float()
+            out = self._forward(t, device)
             done[0] += 1
             if progress is not None:
                 progress.step("segmenting", done[0] / n_calls)
             return out
 
+        pad_value = float(x.min())   # as in training: outside the volume is the image's darkest value
+        total = None
         with torch.inference_mode():
-            logits = sliding_window_inference(x.to(device), roi, sw, predictor, overlap=cfg.overlap,
-                                              mode="gaussian", sw_device=device, device=torch.device("cpu"))
-        return torch.sigmoid(logits[0, 0].float())
+            for fl in flips:
+                xi = x.flip(fl) if fl else x
+                p = sliding_window_inference(xi.to(device), roi, sw, predictor, overlap=cfg.overlap, mode="gaussian",
+                                             cval=pad_value, sw_device=device, device=torch.device("cpu"))[0]
+                p = p.flip([d - 1 for d in fl]) if fl else p
+                total = p if total is None else total + p
+        return (total / len(flips)).float()
 
-    def predict(self, arr_kji: np.ndarray, geom: Geometry, progress=None, fallback_notify=None):
-        """-> (uint8 mask in the input's (k, j, i) shape, info dict with timing and device)."""
+    def predict(self, arr_kji: np.ndarray, geom: Geometry, progress=None, fallback_notify=None, organs=None):
+        """-> (uint8 liver mask in the input's (k, j, i) shape, info dict with timing and device).
+
+        organs: further organs to segment ("spleen", "right_kidney", "left_kidney"; a multi-class model
+        only); their masks are in info["organs"][name] and their volumes in info["organ_volumes_ml"].
+        """
         import torch
-        import torch.nn.functional as F
         from slicer_ai_common.devices import run_with_fallback
 
+        organs = [o for o in (organs or []) if o != "liver"]
+        unknown = [o for o in organs if o not in self.organs]
+        if unknown:
+            raise ValueError(f"this model ({self.weights_id}) segments {', '.join(self.organs)}; "
+                             f"it cannot segment {', '.join(unknown)}")
         t0 = time.perf_counter()
         cfg = self.config
         arr = check_array(np.asarray(arr_kji))
@@ -143,17 +233,14 @@ class LiverSegmenter:
         perm, flips = orientation_transform(geom.direction)
         can = to_canonical(arr, perm, flips)  # (k, j, i) in the training orientation
         sp_ijk = np.asarray(geom.spacing, dtype=float)
-        # spacing of the canonical array's axes, (k, j, i) order
-        sp_kji_in = np.array([sp_ijk[::-1][p] for p in perm])
+        sp_ijk_can = np.array([sp_ijk[::-1][p] for p in perm])[::-1]   # spacing of the canonical (i, j, k) axes
         img = normalize_intensity(can).transpose(2, 1, 0)  # (i, j, k)
         x = torch.from_numpy(np.ascontiguousarray(img))[None, None]
-        sp_ijk_can = sp_kji_in[::-1]
-        target = np.array(TRAIN_SPACING_IJK)
-        resample = bool(np.any(np.abs(sp_ijk_can / target - 1) > cfg.resample_tolerance))
-        in_size = x.shape[2:]
-        if resample:
-            new_size = [max(16, int(round(s * sp / t))) for s, sp, t in zip(in_size, sp_ijk_can, target)]
-            x = F.interpolate(x, size=new_size, mode="trilinear", align_corners=False)
+        target = np.array(cfg.spacing, dtype=float)
+        resample_needed = bool(np.any(np.abs(sp_ijk_can / target - 1) > cfg.resample_tolerance))
+        in_size = list(x.shape[2:])
+        if resample_needed:
+            x = resample(x, sp_ijk_can, target)
         notes = []
 
         def run(device, bs):
@@ -162,15 +249,26 @@ class LiverSegmenter:
         batches = tuple(sorted({cfg.sw_batch_size, 2, 1}, reverse=True))
         prob, used_device, tried = run_with_fallback(run, self.device, batches,
                                                      notify=lambda m: (notes.append(m), fallback_notify and fallback_notify(m)))
-        if resample:
-            prob = F.interpolate(prob[None, None], size=list(in_size), mode="trilinear", align_corners=False)[0, 0]
         if progress is not None:
             progress.step("post-processing", 1.0)
-        mask = (prob.numpy() > cfg.threshold).astype(np.uint8).transpose(2, 1, 0)  # (k, j, i)
-        mask = postprocess(mask, cfg.largest_component, cfg.fill_holes)
-        mask = from_canonical(mask, perm, flips)
-        assert mask.shape == arr.shape
+        if resample_needed:
+            prob = resample(prob[None], target, sp_ijk_can, size=in_size)[0]
+        if prob.shape[0] == 1:
+            labels = (prob[0] > cfg.threshold).to(torch.uint8)
+        else:
+            labels = prob.argmax(0).to(torch.uint8)
+        labels = labels.numpy().transpose(2, 1, 0)  # (k, j, i), canonical
         vox_ml = float(np.prod(geom.spacing)) / 1000.0
+
+        def organ_mask(name):
+            m = postprocess(labels == self.classes.index(name), cfg.largest_component, cfg.fill_holes)
+            m = from_canonical(m, perm, flips)
+            assert m.shape == arr.shape
+            return m
+
+        mask = organ_mask("liver")
+        extra = {o: organ_mask(o) for o in organs}
         info = dict(volume_ml=float(mask.sum()) * vox_ml, seconds=time.perf_counter() - t0,
-                    device=str(used_device), weights_id=self.weights_id, resampled=resample, notes=notes)
+                    device=str(used_device), weights_id=self.weights_id, resampled=resample_needed, notes=notes,
+                    organs=extra, organ_volumes_ml={o: float(m.sum()) * vox_ml for o, m in extra.items()})
         return mask, info

@@ -3,7 +3,9 @@ the authors' published state dict (config `vmambav2_tiny_224`), written from the
 and the published parameter names and shapes.
 
 Layout: input (B, 1, H, W, D), H, W, D divisible by 16; four outputs (logits at 1/2, 1/4, 1/8, 1/16
-resolution, each upsampled to the input size). The selective scans run in ssm_kernels (fused
+resolution, each upsampled to the input size), `out_chans` channels each: 1 in the published binary
+configuration (sigmoid), or one per class with background first (softmax), e.g. background, liver,
+right kidney, left kidney, spleen. The selective scans run in ssm_kernels (fused
 four-direction scan), so this file holds no scan of its own.
 """
 from __future__ import annotations
@@ -23,7 +25,8 @@ from ssm_kernels import cross_selective_scan
 class SRMAConfig:
     """The published configuration (vmambav2_tiny_224) unless said otherwise."""
     in_chans: int = 1
-    out_chans: int = 1
+    out_chans: int = 1            # 1: the published binary liver output (sigmoid); >1: softmax classes
+    class_names: tuple = ("liver",)  # foreground names for out_chans == 1, else all classes, background first
     dims: int = 48                # EMBED_DIM; stages have dims * 2**i channels
     depths: tuple = (1, 1, 1, 1)  # SABMamba blocks per stage
     d_state: int = 1
@@ -37,7 +40,18 @@ class SRMAConfig:
     def to_dict(self):
         d = asdict(self)
         d["depths"] = list(self.depths)
+        d["class_names"] = list(self.class_names)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SRMAConfig":
+        """From a manifest's config; unknown keys ignored, lists back to tuples."""
+        known = cls.__dataclass_fields__
+        kw = {k: (tuple(v) if k in ("depths", "class_names") else v) for k, v in d.items() if k in known}
+        cfg = cls(**kw)
+        if cfg.out_chans > 1 and len(cfg.class_names) != cfg.out_chans:
+            raise ValueError(f"SRMA config: {cfg.out_chans} output classes but class_names {list(cfg.class_names)}")
+        return cfg
 
 
 class SS2D(nn.Module):
@@ -216,9 +230,13 @@ def _upsample(x, size):
 
 
 class SRMAttention(nn.Module):
-    """Spatial reverse attention: refine this scale's features where the coarser map is unsure."""
+    """Spatial reverse attention: refine this scale's features where the coarser map is not yet foreground.
 
-    def __init__(self, channel, drop_path, mlp_ratio, **ssm_kw):
+    Binary (published): attention = 1 - sigmoid(coarse). With softmax classes the same idea reads
+    attention = P(background) = 1 - P(any organ), from the coarse map's softmax.
+    """
+
+    def __init__(self, channel, drop_path, mlp_ratio, out_chans=1, **ssm_kw):
         super().__init__()
         self.st_block1 = nn.Sequential(Permute(0, 2, 3, 4, 1), SABMamba(channel, drop_path, mlp_ratio, **ssm_kw),
                                        Permute(0, 4, 1, 2, 3))
@@ -226,11 +244,14 @@ class SRMAttention(nn.Module):
                                        Permute(0, 4, 1, 2, 3))
         self.ra_conv1 = _Conv1x1(channel, channel)
         self.ra_conv2 = _Conv1x1(channel, channel)
-        self.ra_conv3 = _Conv1x1(channel, 1)
+        self.ra_conv3 = _Conv1x1(channel, out_chans)
 
     def forward(self, x, coarse):
         coarse = _upsample(coarse, x.shape[-3:])
-        attn = 1.0 - torch.sigmoid(coarse)
+        if coarse.shape[1] == 1:
+            attn = 1.0 - torch.sigmoid(coarse)
+        else:
+            attn = torch.softmax(coarse.float(), dim=1)[:, :1].to(coarse.dtype)
         identity = x
         x = self.st_block1(x) * attn
         x = self.ra_conv1(x)
@@ -244,7 +265,7 @@ class SRMAMamba(nn.Module):
         super().__init__()
         cfg = cfg or SRMAConfig()
         if overrides:
-            cfg = SRMAConfig(**{**cfg.to_dict(), **overrides})
+            cfg = SRMAConfig.from_dict({**cfg.to_dict(), **overrides})
         self.cfg = cfg
         e = cfg.embed_channels
         self.encoder = SABMambaEncoder(cfg)
@@ -252,7 +273,8 @@ class SRMAMamba(nn.Module):
             setattr(self, f"translayer{i}_st", BasicConv3d(d, e))
         ssm_kw = dict(d_state=cfg.d_state, ssm_ratio=cfg.ssm_ratio, scan_backend=cfg.scan_backend)
         for i in (3, 2, 1):
-            setattr(self, f"attention{i}", SRMAttention(e, cfg.decoder_drop_path, cfg.mlp_ratio, **ssm_kw))
+            setattr(self, f"attention{i}", SRMAttention(e, cfg.decoder_drop_path, cfg.mlp_ratio, cfg.out_chans,
+                                                        **ssm_kw))
         self.out_conv1 = _Conv1x1(e, cfg.out_chans)
         self.apply(self._init_weights)
 

@@ -1,11 +1,22 @@
-"""Train SRMA-Mamba: deep supervision (Dice + BCE on all four outputs), AdamW, AMP, clipping,
-checkpoint/resume, sliding-window validation, best-model selection, metrics CSV and curves.
+"""Train SRMA-Mamba on liver MRI: five classes (background, liver, right kidney, left kidney, spleen) or
+the liver alone, softmax Dice + cross-entropy with deep supervision on the four outputs, nnU-Net-style
+augmentation batched on the GPU (augment3d), AdamW with warm-up + cosine, bf16, gradient clipping, an
+EMA of the weights, a fixed number of steps (or a wall-clock budget that ends the schedule early), and
+the held-out cases scored at the end through the module's own inference path.
 
-    python -m SRMASegmenterLib.train --data ../shared/data/chaos-mr-t2 --split splits/chaos_t2.json \
-        --out runs/srma --epochs 300
+    # one fold of the 5-fold cross-validation (fold 0 = the validation split of splits/chaos_t2.json)
+    python -m SRMASegmenterLib.train --data ../shared/data/chaos-mr-t2 --split splits/chaos_t2_5fold.json \
+        --fold 0 --out runs/srma/fold0 --steps 3000
+    # the shipped model: every case but the demo sample (scored on it at the end), exported
+    python -m SRMASegmenterLib.train --data ../shared/data/chaos-mr-t2 --fold all --hold-out case_20 \
+        --out runs/srma/all --steps 3000 --export SRMASegmenter/Resources/Models/srma_chaos_t2_5class
 
-Multi-GPU: torchrun --nproc_per_node=N -m SRMASegmenterLib.train ... (DistributedDataParallel).
-Options can also come from a YAML file (--config), CLI flags win.
+No checkpoint is chosen by looking at validation cases: the model after the last step (its EMA) is the
+model. Resumes from OUT/last.pt when present; `--init WEIGHTS` continues from exported weights with a
+fresh optimizer and a short warm-up. Data stay on the training device: the volumes are loaded once,
+resampled to the model grid (--spacing), and every batch is cut and augmented there.
+Multi-GPU: torchrun --nproc_per_node=N -m SRMASegmenterLib.train ... (DistributedDataParallel; each rank
+draws its own batches from its own random stream; rank 0 writes and evaluates).
 """
 from __future__ import annotations
 
@@ -20,32 +31,40 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML file with any of these options")
-    p.add_argument("--data", required=False)
-    p.add_argument("--split", help="JSON with 'train' and 'val' case ids (CHAOS layout)")
+    p.add_argument("--config", help="YAML file with any of these options (CLI flags win)")
+    p.add_argument("--data")
+    p.add_argument("--split", help="split JSON: {'val': [...]} or a k-fold {'folds': [[...], ...]}")
+    p.add_argument("--fold", default=None, help="k-fold: the validating fold; 'all' trains on every case")
+    p.add_argument("--hold-out", nargs="*", default=[], help="with --fold all: cases kept out (scored at the end)")
     p.add_argument("--out", default="runs/srma")
-    p.add_argument("--epochs", type=int, default=300)
-    p.add_argument("--max-minutes", type=float, default=0, help="stop (and checkpoint) after this long")
-    p.add_argument("--fit-epochs-to-time", action="store_true",
-                   help="with --max-minutes: after the first epoch, set --epochs to what fits, so the cosine "
-                        "schedule ends when time does")
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--samples-per-volume", type=int, default=2)
-    p.add_argument("--patch", type=int, nargs=3, default=[224, 224, 64])
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--classes", default="chaos5", choices=["chaos5", "liver"],
+                   help="chaos5: background, liver, right kidney, left kidney, spleen (softmax); liver: binary")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--max-minutes", type=float, default=0,
+                   help="wall-clock budget: the schedule runs on max(step / steps, time / budget) and ends with it")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--patch", type=int, nargs=3, default=[128, 128, 48])
+    p.add_argument("--spacing", type=float, nargs=3, default=[2.5, 2.5, 7.7], help="model grid (i, j, k) mm")
+    p.add_argument("--aug", default="nnunet", choices=["nnunet", "none"])
+    p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--warmup-epochs", type=int, default=5)
+    p.add_argument("--warmup", type=float, default=0.05, help="fraction of the schedule")
     p.add_argument("--clip", type=float, default=1.0)
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
-    p.add_argument("--val-every", type=int, default=10)
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"])
     p.add_argument("--dims", type=int, default=48)
-    p.add_argument("--resume", help="checkpoint to resume from (default: OUT/last.pt if present)")
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--resume", help="checkpoint (default: OUT/last.pt if present)")
     p.add_argument("--init", help="start from these weights (model folder, .safetensors or .pth); fresh optimizer")
+    p.add_argument("--export", help="also write the EMA weights as a model folder (fp16 shards + manifest) here")
+    p.add_argument("--name", default="srma_chaos_t2_5class", help="model name for --export")
+    p.add_argument("--no-eval", action="store_true", help="skip scoring the held-out cases at the end")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
@@ -62,196 +81,232 @@ def parse_args(argv=None):
     return args
 
 
-def build_transforms(patch, samples):
-    from monai import transforms as T
+class EMA:
+    """Exponential moving average of the weights (and buffers), decay ramped up over the first steps."""
 
-    keys = ["image", "label"]
-    return T.Compose([
-        T.SpatialPadd(keys, spatial_size=patch, mode="constant"),
-        T.RandCropByPosNegLabeld(keys, label_key="label", spatial_size=patch, pos=2, neg=1, num_samples=samples),
-        T.RandFlipd(keys, prob=0.1, spatial_axis=0),
-        T.RandFlipd(keys, prob=0.1, spatial_axis=1),
-        T.RandScaleIntensityd("image", factors=0.1, prob=0.5),
-        T.RandShiftIntensityd("image", offsets=0.1, prob=0.5),
-        T.EnsureTyped(keys, track_meta=False),
-    ])
+    def __init__(self, model, decay):
+        self.decay = decay
+        self.n = 0
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model):
+        self.n += 1
+        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self):
+        return {"n": self.n, "shadow": self.shadow}
+
+    def load_state_dict(self, s):
+        self.n = s["n"]
+        self.shadow = {k: v.float() for k, v in s["shadow"].items()}
+
+
+def canvas(data, patch, device):
+    """Every training volume padded (centred) to one canvas at least the patch: images with their own
+    minimum (the background the network also sees beyond a volume's edge at inference), labels with 0."""
+    size = [max(max(d["image"].shape[1 + a] for d in data), patch[a]) for a in range(3)]
+    xs, ys = [], []
+    for d in data:
+        x, y = torch.from_numpy(d["image"]), torch.from_numpy(d["label"])
+        pad = []
+        for a in (2, 1, 0):
+            extra = size[a] - x.shape[1 + a]
+            pad += [extra // 2, extra - extra // 2]
+        xs.append(F.pad(x, pad, value=float(x.min())))
+        ys.append(F.pad(y, pad, value=0))
+    return torch.stack(xs).to(device), torch.stack(ys)[:, 0].to(device)
 
 
 def deep_supervision_loss(outputs, target, loss_fn):
-    return sum(loss_fn(o, target) for o in outputs) / len(outputs)
+    """nnU-Net's weights: 1, 1/2, 1/4, 1/8 for the outputs at 1/2 ... 1/16 resolution, normalised."""
+    w = [0.5 ** i for i in range(len(outputs))]
+    return sum(wi * loss_fn(o, target) for wi, o in zip(w, outputs)) / sum(w)
 
 
-@torch.no_grad()
-def validate(model, cases, device, amp_dtype, roi=(224, 224, 64)):
-    from monai.inferers import sliding_window_inference
-
-    from .metrics import segmentation_metrics
-    model.eval()
-    rows = []
-    for c in cases:
-        x = torch.from_numpy(c["image"])[None].to(device)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = sliding_window_inference(x, tuple(roi), 4, lambda t: model(t)[0].float(), overlap=0.25,
-                                              mode="gaussian")
-        pred = (torch.sigmoid(logits[0, 0]).cpu().numpy() > 0.5)
-        m = segmentation_metrics(pred.transpose(2, 1, 0), c["label"][0].transpose(2, 1, 0), c["spacing"][::-1])
-        rows.append(dict(id=c["id"], **m))
-    model.train()
-    return rows
+def lr_factor(progress, warmup):
+    if progress < warmup:
+        return (progress + 1e-3) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-9, 1 - warmup))))
 
 
 def main(argv=None):
     args = parse_args(argv)
-    from monai.data import DataLoader, Dataset
     from monai.losses import DiceCELoss
-    from tqdm import tqdm
 
     from slicer_ai_common.devices import resolve_device
 
-    from .data import find_cases, load_case, split_cases
+    from .augment3d import Augment3DConfig, augment_batch
+    from .data import CHAOS_CLASSES, find_cases, load_case, split_cases
     from .model import SRMAConfig, SRMAMamba
 
     ddp = "LOCAL_RANK" in os.environ
-    rank = 0
+    rank, world = 0, 1
     if ddp:
         import torch.distributed as dist
+        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
         dist.init_process_group("nccl")
-        rank = dist.get_rank()
+        rank, world = dist.get_rank(), dist.get_world_size()
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     else:
         device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True
-    torch.manual_seed(args.seed + rank)
-    np.random.seed(args.seed + rank)
+    torch.manual_seed(args.seed + 1000 * rank)
+    g = torch.Generator(device=device)
+    g.manual_seed(args.seed + 1000 * rank)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    say = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
 
     found = find_cases(args.data)
-    train_cases, val_cases = split_cases(found, args.split)
-    if rank == 0:
-        print(f"{found['layout']}: {len(train_cases)} training, {len(val_cases)} validation cases; "
-              f"validation = {[c['id'] for c in val_cases]}", flush=True)
-    train_data = [load_case(c) for c in train_cases]
-    val_data = [load_case(c) for c in val_cases] if rank == 0 else []
-    ds = Dataset([{"image": d["image"], "label": d["label"]} for d in train_data],
-                 transform=build_transforms(tuple(args.patch), args.samples_per_volume))
-    sampler = None
-    if ddp:
-        from torch.utils.data.distributed import DistributedSampler
-        sampler = DistributedSampler(ds, shuffle=True)
-    loader = DataLoader(ds, batch_size=max(1, args.batch_size // args.samples_per_volume), shuffle=sampler is None,
-                        sampler=sampler, num_workers=args.workers, persistent_workers=args.workers > 0,
-                        drop_last=False)
+    if args.fold == "all":
+        held = set(args.hold_out)
+        train_cases = [c for c in found["cases"] if c["id"] not in held]
+        val_cases = [c for c in found["cases"] if c["id"] in held]
+    else:
+        train_cases, val_cases = split_cases(found, args.split, fold=args.fold)
+    multiclass = args.classes == "chaos5" and found["layout"] == "chaos"
+    class_names = CHAOS_CLASSES if multiclass else ("liver",)
+    num_classes = len(CHAOS_CLASSES) if multiclass else 2
+    say(f"{found['layout']}: {len(train_cases)} training cases, held out {[c['id'] for c in val_cases]}; "
+        f"classes {list(class_names)}")
+    t_load = time.time()
+    data = [load_case(c, spacing=tuple(args.spacing), multiclass=multiclass) for c in train_cases]
+    images, labels = canvas(data, args.patch, device)
+    say(f"loaded {len(data)} volumes on {device} in {time.time() - t_load:.1f} s; canvas {tuple(images.shape[2:])} "
+        f"at {tuple(args.spacing)} mm, patch {tuple(args.patch)}")
+    aug = (Augment3DConfig if args.aug == "nnunet" else Augment3DConfig.none)(
+        patch=tuple(args.patch), spacing=tuple(args.spacing), fg_classes=(1, 4) if multiclass else (1,))
 
-    cfg = SRMAConfig(dims=args.dims)
+    cfg = SRMAConfig(dims=args.dims, out_chans=num_classes if multiclass else 1, class_names=tuple(class_names))
     model = SRMAMamba(cfg).to(device)
     decay, no_decay = [], []
     for n, p_ in model.named_parameters():
         (no_decay if p_.ndim <= 1 or n.endswith(("A_logs", "Ds")) else decay).append(p_)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
-    steps_per_epoch = len(loader)
-    total = [args.epochs * steps_per_epoch]
-    warm = args.warmup_epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / max(1, warm) if s < warm
-        else 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warm) / max(1, total[0] - warm)))))
-    amp_dtype = None
-    if device.type == "cuda" and args.amp != "off":
-        amp_dtype = torch.float16 if args.amp == "fp16" else torch.bfloat16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    loss_fn = DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    amp_dtype = torch.bfloat16 if device.type == "cuda" and args.amp != "off" else None
+    if multiclass:
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True,
+                             smooth_nr=1e-5, smooth_dr=1e-5)
+    else:
+        loss_fn = DiceCELoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
 
-    start_epoch, best, history = 0, -1.0, []
+    step, elapsed_before, history = 0, 0.0, []
+    warmup = args.warmup
+    ema = EMA(model, args.ema)
     resume = args.resume or (out / "last.pt" if (out / "last.pt").exists() else None)
     if resume:
         ck = torch.load(resume, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        start_epoch, best, history = ck["epoch"] + 1, ck["best"], ck["history"]
-        if rank == 0:
-            print(f"resumed from {resume} at epoch {start_epoch}", flush=True)
-    if args.init and not resume:
+        ema.load_state_dict(ck["ema"])
+        step, elapsed_before, history = ck["step"], ck["elapsed"], ck["history"]
+        g.set_state(ck["gen"][rank] if isinstance(ck["gen"], list) else ck["gen"])
+        say(f"resumed from {resume} at step {step}")
+    elif args.init:
         from slicer_ai_common.weights import load_into, load_weights_file
         load_into(model, load_weights_file(args.init)[0])
-        if rank == 0:
-            print(f"initialised from {args.init}", flush=True)
-    net = model
-    if ddp:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
+        ema = EMA(model, args.ema)
+        warmup = min(warmup, 0.02)
+        say(f"initialised from {args.init} (fresh optimizer, warm-up {warmup:.0%})")
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index]) if ddp else model
 
-    meta = dict(split={"train": [c["id"] for c in train_cases], "val": [c["id"] for c in val_cases]},
-                data=str(args.data), command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+    meta = dict(split={"train": [c["id"] for c in train_cases], "held_out": [c["id"] for c in val_cases]},
+                split_file=args.split, fold=args.fold, data=str(args.data),
+                command="python -m SRMASegmenterLib.train " + " ".join(sys.argv[1:] if argv is None else argv),
                 config=cfg.to_dict(), args=vars(args))
-    t_start = time.time()
-    epoch = start_epoch - 1
-    while epoch + 1 < args.epochs:  # args.epochs may shrink after the first epoch (--fit-epochs-to-time)
-        epoch += 1
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        net.train()
-        losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0 or not sys.stderr.isatty(), leave=False)
-        for batch in bar:
-            x = batch["image"].to(device, non_blocking=True)
-            y = batch["label"].to(device, non_blocking=True).float()
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                outs = net(x)
-            loss = deep_supervision_loss([o.float() for o in outs], y, loss_fn)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
-        row = dict(epoch=epoch + 1, loss=float(np.mean(losses)), lr=sched.get_last_lr()[0],
-                   minutes=(time.time() - t_start) / 60)
-        last_epoch = epoch + 1 == args.epochs
-        out_of_time = args.max_minutes and (time.time() - t_start) / 60 > args.max_minutes
-        if rank == 0 and ((epoch + 1) % args.val_every == 0 or last_epoch or out_of_time):
-            vrows = validate(model, val_data, device, amp_dtype, args.patch)
-            row["val_dice"] = float(np.mean([r["dice"] for r in vrows]))
-            row["val_hd95"] = float(np.nanmean([r["hd95_mm"] for r in vrows]))
-            if row["val_dice"] > best:
-                best = row["val_dice"]
-                torch.save({"model": model.state_dict(), "epoch": epoch, "val": vrows, "meta": meta}, out / "best.pt")
-            print(f"epoch {epoch + 1}: loss {row['loss']:.4f} val dice {row['val_dice']:.4f} "
-                  f"hd95 {row['val_hd95']:.1f} mm (best {best:.4f})", flush=True)
-        elif rank == 0:
-            print(f"epoch {epoch + 1}: loss {row['loss']:.4f}", flush=True)
-        history.append(row)
-        if args.fit_epochs_to_time and args.max_minutes and epoch == start_epoch + 1:
-            # the second epoch's time (the first one includes kernel compilation and cudnn autotuning)
-            per_epoch = row["minutes"] - history[-2]["minutes"]
-            fit = int((args.max_minutes - row["minutes"]) / (per_epoch * (1 + 0.6 / args.val_every))) + 1
-            args.epochs = max(epoch + 2, min(args.epochs, epoch + 1 + fit))
-            total[0] = args.epochs * steps_per_epoch
-            meta["args"]["epochs"] = args.epochs
-            if rank == 0:
-                print(f"an epoch takes {per_epoch:.2f} min: training for {args.epochs} epochs", flush=True)
-        if rank == 0:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "epoch": epoch, "best": best, "history": history, "meta": meta}, out / "last.pt")
-            write_history(history, out)
-        if out_of_time:
-            if rank == 0:
-                print(f"stopping after {args.max_minutes} minutes at epoch {epoch + 1}; resume with --resume", flush=True)
+    t0 = time.time()
+    budget = args.max_minutes * 60
+    done_by_time = False
+    losses, t_log = [], time.time()
+    while step < args.steps:
+        progress = step / args.steps
+        if budget:
+            progress = max(progress, (elapsed_before + time.time() - t0) / budget)
+        if progress >= 1:
+            done_by_time = True
             break
+        for grp in opt.param_groups:
+            grp["lr"] = args.lr * lr_factor(progress, warmup)
+        idx = torch.randint(len(data), (args.batch_size,), generator=g, device=device)
+        with torch.no_grad():
+            x, y = augment_batch(images[idx], labels[idx], num_classes, aug, g)
+        target = y[:, None] if multiclass else (y[:, None] == 1).float()
+        net.train()
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            outs = net(x)
+        loss = deep_supervision_loss([o.float() for o in outs], target, loss_fn)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        opt.step()
+        ema.update(model)
+        step += 1
+        losses.append(loss.detach())
+        last = step == args.steps
+        if step % args.log_every == 0 or last:
+            lv = float(torch.stack(losses).mean())
+            if not math.isfinite(lv):
+                raise FloatingPointError(f"loss is {lv} at step {step}")
+            sps = len(losses) / (time.time() - t_log)
+            row = dict(step=step, loss=round(lv, 5), lr=opt.param_groups[0]["lr"], steps_per_s=round(sps, 3),
+                       minutes=round((elapsed_before + time.time() - t0) / 60, 2))
+            history.append(row)
+            say(" ".join(f"{k}={v}" for k, v in row.items()))
+            losses, t_log = [], time.time()
+        if rank == 0 and (step % args.ckpt_every == 0 or last):
+            save_checkpoint(out, model, opt, ema, step, elapsed_before + time.time() - t0, history, g, meta)
+    if rank == 0:
+        save_checkpoint(out, model, opt, ema, step, elapsed_before + time.time() - t0, history, g, meta)
+        write_history(history, out)
+    meta.update(steps_done=step, stopped_by_time=done_by_time, minutes=round((elapsed_before + time.time() - t0) / 60, 2),
+                gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
+    summary = dict(meta)
+    if rank == 0:
+        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in ema.shadow.items()})
+        manifest = dict(model="SRMA-Mamba", task="abdominal organ segmentation (liver first), T2 MRI",
+                        config=cfg.to_dict(), train_spacing_ijk=list(args.spacing),
+                        inference={"roi_size": list(args.patch)}, training={k: meta[k] for k in (
+                            "split", "split_file", "fold", "command", "steps_done", "stopped_by_time", "minutes", "gpu")})
+        if val_cases and not args.no_eval:
+            from .evaluate import evaluate_cases
+            from .inference import InferenceConfig, LiverSegmenter
+            seg = LiverSegmenter(model, device, f"{args.name}@training", InferenceConfig(), manifest)
+            rows, summ = evaluate_cases(seg, val_cases, out / "eval", overlays=False, log=say)
+            summary["held_out"] = {"cases": rows, "summary": summ}
+            manifest["held_out_metrics"] = {"cases": [{k: r[k] for k in ("id", "dice", "hd95_mm", "precision", "recall")}
+                                                      for r in rows]}
+        if args.export:
+            from slicer_ai_common.weights import save_sharded
+            rec = save_sharded({k: v.detach().cpu() for k, v in model.state_dict().items()}, args.export, args.name,
+                               manifest)
+            summary["exported"] = rec.weights_id
+            say(f"exported {rec.weights_id} to {args.export}")
+        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if ddp:
         import torch.distributed as dist
         dist.destroy_process_group()
-    return best
+    return summary
+
+
+def save_checkpoint(out, model, opt, ema, step, elapsed, history, g, meta):
+    tmp = out / "last.pt.tmp"
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(), "step": step,
+                "elapsed": elapsed, "history": history, "gen": g.get_state(), "meta": meta}, tmp)
+    os.replace(tmp, out / "last.pt")
 
 
 def write_history(history, out: Path):
-    keys = sorted({k for r in history for k in r}, key=lambda k: ["epoch", "loss", "lr", "minutes", "val_dice",
-                                                                   "val_hd95"].index(k) if k in
-                  ["epoch", "loss", "lr", "minutes", "val_dice", "val_hd95"] else 99)
+    if not history:
+        return
+    keys = list(history[0])
     with open(out / "metrics.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
@@ -260,16 +315,13 @@ def write_history(history, out: Path):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-        ax[0].plot([r["epoch"] for r in history], [r["loss"] for r in history])
-        ax[0].set(xlabel="epoch", ylabel="training loss (Dice+BCE, 4 outputs)")
-        v = [r for r in history if "val_dice" in r]
-        ax[1].plot([r["epoch"] for r in v], [r["val_dice"] for r in v], "o-")
-        ax[1].set(xlabel="epoch", ylabel="validation Dice", ylim=(0, 1))
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot([r["step"] for r in history], [r["loss"] for r in history])
+        ax.set(xlabel="step", ylabel="training loss (Dice+CE, deep supervision)")
         fig.tight_layout()
         fig.savefig(out / "curves.png", dpi=100)
         plt.close(fig)
-    except Exception as e:  # plotting must never stop training
+    except Exception as e:  # noqa: BLE001 - plotting must never stop training
         print(f"(could not draw curves: {e})")
 
 

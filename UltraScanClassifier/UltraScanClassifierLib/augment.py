@@ -43,7 +43,11 @@ class AugmentConfig:
             return cls(size=size)
         if name == "scratch":
             return cls(size=size, scale=(0.35, 1.0), ra_magnitude=5.0, mixup_alpha=0.0, cutmix_alpha=0.0)
-        raise ValueError(f"unknown augmentation preset {name!r}: published or scratch")
+        if name == "distill":
+            # function matching (Beyer et al., CVPR 2022): teacher and student see the same strongly
+            # augmented, mixed view; the teacher's soft output is the target, so mixing costs no label noise
+            return cls(size=size, scale=(0.35, 1.0), ra_magnitude=7.0, mixup_alpha=0.4, cutmix_alpha=0.4)
+        raise ValueError(f"unknown augmentation preset {name!r}: published, scratch or distill")
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -192,16 +196,17 @@ def smooth_one_hot(y, num_classes, smoothing):
     return torch.full((y.shape[0], num_classes), off, device=y.device).scatter_(1, y.view(-1, 1), 1 - smoothing + off)
 
 
-def mixup_cutmix(x, y_soft, cfg: AugmentConfig, g):
-    """Batch mode: flip the batch and mix; CutMix (box) or Mixup (blend), lambda ~ Beta(alpha, alpha)."""
+def mixup_cutmix(x, y_soft, cfg: AugmentConfig, g, masks=None):
+    """Batch mode: flip the batch and mix; CutMix (box) or Mixup (blend), lambda ~ Beta(alpha, alpha).
+    `masks` (n, 1, h, w), if given, are mixed the same way and returned third."""
     n, _, h, w = x.shape
     if cfg.mixup_alpha <= 0 and cfg.cutmix_alpha <= 0:
-        return x, y_soft
+        return (x, y_soft) if masks is None else (x, y_soft, masks)
     use_cutmix = cfg.cutmix_alpha > 0 and (cfg.mixup_alpha <= 0 or
                                            float(torch.rand(1, generator=g, device=x.device)) < cfg.mixup_switch_prob)
     alpha = cfg.cutmix_alpha if use_cutmix else cfg.mixup_alpha
     if alpha <= 0:
-        return x, y_soft
+        return (x, y_soft) if masks is None else (x, y_soft, masks)
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
     xf, yf = x.flip(0), y_soft.flip(0)
     if use_cutmix:
@@ -212,26 +217,36 @@ def mixup_cutmix(x, y_soft, cfg: AugmentConfig, g):
         x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
         x = x.clone()
         x[:, :, y0:y1, x0:x1] = xf[:, :, y0:y1, x0:x1]
+        if masks is not None:
+            masks = masks.clone()
+            masks[:, :, y0:y1, x0:x1] = masks.flip(0)[:, :, y0:y1, x0:x1]
         lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
     else:
         x = x * lam + xf * (1 - lam)
-    return x, y_soft * lam + yf * (1 - lam)
+        if masks is not None:
+            masks = masks * lam + masks.flip(0) * (1 - lam)
+    y = y_soft * lam + yf * (1 - lam)
+    return (x, y) if masks is None else (x, y, masks)
 
 
 def train_batch(images_u8: torch.Tensor, labels: torch.Tensor, cfg: AugmentConfig, num_classes: int,
-                g: torch.Generator | None = None):
-    """uint8 (B, 3, H, W) on the training device -> (normalised float batch, soft targets)."""
+                g: torch.Generator | None = None, masks_u8: torch.Tensor | None = None):
+    """uint8 (B, 3, H, W) on the training device -> (normalised float batch, soft targets); with lesion
+    masks (B, 1, H, W) uint8 also the masks in [0, 1] through the same geometry and mixing, third."""
     x = images_u8.float() / 255
     n = x.shape[0]
     theta = random_resized_crop_affine(n, cfg, g, x.device)
     plan, theta = rand_augment(x, theta, cfg, g)
     grid = F.affine_grid(theta, (n, 3, cfg.size, cfg.size), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    m = None
+    if masks_u8 is not None:
+        m = F.grid_sample(masks_u8.float() / 255, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     for op, sel, mag, sign in plan:
         x = torch.where(sel.view(-1, 1, 1, 1), _photo(op, x, mag, sign), x)
     x = random_erasing(normalize(x), cfg.reprob, g)
     y = smooth_one_hot(labels, num_classes, cfg.smoothing)
-    return mixup_cutmix(x, y, cfg, g)
+    return mixup_cutmix(x, y, cfg, g, m)
 
 
 def eval_batch(images_u8: torch.Tensor, size: int = 224) -> torch.Tensor:

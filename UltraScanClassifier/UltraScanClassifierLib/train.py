@@ -9,8 +9,18 @@ with 20 warm-up epochs, 150 epochs + 10 cool-down, RandAugment m9, Mixup/CutMix 
 No epoch is chosen by looking at the validation fold: the reported model is the EMA after the last
 epoch. The validation fold is scored every `--eval-every` epochs for the curves only.
 
-Writes to --out: metrics.csv, curves.png, last.pt (resumable), final.safetensors (EMA weights),
-val_logits.npz (names, labels, logits of the validation fold), summary.json.
+Writes to --out: metrics.csv, curves.png, last.pt (resumable), final.safetensors (EMA weights, fp16),
+val_logits.npz (names, labels, logits of the validation fold), summary.json (with the heatmap scores:
+pointing game and IoU of the Grad-CAM against the radiologists' outlines, when --masks is given).
+
+Beyond the published recipe (issue: ImageNet teacher, outlines, patient training):
+- `--model efficientnet_lite0|1|2`: the ImageNet-initialised teacher (training code only).
+- `--teacher RUN/final.safetensors --teacher-model efficientnet_lite0`: knowledge distillation by
+  function matching (Beyer et al., CVPR 2022): the teacher sees exactly the student's augmented, mixed
+  batch, and the loss adds KL(teacher || student) to the (mixed, smoothed) hard-label cross-entropy.
+- `--masks BUSI_MASKS --mask-weight W`: an auxiliary lesion-mask loss (BCE + soft Dice) on 1x1-conv
+  heads over UltraScanNet's last two stages; the heads live in the trainer and are not exported, so
+  the shipped state dict keeps the published keys.
 """
 from __future__ import annotations
 
@@ -38,7 +48,17 @@ def build_parser():
     ap.add_argument("--data", required=True, help="BUSI root (benign/ malignant/ normal/)")
     ap.add_argument("--split", default=None, help="split JSON (data.py split); needed unless --fold all")
     ap.add_argument("--fold", default="0", help="validation fold index, or 'all' to train on every image")
-    ap.add_argument("--model", default="ultrascannet", choices=["ultrascannet", "resnet50", "convnext_tiny"])
+    ap.add_argument("--model", default="ultrascannet", choices=["ultrascannet", "resnet50", "convnext_tiny",
+                                                                "efficientnet_lite0", "efficientnet_lite1",
+                                                                "efficientnet_lite2"])
+    ap.add_argument("--teacher", default=None, help="distil from this teacher (final.safetensors of a teacher run)")
+    ap.add_argument("--teacher-model", default="efficientnet_lite0")
+    ap.add_argument("--kd-weight", type=float, default=1.0)
+    ap.add_argument("--kd-temp", type=float, default=1.0)
+    ap.add_argument("--masks", default=None, help="BUSI lesion masks root (<class>/<name>_mask.png)")
+    ap.add_argument("--mask-weight", type=float, default=0.0, help="auxiliary lesion-mask loss weight (0: off)")
+    ap.add_argument("--tta-flip", action="store_true", help="score the validation fold with horizontal-flip averaging")
+    ap.add_argument("--export", default=None, help="UltraScanNet: also write the shipped model folder here")
     ap.add_argument("--out", required=True)
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--cooldown-epochs", type=int, default=10)
@@ -53,7 +73,7 @@ def build_parser():
     ap.add_argument("--ema-decay", type=float, default=0.995,
                     help="per step; BUSI folds give ~15 steps per epoch, so ImageNet's 0.9998 would still hold "
                          "a fifth of the random initialisation after 100 epochs")
-    ap.add_argument("--aug", choices=["published", "scratch"], default="published",
+    ap.add_argument("--aug", choices=["published", "scratch", "distill"], default="published",
                     help="augmentation preset (augment.AugmentConfig.preset)")
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--load-size", type=int, default=256, help="images are held in memory at this size")
@@ -92,14 +112,68 @@ def param_groups(model, weight_decay):
 
 
 @torch.no_grad()
-def predict_logits(model, images_u8, size, batch=64, amp_dtype=None):
+def predict_logits(model, images_u8, size, batch=64, amp_dtype=None, flip=False):
     model.eval()
     out = []
     for i in range(0, len(images_u8), batch):
         x = eval_batch(images_u8[i:i + batch], size)
         with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out.append(model(x).float())
+            lg = model(x).float()
+            if flip:
+                lg = (lg + model(x.flip(3)).float()) / 2
+        out.append(lg)
     return torch.cat(out).cpu().numpy()
+
+
+def load_masks(root, names, size: int = 256):
+    """Lesion outlines <root>/<class>/<name>_mask.png as uint8 (N, 1, size, size) (0 / 255)."""
+    import torch.nn.functional as F
+    from PIL import Image
+
+    out = torch.zeros(len(names), 1, size, size, dtype=torch.uint8)
+    for i, n in enumerate(names):
+        p = Path(root) / (n.rsplit(".", 1)[0] + "_mask.png")
+        if not p.is_file():
+            raise FileNotFoundError(f"no lesion mask for {n}: {p}")
+        m = torch.from_numpy((np.asarray(Image.open(p).convert("L")) > 127).astype(np.float32))[None, None]
+        if tuple(m.shape[-2:]) != (size, size):
+            m = F.interpolate(m, size=(size, size), mode="bilinear", align_corners=False)
+        out[i] = (m[0] > 0.5).to(torch.uint8) * 255
+    return out
+
+
+class MaskHeads(torch.nn.Module):
+    """Auxiliary lesion-mask heads (1x1 convolutions) on the last two feature maps; training only."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.heads = torch.nn.ModuleList(torch.nn.Conv2d(c, 1, 1) for c in channels)
+
+    def loss(self, feats, masks):
+        total = 0.0
+        for head, f in zip(self.heads, feats):
+            logit = head(f.float())
+            t = F.adaptive_avg_pool2d(masks, logit.shape[-2:])
+            bce = F.binary_cross_entropy_with_logits(logit, t)
+            p = torch.sigmoid(logit)
+            dice = 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
+            total = total + bce + dice
+        return total / len(self.heads)
+
+
+@torch.no_grad()
+def cam_heatmaps(model, images_u8, size, batch=32):
+    """Grad-CAM of the predicted class, on the images' own (load_size) grid, normalised to [0, 1]."""
+    from .inference import grad_cam
+
+    model.eval()
+    out = []
+    for i in range(0, len(images_u8), batch):
+        x = eval_batch(images_u8[i:i + batch], size)
+        _, cam = grad_cam(model, x)
+        h = F.interpolate(cam.float(), size=images_u8.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        out.append((h / h.amax(dim=(1, 2), keepdim=True).clamp(min=1e-12)).cpu())
+    return torch.cat(out).numpy()
 
 
 def load_init(model, path):
@@ -137,6 +211,10 @@ def main(argv=None):
     t0 = time.time()
     xtr, ytr = load_images(a.data, train_names, a.load_size)
     xva, yva = load_images(a.data, val_names, a.load_size) if val_names else (None, None)
+    mtr = mva = None
+    if a.masks:
+        mtr = load_masks(a.masks, train_names, a.load_size).to(device) if a.mask_weight > 0 else None
+        mva = load_masks(a.masks, val_names, a.load_size) if val_names else None
     xtr, ytr = xtr.to(device), ytr.to(device)
     if xva is not None:
         xva = xva.to(device)
@@ -149,7 +227,25 @@ def main(argv=None):
         print(f"[init] {n} of {tot} tensors from {a.init}")
     ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(a.ema_decay),
                                               use_buffers=True)
-    opt = torch.optim.AdamW(param_groups(model, a.weight_decay), lr=a.lr, betas=(0.9, 0.999), eps=1e-8)
+    groups = param_groups(model, a.weight_decay)
+    heads = None
+    if mtr is not None:
+        if not hasattr(model, "forward_features") or a.model != "ultrascannet":
+            raise SystemExit("--mask-weight needs --model ultrascannet")
+        with torch.no_grad():
+            _, st = model.forward_features(torch.zeros(1, 3, a.img_size, a.img_size, device=device), return_stages=True)
+        heads = MaskHeads([st[-2].shape[1], st[-1].shape[1]]).to(device)
+        groups.append({"params": list(heads.parameters()), "weight_decay": a.weight_decay})
+    teacher = None
+    if a.teacher:
+        from slicer_ai_common.weights import load_weights_file
+        teacher = build_model(a.teacher_model, len(CLASSES)).to(device).eval()
+        sd, _ = load_weights_file(a.teacher)
+        teacher.load_state_dict({k: v.float() for k, v in sd.items()})
+        for p_ in teacher.parameters():
+            p_.requires_grad_(False)
+        print(f"[teacher] {a.teacher_model} from {a.teacher}", flush=True)
+    opt = torch.optim.AdamW(groups, lr=a.lr, betas=(0.9, 0.999), eps=1e-8)
     amp = {"auto": "bf16" if device.type == "cuda" else "off"}.get(a.amp, a.amp)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
@@ -184,19 +280,34 @@ def main(argv=None):
         te = time.time()
         for it in range(steps_per_epoch):
             idx = perm[it * a.batch_size:(it + 1) * a.batch_size]
-            x, y = train_batch(xtr[idx], ytr[idx], aug, len(CLASSES), g)
+            batch = train_batch(xtr[idx], ytr[idx], aug, len(CLASSES), g, mtr[idx] if mtr is not None else None)
+            x, y = batch[0], batch[1]
             lr = lr_at(step, steps_per_epoch, a)
             for grp in opt.param_groups:
                 grp["lr"] = lr
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(x)
+                if heads is not None:
+                    fmap, st = model.forward_features(x, return_stages=True)
+                    logits = model.forward_head(fmap)
+                else:
+                    logits = model(x)
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_logits = teacher(x).float()
             loss = torch.sum(-y * F.log_softmax(logits.float(), dim=1), dim=1).mean()
+            if teacher is not None:
+                T = a.kd_temp
+                kd = F.kl_div(F.log_softmax(logits.float() / T, dim=1), F.log_softmax(t_logits / T, dim=1),
+                              log_target=True, reduction="batchmean") * T * T
+                loss = loss + a.kd_weight * kd
+            if heads is not None:
+                loss = loss + a.mask_weight * heads.loss([st[-2], st[-1]], batch[2])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {it}")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip_grad)
+            torch.nn.utils.clip_grad_norm_([p for grp in opt.param_groups for p in grp["params"]], a.clip_grad)
             scaler.step(opt)
             scaler.update()
             ema.update_parameters(model)
@@ -232,7 +343,8 @@ def main(argv=None):
         epoch += 1
 
     from safetensors.torch import save_file
-    final = {k: v.detach().float().cpu().contiguous() for k, v in ema.module.state_dict().items()}
+    final = {k: (v.detach().half() if v.is_floating_point() else v.detach()).cpu().contiguous()
+             for k, v in ema.module.state_dict().items()}
     save_file(final, str(out / "final.safetensors"))
     summary = {"model": a.model, "fold": a.fold, "args": vars(a), "epochs_run": total_epochs, "parameters": count_parameters(model),
                "train_images": len(train_names), "val_images": len(val_names),
@@ -240,11 +352,22 @@ def main(argv=None):
                "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
                "command": "python -m UltraScanClassifierLib.train " + " ".join(sys.argv[1:] if argv is None else argv)}
     if xva is not None:
-        lg = predict_logits(ema.module, xva, a.img_size, amp_dtype=None)
+        lg = predict_logits(ema.module, xva, a.img_size, amp_dtype=None, flip=a.tta_flip)
         np.savez(out / "val_logits.npz", names=np.array(val_names), labels=yva.numpy(), logits=lg)
         summary["val"] = classification_report(lg, yva.numpy(), CLASSES)
         print(f"[val] EMA after the last epoch: accuracy {summary['val']['accuracy']:.4f}, "
               f"macro-F1 {summary['val']['macro_f1']:.4f}", flush=True)
+        if mva is not None and hasattr(ema.module, "forward_features"):
+            from .metrics import heatmap_scores
+            heat = cam_heatmaps(ema.module, xva, a.img_size)
+            summary["heatmap"] = heatmap_scores(heat, mva[:, 0].numpy() > 0)
+            print(f"[val] heatmap: pointing game {summary['heatmap']['pointing_game']:.3f}, "
+                  f"IoU {summary['heatmap']['heatmap_iou']:.3f} (n {summary['heatmap']['n']})", flush=True)
+    if a.export:
+        from .export import export
+        rec = export(out / "final.safetensors", a.export, record={"training": {k: summary[k] for k in (
+            "command", "epochs_run", "train_images", "train_seconds", "gpu")}})
+        summary["exported"] = rec.weights_id
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     try:
         plot_curves(csv_path, out / "curves.png")

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The accuracy runs of one GPU lease (2 GPUs), started in the background so that they outlive the
+# 10-minute call limit; every step writes under $W (outside the checkout, kept while the machine is).
+#
+#   scripts/device_train.sh liver MINUTES        # carry .carry/chaos .carry/imagenet2 .whl
+#   scripts/device_train.sh ultrasound MINUTES   # carry .carry/busi .carry/busi-masks .carry/imagenet01 .whl
+#   scripts/device_train.sh status
+#
+# liver: the 5-class SRMA-Mamba recipe on the 5 folds of splits/chaos_t2_5fold.json and the shipped
+# model (every case but case_20), 6 runs side by side (3 per GPU), each ending its schedule at MINUTES.
+# ultrasound: ImageNet EfficientNet-Lite0/1/2 teachers on the 5 folds of splits/busi_5fold.json; the
+# size with the best mean CV accuracy is kept; then UltraScanNet distilled from the fold's teacher with
+# the lesion-outline loss on each fold, and the teacher + student on all 624 images (exported).
+set -uo pipefail
+W=${W:-/root/w}
+mode=$1
+export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
+setup() {
+  mkdir -p "$W/data" "$W/runs"
+  if [ ! -d /tmp/site/monai ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+  fi
+  rsync -a --exclude .carry --exclude .whl --exclude .git ./ "$W/code/" 2>/dev/null || \
+    (mkdir -p "$W/code" && tar --exclude=./.carry --exclude=./.whl --exclude=./.git -cf - . | tar -xf - -C "$W/code")
+  export PYTHONPATH=/tmp/site:$W/code/SRMASegmenter:$W/code/UltraScanClassifier:$W/code/SlicerAICommon:$W/code/kernels
+}
+
+case $mode in
+liver)
+  MIN=$2
+  setup
+  cp -r .carry/chaos "$W/data/chaos-mr-t2"; mkdir -p "$W/imagenet"; cp .carry/imagenet2/* "$W/imagenet/"
+  cd "$W/code"
+  i=0
+  for f in 0 1 2 3 4 all; do
+    d=$W/runs/liver/fold$f; mkdir -p "$d"
+    extra=(--split splits/chaos_t2_5fold.json --fold "$f")
+    [ "$f" = all ] && extra=(--fold all --hold-out case_20 --export "$W/runs/liver/model")
+    CUDA_VISIBLE_DEVICES=$((i % 2)) setsid nohup python3 -m SRMASegmenterLib.train --data "$W/data/chaos-mr-t2" \
+      --out "$d" --steps 20000 --max-minutes "$MIN" --batch-size 2 --log-every 25 "${extra[@]}" > "$d/log.txt" 2>&1 < /dev/null &
+    i=$((i + 1))
+  done
+  sleep 75; tail -n 3 "$W"/runs/liver/fold*/log.txt; nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv
+  ;;
+ultrasound)
+  MIN=$2
+  setup
+  cp -r .carry/busi "$W/data/busi"; cp -r .carry/busi-masks "$W/data/busi-masks"; mkdir -p "$W/imagenet"
+  cp .carry/imagenet01/* "$W/imagenet/"
+  cp scripts/device_train.sh "$W/device_train.sh"
+  cd "$W/code"
+  setsid nohup bash "$W/device_train.sh" ultrasound-bg "$MIN" > "$W/runs/ultrasound.log" 2>&1 < /dev/null &
+  sleep 60; cat "$W/runs/ultrasound.log"; nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv
+  ;;
+ultrasound-bg)   # runs in the background from $W/code
+  MIN=$2
+  export PYTHONPATH=/tmp/site:$W/code/SRMASegmenter:$W/code/UltraScanClassifier:$W/code/SlicerAICommon:$W/code/kernels
+  export EFFICIENTNET_LITE_DIR=$W/imagenet
+  t_start=$(date +%s)
+  D=$W/data/busi; M=$W/data/busi-masks; R=$W/runs/us
+  common=(--data "$D" --split splits/busi_5fold.json --masks "$M" --eval-every 1000)
+  teach=(--epochs 60 --warmup-epochs 3 --cooldown-epochs 0 --lr 5e-4 --min-lr 5e-6 --warmup-lr 5e-7
+         --weight-decay 0.05 --aug scratch --tta-flip)
+  pids=(); i=0
+  for v in 0 1 2; do for f in 0 1 2 3 4; do
+    d=$R/teacher_lite$v/fold$f; mkdir -p "$d"
+    CUDA_VISIBLE_DEVICES=$((i % 2)) python3 -m UltraScanClassifierLib.train "${common[@]}" --fold $f \
+      --model efficientnet_lite$v --out "$d" "${teach[@]}" > "$d/log.txt" 2>&1 &
+    pids+=($!); i=$((i + 1))
+  done; done
+  for p in "${pids[@]}"; do wait "$p"; done
+  echo "teachers done after $(( $(date +%s) - t_start )) s"
+  best=$(python3 - "$R" <<'EOF'
+import json, sys, glob, numpy as np
+r = {}
+for v in (0, 1, 2):
+    acc = [json.load(open(f))["val"]["accuracy"] for f in sorted(glob.glob(f"{sys.argv[1]}/teacher_lite{v}/fold*/summary.json"))]
+    if len(acc) == 5:
+        r[v] = float(np.mean(acc))
+print(json.dumps(r), file=sys.stderr)
+print(max(r, key=r.get))
+EOF
+)
+  echo "teacher size by CV: efficientnet_lite$best"
+  left=$(( MIN * 60 - ($(date +%s) - t_start) - 60 ))
+  student=(--epochs 300 --warmup-epochs 10 --cooldown-epochs 10 --lr 4e-4 --warmup-lr 4e-7 --min-lr 4e-6
+           --weight-decay 0.05 --aug distill --mask-weight 0.5 --teacher-model efficientnet_lite$best)
+  d=$R/teacher_lite$best/foldall; mkdir -p "$d"
+  CUDA_VISIBLE_DEVICES=1 python3 -m UltraScanClassifierLib.train --data "$D" --fold all --model efficientnet_lite$best \
+    --out "$d" "${teach[@]}" > "$d/log.txt" 2>&1 &
+  tpid=$!
+  pids=()
+  for f in 0 1 2 3 4; do
+    d=$R/student/fold$f; mkdir -p "$d"
+    CUDA_VISIBLE_DEVICES=$((f % 2)) python3 -m UltraScanClassifierLib.train "${common[@]}" --fold $f --out "$d" \
+      --teacher "$R/teacher_lite$best/fold$f/final.safetensors" "${student[@]}" --time-budget "$left" \
+      > "$d/log.txt" 2>&1 &
+    pids+=($!)
+  done
+  wait $tpid
+  left=$(( MIN * 60 - ($(date +%s) - t_start) - 60 ))
+  d=$R/student/foldall; mkdir -p "$d"
+  CUDA_VISIBLE_DEVICES=1 python3 -m UltraScanClassifierLib.train --data "$D" --fold all --out "$d" \
+    --teacher "$R/teacher_lite$best/foldall/final.safetensors" "${student[@]}" --masks "$M" --time-budget "$left" \
+    --export "$R/model" > "$d/log.txt" 2>&1 &
+  pids+=($!)
+  for p in "${pids[@]}"; do wait "$p"; done
+  echo "all done after $(( $(date +%s) - t_start )) s"
+  ;;
+status)
+  for f in "$W"/runs/liver/fold*/log.txt; do echo "== $f"; tail -n 2 "$f"; done
+  cat "$W/runs/ultrasound.log" 2>/dev/null
+  for f in "$W"/runs/us/*/fold*/log.txt; do echo "== $f"; tail -n 1 "$f" | cut -c1-200; done
+  nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv
+  ;;
+esac
