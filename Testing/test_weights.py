@@ -20,7 +20,7 @@ def test_shipped_model_verifies_and_loads():
         assert (rec.folder / f["file"]).stat().st_size <= 40 * 2**20
     assert rec.manifest["split"]["val"] and not set(rec.manifest["split"]["val"]) & set(rec.manifest["split"]["train"])
     seg = LiverSegmenter.load(device="cpu")
-    assert seg.weights_id.startswith("srma_chaos_t2@")
+    assert seg.weights_id.startswith("srma_chaos_t2_5class@")
 
 
 def test_sharded_roundtrip_and_checksum(tmp_path):

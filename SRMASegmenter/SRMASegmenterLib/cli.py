@@ -1,11 +1,14 @@
 """srma-segment: liver segmentation from the command line, through the module's logic on slicer-core.
 
     srma-segment INPUT -o OUTPUT [--device cpu|cuda] [--weights FILE] [--reference LABELS]
+                 [--organs liver,spleen,kidneys] [--tta]
     srma-segment INPUT_FOLDER -o OUTPUT_FOLDER [--format nii.gz|nrrd|seg.nrrd]
 
 INPUT: NIfTI, NRRD or MHA file, or a DICOM series folder. OUTPUT ending in .nii.gz / .nii / .nrrd:
-uint8 labelmap (1 = liver) with the input's geometry; ending in .seg.nrrd: a Slicer segmentation.
-A JSON report (liver volume, timing, device, weights) is written beside it (OUTPUT stem + .json).
+uint8 labelmap (1 = liver; with --organs also 2 = right kidney, 3 = left kidney, 4 = spleen, as in
+CHAOS) with the input's geometry; ending in .seg.nrrd: a Slicer segmentation (one segment per organ,
+SNOMED CT terminology). A JSON report (organ volumes, timing, device, weights) is written beside it
+(OUTPUT stem + .json).
 A folder of volumes in gives a folder of results out, one line of progress per volume.
 """
 from __future__ import annotations
@@ -53,7 +56,7 @@ class Runner:
         self.logic = SRMASegmenterLogic(self.app.scene, self.app.segmentations_logic)
         self.segmenter = self.logic.segmenter(device, weights)
 
-    def segment(self, inp: Path, outs, reference: Path | None = None):
+    def segment(self, inp: Path, outs, reference: Path | None = None, organs=None):
         outs = [outs] if isinstance(outs, Path) else list(outs)
         from slicer_ai_mrml.nodes import scalar_volume_from_array
 
@@ -69,7 +72,11 @@ class Runner:
                 ref_arr, _ = read_volume(reference)
                 ref_node, _, _ = import_mask_as_segment(scene, self.logic.segmentations_logic, ref_arr == 1, vol,
                                                         name="Reference", show_3d=False)
-            res = self.logic.run(vol, reference_segmentation=ref_node, segmenter=self.segmenter)
+            res = self.logic.run(vol, reference_segmentation=ref_node, segmenter=self.segmenter, organs=organs)
+            from SRMASegmenterLogic import ORGANS
+            labelmap = res.mask.astype("uint8")
+            for o, m in res.info["organs"].items():
+                labelmap[(m > 0) & (labelmap == 0)] = ORGANS[o][3]
             for out in outs:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 if out.name.endswith(".seg.nrrd"):
@@ -78,9 +85,10 @@ class Runner:
                     if not st.WriteData(res.segmentation_node):
                         raise RuntimeError(f"could not write {out}")
                 else:
-                    write_volume(res.mask.astype("uint8"), geom, out)
+                    write_volume(labelmap, geom, out)
             out = outs[0]
             report = dict(input=str(inp), output=[str(o) for o in outs], liver_volume_ml=res.info["volume_ml"],
+                          organ_volumes_ml=res.info["organ_volumes_ml"],
                           seconds=res.info["seconds"], device=res.info["device"], weights=res.info["weights_id"],
                           resampled=res.info["resampled"], notes=res.info["notes"],
                           geometry=dict(spacing=list(geom.spacing), origin=list(geom.origin),
@@ -111,7 +119,11 @@ def main(argv=None):
     p.add_argument("--weights", help="model folder (with model.json), .safetensors or .pth")
     p.add_argument("--reference", help="labelmap of the liver (label 1) to compute Dice, HD95, ... against")
     p.add_argument("--roi", type=int, nargs=3, metavar=("I", "J", "K"),
-                   help="sliding-window size (each divisible by 16; default 224 224 64)")
+                   help="window size on the model's grid (each divisible by 16; default: the model's own)")
+    p.add_argument("--organs", default="liver",
+                   help="organs to segment, comma-separated: liver (always), spleen, kidneys (or right_kidney, "
+                        "left_kidney); default liver")
+    p.add_argument("--tta", action="store_true", help="mirror test-time augmentation (slower)")
     p.add_argument("--format", default="nii.gz", choices=["nii.gz", "nrrd", "seg.nrrd"],
                    help="output format in folder mode")
     a = p.parse_args(argv)
@@ -121,6 +133,12 @@ def main(argv=None):
     from .inference import NoWeightsError
     from .volumes import VolumeError
 
+    from SRMASegmenterLogic import parse_organs
+    try:
+        organs = parse_organs(a.organs)
+    except ValueError as e:
+        print(f"srma-segment: {e}", file=sys.stderr)
+        return 2
     inp, outs = Path(a.input), [Path(o) for o in a.output]
     out = outs[0]
     if not inp.exists():
@@ -150,13 +168,20 @@ def main(argv=None):
             print("srma-segment: --roi sizes must be divisible by 16", file=sys.stderr)
             return 2
         runner.segmenter.config.roi_size = tuple(a.roi)
+    runner.segmenter.config.tta = a.tta
+    missing = [o for o in organs if o not in runner.segmenter.organs]
+    if missing:
+        print(f"srma-segment: the model {runner.segmenter.weights_id} does not segment {', '.join(missing)}",
+              file=sys.stderr)
+        return 2
     failures = 0
     t0 = time.perf_counter()
     for i, (src, dst) in enumerate(jobs, 1):
         try:
-            r = runner.segment(src, dst, Path(a.reference) if a.reference and not folder_mode else None)
+            r = runner.segment(src, dst, Path(a.reference) if a.reference and not folder_mode else None, organs)
             extra = f", Dice {r['metrics']['dice']:.3f}" if "metrics" in r else ""
-            print(f"[{i}/{len(jobs)}] {src.name}: liver {r['liver_volume_ml']:.0f} mL in {r['seconds']:.1f} s on "
+            more = "".join(f", {o.replace('_', ' ')} {v:.0f} mL" for o, v in r["organ_volumes_ml"].items())
+            print(f"[{i}/{len(jobs)}] {src.name}: liver {r['liver_volume_ml']:.0f} mL{more} in {r['seconds']:.1f} s on "
                   f"{r['device']}{extra} -> {', '.join(r['output'])}", flush=True)
         except (VolumeError, ValueError, RuntimeError) as e:
             failures += 1

@@ -14,7 +14,36 @@ from slicer_ai_common.progress import Cancelled, Progress
 from slicer_ai_mrml.nodes import (NodeError, SceneTransaction, add_table, array_from_volume_node,
                                   geometry_from_volume_node, import_mask_as_segment, mask_from_segmentation)
 
-__all__ = ["SRMASegmenterLogic", "SegmentationResult", "Cancelled", "NodeError"]
+__all__ = ["SRMASegmenterLogic", "SegmentationResult", "Cancelled", "NodeError", "ORGANS", "parse_organs"]
+
+_GA = "Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure"
+_DM = "~Anatomic codes - DICOM master list~^^~^^"
+# The organs a multi-class model adds on request: segment name, SNOMED CT terminology (Slicer's General
+# Anatomy list; kidneys as Kidney with a Right / Left modifier), Slicer's GenericAnatomyColors colour,
+# and the label value in labelmap outputs (CHAOS's convention; liver is 1).
+ORGANS = {
+    "spleen": ("Spleen", f"{_GA}~SCT^78961009^Spleen~^^{_DM}", (157 / 255, 108 / 255, 162 / 255), 4),
+    "right_kidney": ("Right kidney", f"{_GA}~SCT^64033007^Kidney~SCT^24028007^Right{_DM}",
+                     (185 / 255, 102 / 255, 83 / 255), 2),
+    "left_kidney": ("Left kidney", f"{_GA}~SCT^64033007^Kidney~SCT^7771000^Left{_DM}",
+                    (185 / 255, 102 / 255, 83 / 255), 3),
+}
+
+
+def parse_organs(text) -> list:
+    """'liver,spleen,kidneys' (or a list) -> the extra organs' keys in ORGANS order; liver is always given."""
+    items = text.split(",") if isinstance(text, str) else list(text or [])
+    out = set()
+    for it in (i.strip().lower().replace(" ", "_") for i in items):
+        if it in ("", "liver"):
+            continue
+        if it in ("kidneys", "kidney"):
+            out |= {"right_kidney", "left_kidney"}
+        elif it in ORGANS:
+            out.add(it)
+        else:
+            raise ValueError(f"unknown organ {it!r}: choose from liver, spleen, kidneys, right_kidney, left_kidney")
+    return [o for o in ORGANS if o in out]
 
 
 @dataclass
@@ -56,8 +85,11 @@ class SRMASegmenterLogic:
     # -- the one operation ---------------------------------------------------------------------
     def run(self, volume_node, output_segmentation=None, reference_segmentation=None, device="auto",
             weights=None, smoothing=False, modality="T2", progress: Progress | None = None, table_node=None,
-            segmenter=None):
+            segmenter=None, organs=None):
         """Segment, then add results to the scene in one step (nothing is added if anything fails).
+
+        organs: further organs as segments beside "Liver" ("spleen", "right_kidney", "left_kidney",
+        or "liver,spleen,kidneys"); the shipped 5-class model gives them, a liver-only model refuses.
 
         Returns SegmentationResult. Raises NodeError / VolumeError for bad input, WeightsError or
         NoWeightsError for weights, Cancelled when progress.cancel() was called.
@@ -78,9 +110,10 @@ class SRMASegmenterLogic:
         ref_mask = None
         if reference_segmentation is not None:
             ref_mask = mask_from_segmentation(self.scene, self.segmentations_logic, reference_segmentation, volume_node)
+        extra = parse_organs(organs)
         progress.step("loading model", 0.0)
         seg = segmenter or self.segmenter(device, weights)
-        mask, info = seg.predict(arr, geom, progress=progress)
+        mask, info = seg.predict(arr, geom, progress=progress, organs=extra)
         info["modality"] = modality
         if modality != "T2":
             info["notes"] = info.get("notes", []) + ["the shipped model was trained on T2 MRI only"]
@@ -93,9 +126,15 @@ class SRMASegmenterLogic:
         with SceneTransaction(self.scene):
             seg_node, sid, created = import_mask_as_segment(
                 self.scene, self.segmentations_logic, mask, volume_node, output_segmentation)
+            for o in extra:
+                name, term, color, _ = ORGANS[o]
+                import_mask_as_segment(self.scene, self.segmentations_logic, info["organs"][o], volume_node, seg_node,
+                                       name=name, color=color, terminology=term)
             if smoothing:
                 self._smooth(seg_node)
-            rows = [("Liver volume (mL)", info["volume_ml"]), ("Inference time (s)", info["seconds"]),
+            rows = [("Liver volume (mL)", info["volume_ml"])]
+            rows += [(f"{ORGANS[o][0]} volume (mL)", info["organ_volumes_ml"][o]) for o in extra]
+            rows += [("Inference time (s)", info["seconds"]),
                     ("Device", info["device"]), ("Model", "SRMA-Mamba"), ("Weights", info["weights_id"]),
                     ("Input", volume_node.GetName()), ("Modality", modality)]
             if metrics:

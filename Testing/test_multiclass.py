@@ -1,0 +1,210 @@
+"""The 5-class liver model: configuration, GPU-style batched augmentation, training, organs in the logic
+and the CLI (terminology, labels, geometry)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CHAOS, need
+
+CHAOS5 = ("background", "liver", "right_kidney", "left_kidney", "spleen")
+
+
+def _tiny5(dims=8):
+    from SRMASegmenterLib.model import SRMAConfig, SRMAMamba
+    torch.manual_seed(0)
+    return SRMAMamba(SRMAConfig(dims=dims, out_chans=5, class_names=CHAOS5))
+
+
+def test_multiclass_model_shapes_and_published_keys():
+    from SRMASegmenterLib.model import SRMAConfig, SRMAMamba
+    pub, five = SRMAMamba(SRMAConfig(dims=8)), _tiny5()
+    assert list(pub.state_dict()) == list(five.state_dict())          # same parameter names
+    diff = [k for k, v in pub.state_dict().items() if v.shape != five.state_dict()[k].shape]
+    assert diff and all(k.startswith("out_conv1.") or ".ra_conv3." in k for k in diff), diff
+    outs = five.eval()(torch.randn(1, 1, 32, 32, 16))
+    assert len(outs) == 4 and all(o.shape == (1, 5, 32, 32, 16) for o in outs)
+    assert pub.eval()(torch.randn(1, 1, 32, 32, 16))[0].shape == (1, 1, 32, 32, 16)
+
+
+def test_config_from_old_manifest_and_mismatch():
+    from SRMASegmenterLib.model import SRMAConfig
+    old = {"in_chans": 1, "out_chans": 1, "dims": 48, "depths": [1, 1, 1, 1], "scan_backend": None}
+    cfg = SRMAConfig.from_dict(old)
+    assert cfg.out_chans == 1 and cfg.class_names == ("liver",) and cfg.depths == (1, 1, 1, 1)
+    with pytest.raises(ValueError, match="class_names"):
+        SRMAConfig.from_dict({"out_chans": 5, "class_names": ["background", "liver"]})
+
+
+def test_augment_identity_when_everything_is_off():
+    """Patch = canvas, no transform: the sampling grid must hit voxel centres exactly."""
+    from SRMASegmenterLib.augment3d import Augment3DConfig, augment_batch
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 32, 32, 16)
+    y = torch.randint(0, 5, (2, 32, 32, 16))
+    cfg = Augment3DConfig.none(patch=(32, 32, 16), spacing=(2.5, 2.5, 7.7), fg_fraction=0.0)
+    xa, ya = augment_batch(x, y, 5, cfg, g)
+    assert torch.allclose(xa, x, atol=1e-5)
+    assert torch.equal(ya, y)
+
+
+def test_augment_rotation_is_rigid_in_mm():
+    """A 90 degree in-plane rotation of a square patch is a transpose-and-flip of the voxels; labels follow."""
+    from SRMASegmenterLib.augment3d import Augment3DConfig, augment_batch
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 1, 16, 16, 16)
+    y = (x[:, 0] > 0).long()
+    cfg = Augment3DConfig.none(patch=(16, 16, 16), spacing=(2.0, 2.0, 2.0), fg_fraction=0.0, p_rotate=1.0,
+                               rot_inplane_deg=90.0, rot_outplane_deg=0.0)
+    import SRMASegmenterLib.augment3d as A
+    orig = A._u
+    A._u = lambda n, lo, hi, g_, dev: torch.full((n,), float(hi))        # always the maximum angle
+    try:
+        xa, ya = augment_batch(x, y, 2, cfg, g)
+    finally:
+        A._u = orig
+    cands = [torch.rot90(x, k, dims=(2, 3)) for k in (1, 3)]
+    assert any(torch.allclose(xa, c, atol=1e-4) for c in cands)
+    assert torch.equal(ya, (xa[:, 0] > 0).long())
+
+
+def test_augment_keeps_labels_aligned_with_the_image():
+    """Under the full recipe the label of every voxel is still the one its intensity was drawn from."""
+    from SRMASegmenterLib.augment3d import Augment3DConfig, augment_batch, sampling_grid
+    g = torch.Generator().manual_seed(3)
+    y = torch.randint(0, 3, (3, 24, 24, 12))
+    x = y[:, None].float() * 10.0                                           # intensity = 10 x label
+    cfg = Augment3DConfig(patch=(16, 16, 8), spacing=(2.5, 2.5, 7.7), p_noise=0, p_blur=0, p_brightness=0,
+                          p_contrast=0, p_lowres=0, p_gamma=0, p_gamma_invert=0, fg_classes=(1, 2))
+    grid, _ = sampling_grid(y, cfg, torch.Generator().manual_seed(3))
+    xs = torch.nn.functional.grid_sample(x, grid, mode="nearest", align_corners=False)
+    ys = torch.nn.functional.grid_sample(y[:, None].float(), grid, mode="nearest", align_corners=False)
+    assert torch.equal(xs, ys * 10.0)
+    xa, ya = augment_batch(x, y, 3, cfg, g)
+    assert xa.shape == (3, 1, 16, 16, 8) and ya.shape == (3, 16, 16, 8)
+
+
+def test_resample_round_trip_keeps_shape_and_labels():
+    from SRMASegmenterLib.inference import resample, resample_labels
+    x = torch.zeros(1, 1, 64, 64, 8)
+    x[..., 16:48, 16:48, 2:6] = 1
+    lo = resample(x, (1.25, 1.25, 7.7), (2.5, 2.5, 7.7))
+    assert lo.shape[2:] == (32, 32, 8)
+    back = resample(lo, (2.5, 2.5, 7.7), (1.25, 1.25, 7.7), size=(64, 64, 8))
+    m = back[0, 0] > 0.5
+    t = x[0, 0] > 0.5
+    assert 2 * (m & t).sum() / (m.sum() + t.sum()) > 0.97
+    lab = torch.zeros(64, 64, 8, dtype=torch.uint8)
+    lab[10:30, 10:30] = 1
+    lab[40:60, 40:60] = 4
+    lab2 = resample_labels(lab, (1.25, 1.25, 7.7), (2.5, 2.5, 7.7), 5)
+    assert lab2.shape == (32, 32, 8) and set(torch.unique(lab2).tolist()) == {0, 1, 4}
+
+
+def test_parse_organs():
+    from SRMASegmenterLogic import parse_organs
+    assert parse_organs("liver") == []
+    assert parse_organs("liver,spleen,kidneys") == ["spleen", "right_kidney", "left_kidney"]
+    assert parse_organs(["left_kidney", "Spleen"]) == ["spleen", "left_kidney"]
+    with pytest.raises(ValueError, match="unknown organ 'pancreas'"):
+        parse_organs("liver,pancreas")
+
+
+def test_training_multiclass_loss_falls(tmp_path):
+    """A tiny 5-class model trains a few steps on the CPU on real CHAOS volumes; its loss falls."""
+    need(CHAOS)
+    from SRMASegmenterLib.train import main
+    out = tmp_path / "run"
+    s = main(["--data", str(CHAOS), "--fold", "all", "--hold-out", "case_20", "--out", str(out),
+              "--steps", "16", "--batch-size", "2", "--patch", "32", "32", "16", "--spacing", "10", "10", "15.4",
+              "--dims", "8", "--aug", "none", "--lr", "3e-3", "--log-every", "4", "--device", "cpu", "--no-eval",
+              "--export", str(tmp_path / "model")])
+    rows = [l.split(",") for l in (out / "metrics.csv").read_text().splitlines()[1:]]
+    losses = [float(r[1]) for r in rows]
+    assert len(losses) == 4 and losses[-1] < losses[0] * 0.9, losses
+    assert s["steps_done"] == 16
+    man = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert man["config"]["out_chans"] == 5 and man["config"]["class_names"] == list(CHAOS5)
+    assert man["train_spacing_ijk"] == [10.0, 10.0, 15.4] and man["inference"]["roi_size"] == [32, 32, 16]
+    # resume continues at the saved step, not from zero
+    s2 = main(["--data", str(CHAOS), "--fold", "all", "--hold-out", "case_20", "--out", str(out), "--steps", "20",
+               "--batch-size", "2", "--patch", "32", "32", "16", "--spacing", "10", "10", "15.4", "--dims", "8",
+               "--aug", "none", "--log-every", "4", "--device", "cpu", "--no-eval"])
+    assert s2["steps_done"] == 20
+
+
+@pytest.fixture(scope="module")
+def tiny5_folder(tmp_path_factory):
+    from slicer_ai_common.weights import save_sharded
+    folder = tmp_path_factory.mktemp("m5") / "tiny5"
+    m = _tiny5()
+    save_sharded(m.state_dict(), folder, "tiny5", {"config": m.cfg.to_dict(), "train_spacing_ijk": [5.0, 5.0, 7.7],
+                                                    "inference": {"roi_size": [64, 64, 32]}}, dtype="float32")
+    return folder
+
+
+def test_segmenter_gives_organs_on_the_input_grid(tiny5_folder, small_case):
+    from SRMASegmenterLib.inference import LiverSegmenter
+    arr, _, geom = small_case
+    seg = LiverSegmenter.load(tiny5_folder, device="cpu")
+    assert seg.organs == ["liver", "right_kidney", "left_kidney", "spleen"]
+    assert seg.config.roi_size == (64, 64, 32) and seg.config.spacing == (5.0, 5.0, 7.7)
+    mask, info = seg.predict(arr, geom, organs=["spleen", "left_kidney"])
+    assert mask.shape == arr.shape
+    assert set(info["organs"]) == {"spleen", "left_kidney"}
+    assert all(m.shape == arr.shape for m in info["organs"].values())
+    assert not (mask.astype(bool) & info["organs"]["spleen"].astype(bool)).any()   # one label per voxel
+    with pytest.raises(ValueError, match="cannot segment pancreas"):
+        seg.predict(arr, geom, organs=["pancreas"])
+
+
+def test_binary_model_refuses_organs(tiny_segmenter, small_case):
+    arr, _, geom = small_case
+    with pytest.raises(ValueError, match="cannot segment spleen"):
+        tiny_segmenter.predict(arr, geom, organs=["spleen"])
+
+
+def test_logic_adds_organ_segments_with_terminology(slicer_app, tiny5_folder, small_case):
+    from slicer_ai_mrml.nodes import scalar_volume_from_array
+    from SRMASegmenterLogic import ORGANS, SRMASegmenterLogic
+    arr, _, geom = small_case
+    scene = slicer_app.scene
+    vol = scalar_volume_from_array(scene, arr, geom=geom, name="mri5")
+    logic = SRMASegmenterLogic(scene, slicer_app.segmentations_logic)
+    res = logic.run(vol, weights=str(tiny5_folder), device="cpu", organs="liver,spleen,kidneys")
+    segm = res.segmentation_node.GetSegmentation()
+    names = [segm.GetNthSegment(i).GetName() for i in range(segm.GetNumberOfSegments())]
+    assert names == ["Liver", "Spleen", "Right kidney", "Left kidney"]
+    for key in ("spleen", "right_kidney", "left_kidney"):
+        s = segm.GetSegment(segm.GetSegmentIdBySegmentName(ORGANS[key][0]))
+        import vtk
+        tag = vtk.reference("")
+        assert s.GetTag(s.GetTerminologyEntryTagName(), tag)
+        assert str(tag) == ORGANS[key][1]
+    assert "SCT^78961009^Spleen" in ORGANS["spleen"][1] and "SCT^24028007^Right" in ORGANS["right_kidney"][1]
+    table = res.table_node.GetTable()
+    keys = [table.GetValue(r, 0).ToString() for r in range(table.GetNumberOfRows())]
+    assert "Spleen volume (mL)" in keys and "Left kidney volume (mL)" in keys
+    for n in (vol, res.segmentation_node, res.table_node):
+        scene.RemoveNode(n)
+
+
+def test_cli_organs_labelmap_geometry_and_json(tiny5_folder, tmp_path):
+    need(CHAOS)
+    import SimpleITK as sitk
+    from SRMASegmenterLib.cli import main
+    from SRMASegmenterLib.volumes import read_volume, write_volume
+    arr, geom = read_volume(CHAOS / "case_20_t2.nii.gz")
+    src = tmp_path / "in.nii.gz"
+    write_volume(arr[:16, ::4, ::4].copy(), geom, src)
+    out = tmp_path / "o" / "res.nii.gz"
+    assert main([str(src), "-o", str(out), "--weights", str(tiny5_folder), "--device", "cpu",
+                 "--organs", "liver,spleen,kidneys"]) == 0
+    a, b = sitk.ReadImage(str(src)), sitk.ReadImage(str(out))
+    assert a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing())
+    assert np.allclose(a.GetOrigin(), b.GetOrigin()) and np.allclose(a.GetDirection(), b.GetDirection())
+    assert set(np.unique(sitk.GetArrayFromImage(b))) <= {0, 1, 2, 3, 4}
+    rep = json.loads((tmp_path / "o" / "res.json").read_text())
+    assert set(rep["organ_volumes_ml"]) == {"spleen", "right_kidney", "left_kidney"}
+    assert main([str(src), "-o", str(out), "--weights", str(tiny5_folder), "--organs", "liver,pancreas"]) == 2
