@@ -19,7 +19,7 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install -q -e kernels -e ".[slicer-core]"
 
 install-test: install
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,train]"
 
 demo: install
 	$(BIN)/srma-segment $(SAMPLE) -o $(OUT)/chaos_case20_liver.nii.gz -o $(OUT)/chaos_case20_liver.seg.nrrd --reference $(REFERENCE)

