@@ -59,6 +59,7 @@ class SRMASegmenterParameterNode:
     modality: Annotated[str, Choice(["T2", "T1"])] = "T2"
     device: Annotated[str, Choice(["auto", "gpu", "cpu"])] = "auto"
     smoothing: bool = False
+    otherOrgans: bool = False
     weightsPath: str = ""
 
 
@@ -153,7 +154,7 @@ class SRMASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     p.inputVolume, output_segmentation=p.outputSegmentation,
                     reference_segmentation=p.referenceSegmentation, device=p.device,
                     weights=p.weightsPath or None, smoothing=p.smoothing, modality=p.modality,
-                    progress=self._progress)
+                    progress=self._progress, organs="spleen,kidneys" if p.otherOrgans else None)
             if p.outputSegmentation is None:
                 p.outputSegmentation = res.segmentation_node
             self.ui.resultsTableView.setMRMLTableNode(res.table_node)
