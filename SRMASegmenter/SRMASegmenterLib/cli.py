@@ -59,6 +59,7 @@ class Runner:
     def segment(self, inp: Path, outs, reference: Path | None = None, organs=None):
         outs = [outs] if isinstance(outs, Path) else list(outs)
         from slicer_ai_mrml.nodes import scalar_volume_from_array
+        from SRMASegmenterLogic import ORGANS
 
         from .volumes import read_volume, write_volume
 
@@ -73,7 +74,6 @@ class Runner:
                 ref_node, _, _ = import_mask_as_segment(scene, self.logic.segmentations_logic, ref_arr == 1, vol,
                                                         name="Reference", show_3d=False)
             res = self.logic.run(vol, reference_segmentation=ref_node, segmenter=self.segmenter, organs=organs)
-            from SRMASegmenterLogic import ORGANS
             labelmap = res.mask.astype("uint8")
             for o, m in res.info["organs"].items():
                 labelmap[(m > 0) & (labelmap == 0)] = ORGANS[o][3]

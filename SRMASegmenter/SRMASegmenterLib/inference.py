@@ -25,8 +25,6 @@ from .volumes import Geometry, check_array, from_canonical, orientation_transfor
 TRAIN_SPACING_IJK = (1.25, 1.25, 7.7)   # the published-style binary model (CHAOS T2 as distributed)
 DEFAULT_ROI = (224, 224, 64)
 MODELS_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models"
-# The organs a multi-class model may give, by the class names in its manifest.
-ORGANS = ("liver", "spleen", "right_kidney", "left_kidney")
 
 
 class NoWeightsError(RuntimeError):
@@ -93,21 +91,16 @@ def resample_labels(lab, in_spacing, out_spacing, num_classes, size=None):
     return resample(oh, in_spacing, out_spacing, size)[0].argmax(0).to(lab.dtype)
 
 
-def _keep_largest(m, ndimage):
-    lab, n = ndimage.label(m)
-    if n > 1:
-        sizes = np.bincount(lab.ravel())
-        sizes[0] = 0
-        m = lab == int(sizes.argmax())
-    return m
-
-
 def postprocess(mask: np.ndarray, largest_component=True, fill_holes=True) -> np.ndarray:
     from scipy import ndimage
 
     m = mask.astype(bool)
     if largest_component and m.any():
-        m = _keep_largest(m, ndimage)
+        lab, n = ndimage.label(m)
+        if n > 1:
+            sizes = np.bincount(lab.ravel())
+            sizes[0] = 0
+            m = lab == int(sizes.argmax())
     if fill_holes and m.any():
         m = ndimage.binary_fill_holes(m)
     return m.astype(np.uint8)
@@ -134,7 +127,7 @@ class LiverSegmenter:
     @property
     def organs(self) -> list:
         """The organs this model can segment (foreground class names)."""
-        return [c for c in self.classes[1:]]
+        return self.classes[1:]
 
     @classmethod
     def load(cls, weights: str | Path | None = None, device="auto", config: InferenceConfig | None = None,
@@ -157,10 +150,7 @@ class LiverSegmenter:
         else:
             sd, rec = load_weights_file(weights)
         cfg = SRMAConfig.from_dict(rec.manifest.get("config", {}))
-        if "out_conv1.conv.conv.weight" in sd and sd["out_conv1.conv.conv.weight"].shape[0] != cfg.out_chans:
-            n = int(sd["out_conv1.conv.conv.weight"].shape[0])
-            raise NoWeightsError(f"the weights have {n} output classes but their manifest says {cfg.out_chans}")
-        model = load_into(SRMAMamba(cfg), sd)
+        model = load_into(SRMAMamba(cfg), sd)   # refuses weights whose class count differs from the manifest's
         return cls(model, dev, rec.weights_id, config, rec.manifest)
 
     def _forward(self, t, device):

@@ -270,7 +270,8 @@ def main(argv=None):
                 gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
     summary = dict(meta)
     if rank == 0:
-        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in ema.shadow.items()})
+        own = model.state_dict()
+        model.load_state_dict({k: v.to(own[k].dtype) for k, v in ema.shadow.items()})
         manifest = dict(model="SRMA-Mamba", task="abdominal organ segmentation (liver first), T2 MRI",
                         config=cfg.to_dict(), train_spacing_ijk=list(args.spacing),
                         inference={"roi_size": list(args.patch)}, training={k: meta[k] for k in (

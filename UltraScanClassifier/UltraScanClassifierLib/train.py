@@ -161,7 +161,6 @@ class MaskHeads(torch.nn.Module):
         return total / len(self.heads)
 
 
-@torch.no_grad()
 def cam_heatmaps(model, images_u8, size, batch=32):
     """Grad-CAM of the predicted class, on the images' own (load_size) grid, normalised to [0, 1]."""
     from .inference import grad_cam
@@ -238,10 +237,8 @@ def main(argv=None):
         groups.append({"params": list(heads.parameters()), "weight_decay": a.weight_decay})
     teacher = None
     if a.teacher:
-        from slicer_ai_common.weights import load_weights_file
-        teacher = build_model(a.teacher_model, len(CLASSES)).to(device).eval()
-        sd, _ = load_weights_file(a.teacher)
-        teacher.load_state_dict({k: v.float() for k, v in sd.items()})
+        from slicer_ai_common.weights import load_into, load_weights_file
+        teacher = load_into(build_model(a.teacher_model, len(CLASSES)), load_weights_file(a.teacher)[0]).to(device).eval()
         for p_ in teacher.parameters():
             p_.requires_grad_(False)
         print(f"[teacher] {a.teacher_model} from {a.teacher}", flush=True)
