@@ -13,7 +13,9 @@ GRAD_TOL = {torch.float32: 1e-4, torch.float64: 1e-10, torch.float16: 2e-2, torc
 
 
 def make_inputs(batch, dim, L, N, groups, dtype, device, with_d=True, with_z=True, with_bias=True, seed=None):
-    g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % (2**31))
+    seed = seed if seed is not None else torch.seed() % (2**31)
+    print(f"make_inputs seed={seed}")  # shown by pytest on failure, so a failing draw can be replayed
+    g = torch.Generator().manual_seed(seed)
     r = lambda *s, scale=1.0: (torch.randn(*s, generator=g) * scale)
     bc = (batch, N, L) if groups is None else (batch, groups, N, L)
     t = dict(
