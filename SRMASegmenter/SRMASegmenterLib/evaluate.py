@@ -47,6 +47,8 @@ def evaluate_cases(seg, cases, out=None, overlays=True, log=print):
     """Per-case metrics of the liver (and, for a multi-class model on CHAOS, Dice of the other organs and
     the reference spleen's volume that was labelled liver) through the module's inference path.
     Writes metrics.csv / metrics.json (+ overlays) to `out` if given; returns (rows, summary)."""
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)     # overlays are written case by case
     from .metrics import segmentation_metrics
     from .volumes import read_volume
 
