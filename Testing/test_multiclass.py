@@ -85,6 +85,31 @@ def test_augment_keeps_labels_aligned_with_the_image():
     assert xa.shape == (3, 1, 16, 16, 8) and ya.shape == (3, 16, 16, 8)
 
 
+def test_organ_contrast_darkens_liver_and_spleen_only():
+    """Organ contrast scales (value - background) inside liver and spleen by the drawn factor, leaves the
+    kidneys and the rest of the patch untouched, and keeps the labels."""
+    from SRMASegmenterLib.augment3d import Augment3DConfig, augment_batch
+    y = torch.zeros(2, 32, 32, 8, dtype=torch.long)
+    y[:, 2:14, 2:14] = 1                  # liver
+    y[:, 18:24, 2:8] = 2                  # right kidney
+    y[:, 18:30, 18:30] = 4                # spleen
+    x = torch.where(y > 0, 5.0, 1.0)[:, None] + 0.0
+    x[:, :, 0, 0, 0] = -1.0               # background level (the sample minimum)
+    cfg = Augment3DConfig.none(patch=(32, 32, 8), spacing=(2.5, 2.5, 7.7), fg_fraction=0.0, p_organ=1.0,
+                               organ_scale=(0.2, 0.2), organ_jitter=0.0)
+    xa, ya = augment_batch(x, y, 5, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(ya, y)
+    inner_liver, inner_spleen = xa[:, 0, 5:11, 5:11], xa[:, 0, 21:27, 21:27]
+    assert torch.allclose(inner_liver, torch.full_like(inner_liver, -1 + 6 * 0.2), atol=1e-3)
+    assert torch.allclose(inner_spleen, torch.full_like(inner_spleen, -1 + 6 * 0.2), atol=1e-3)
+    assert torch.allclose(xa[:, 0, 19:23, 3:7], torch.full((2, 4, 4, 8), 5.0))     # kidney untouched
+    assert torch.allclose(xa[:, 0, 2:14, 20:28], torch.full((2, 12, 8, 8), 1.0))   # far from the organs
+    rim = xa[:, 0, 14, 5:11]                                                        # blended, no step edge
+    assert bool(((rim > 0.2) & (rim < 1.0)).all())
+    off = Augment3DConfig.none(patch=(32, 32, 8), spacing=(2.5, 2.5, 7.7), fg_fraction=0.0)
+    assert torch.allclose(augment_batch(x, y, 5, off, torch.Generator().manual_seed(0))[0], x, atol=1e-5)
+
+
 def test_resample_round_trip_keeps_shape_and_labels():
     from SRMASegmenterLib.inference import resample, resample_labels
     x = torch.zeros(1, 1, 64, 64, 8)

@@ -51,6 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--patch", type=int, nargs=3, default=[128, 128, 48])
     p.add_argument("--spacing", type=float, nargs=3, default=[2.5, 2.5, 7.7], help="model grid (i, j, k) mm")
     p.add_argument("--aug", default="nnunet", choices=["nnunet", "none"])
+    p.add_argument("--organ-contrast", type=float, default=0.0,
+                   help="probability of rescaling liver and spleen grey values (augment3d.organ_contrast; "
+                        "dark, iron-loaded livers); 0 = the cross-validated recipe of docs/EVALUATION.md")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--warmup", type=float, default=0.05, help="fraction of the schedule")
@@ -182,7 +185,8 @@ def main(argv=None):
     say(f"loaded {len(data)} volumes on {device} in {time.time() - t_load:.1f} s; canvas {tuple(images.shape[2:])} "
         f"at {tuple(args.spacing)} mm, patch {tuple(args.patch)}")
     aug = (Augment3DConfig if args.aug == "nnunet" else Augment3DConfig.none)(
-        patch=tuple(args.patch), spacing=tuple(args.spacing), fg_classes=(1, 4) if multiclass else (1,))
+        patch=tuple(args.patch), spacing=tuple(args.spacing), fg_classes=(1, 4) if multiclass else (1,),
+        p_organ=args.organ_contrast if args.aug == "nnunet" else 0.0, organ_classes=(1, 4) if multiclass else (1,))
 
     cfg = SRMAConfig(dims=args.dims, out_chans=num_classes if multiclass else 1, class_names=tuple(class_names))
     model = SRMAMamba(cfg).to(device)
