@@ -5,6 +5,8 @@
 #   scripts/device_train.sh liver MINUTES        # carry .carry/chaos .carry/imagenet2 .whl
 #   scripts/device_train.sh ultrasound MINUTES   # carry .carry/busi .carry/busi-masks .carry/imagenet01 .whl
 #   scripts/device_train.sh status
+#   scripts/device_train.sh run liver|us NAME ARGS...  # one background training run, named, with its own args
+#   scripts/device_train.sh collect SECONDS            # wait for the runs (at most SECONDS), then copy to $OUT
 #
 # liver: the 5-class SRMA-Mamba recipe on the 5 folds of splits/chaos_t2_5fold.json and the shipped
 # model (every case but case_20), 6 runs side by side (3 per GPU), each ending its schedule at MINUTES.
@@ -106,6 +108,37 @@ EOF
   pids+=($!)
   for p in "${pids[@]}"; do wait "$p"; done
   echo "all done after $(( $(date +%s) - t_start )) s"
+  ;;
+run)   # one named run in the background; its data must have been copied by an earlier call or this one
+  kind=$2; name=$3; shift 3
+  setup
+  if [ "$kind" = liver ]; then
+    [ -d "$W/data/chaos-mr-t2" ] || cp -r .carry/chaos "$W/data/chaos-mr-t2"
+    mod=SRMASegmenterLib.train; data=$W/data/chaos-mr-t2
+  else
+    [ -d "$W/data/busi" ] || cp -r .carry/busi "$W/data/busi"
+    [ -d .carry/busi-masks ] && [ ! -d "$W/data/busi-masks" ] && cp -r .carry/busi-masks "$W/data/busi-masks"
+    mkdir -p "$W/imagenet"; for c in .carry/imagenet*; do [ -d "$c" ] && cp "$c"/* "$W/imagenet/"; done
+    export EFFICIENTNET_LITE_DIR=$W/imagenet
+    mod=UltraScanClassifierLib.train; data=$W/data/busi
+  fi
+  d=$W/runs/$name; mkdir -p "$d"
+  (cd "$W/code" && setsid nohup python3 -m $mod --data "$data" --out "$d" "$@" > "$d/log.txt" 2>&1 < /dev/null &)
+  sleep 20; tail -n 3 "$d/log.txt"
+  ;;
+collect)   # wait until no training runs (or SECONDS pass), then bring logs, metrics and weights back
+  end=$(( $(date +%s) + $2 ))
+  while pgrep -f "[L]ib\.train" > /dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 5; done
+  pgrep -fa "[L]ib\.train" | cut -c1-150
+  cd "$W/runs" || exit 1
+  tar -czf "$OUT/runs.tgz" --exclude='*.pt' --exclude='*.safetensors' --exclude='model*' .
+  n=0
+  for f in $(find . -name '*.safetensors' -size -16M | sort); do
+    n=$((n + 1)); [ $n -le 6 ] || break
+    mkdir -p "$OUT/w/$(dirname "$f")"; cp "$f" "$OUT/w/$f"
+  done
+  find . -name 'model.json' -exec sh -c 'mkdir -p "$OUT/w/$(dirname "$1")"; cp "$1" "$OUT/w/$1"' _ {} \;
+  ls -laR "$OUT" | head -40
   ;;
 status)
   for f in "$W"/runs/liver/fold*/log.txt; do echo "== $f"; tail -n 2 "$f"; done
