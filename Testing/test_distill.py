@@ -1,5 +1,6 @@
 """Ultrasound teacher / distillation / lesion-outline training code on the CPU, on a few real BUSI images."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,7 +51,7 @@ def test_teacher_then_distilled_student_with_outlines(tmp_path):
     need(BUSI)
     need(MASKS)
     from UltraScanClassifierLib.train import main
-    common = ["--data", str(BUSI), "--split", "../splits/busi_5fold.json", "--fold", "0", "--epochs", "2",
+    common = ["--data", str(BUSI), "--split", str(Path(__file__).resolve().parents[1] / "splits" / "busi_5fold.json"), "--fold", "0", "--epochs", "2",
               "--warmup-epochs", "1", "--cooldown-epochs", "0", "--batch-size", "8", "--limit", "16", "--device", "cpu",
               "--masks", str(MASKS), "--eval-every", "1", "--img-size", "64", "--load-size", "64"]
     t = main(common + ["--model", "efficientnet_lite0", "--out", str(tmp_path / "t"), "--aug", "scratch", "--tta-flip"])

@@ -124,7 +124,7 @@ def test_bad_inputs_give_specific_errors_and_change_nothing(app, clf):
         assert app.scene.GetNumberOfNodes() == before
     node = image_node(app.scene, gray_image())
     before = app.scene.GetNumberOfNodes()
-    with pytest.raises(WeightsError, match="no UltraScanNet weights"):
+    with pytest.raises(WeightsError, match="no weights at .*ultrascannet.safetensors"):
         logic.classify(node, weights="/nonexistent/ultrascannet.safetensors")
     assert app.scene.GetNumberOfNodes() == before
 
@@ -190,3 +190,18 @@ def test_one_frame_of_a_multi_frame_volume(app, clf):
     with pytest.raises(NodeError, match="frame 5 does not exist"):
         logic.classify(cine, classifier=clf, frame=5)
     assert app.scene.GetNumberOfNodes() == n
+
+
+def test_second_model_by_name_through_the_logic(app):
+    """The module passes the chosen model's name as `weights`: the logic loads it and the table row says
+    which model gave the verdict; the heatmap keeps the input geometry with this model too."""
+    from UltraScanClassifierLogic import UltraScanClassifierLogic
+    logic = UltraScanClassifierLogic(app.scene)
+    arr = gray_image("benign/benign (3).png")[:, 17:]
+    node = image_node(app.scene, arr)
+    res = logic.classify(node, device="cpu", weights="efficientnet_lite0_busi")
+    rows = logic.table_rows(res.table_node)
+    assert rows[0]["Weights"].startswith("efficientnet_lite0_busi@")
+    assert np.allclose(ijk_to_ras(res.heatmap_node), ijk_to_ras(node), atol=0, rtol=0)
+    default = logic.classify(node, device="cpu", table_node=res.table_node)
+    assert logic.table_rows(default.table_node)[1]["Weights"].startswith("ultrascannet_busi@")

@@ -32,10 +32,20 @@ class UltraScanClassifier(ScriptedLoadableModule):
             "Classifies a breast-ultrasound image as benign, malignant or normal with UltraScanNet "
             "(Laicu-Hausberger and Popa, 2025). Select a 2D image and click <b>Classify</b>: calibrated "
             "probabilities, a heatmap of the regions that drove the verdict, and a row in the results table. "
-            "Folder mode classifies every image of a folder. Decision support, not a diagnosis.")
+            "Folder mode classifies every image of a folder. Two shipped models: UltraScanNet (default) and "
+            "EfficientNet-Lite0 (ImageNet-initialised; the more accurate in cross-validation, see its model "
+            "card). Decision support, not a diagnosis.")
         self.parent.acknowledgementText = _(
             "Architecture by Laicu-Hausberger and Popa; shipped weights trained on BUSI "
             "(Al-Dhabyani et al., Data in Brief 28, 2020).")
+
+
+def _shipped_models() -> list:
+    """Names of the model folders shipped in Resources/Models (those with a manifest), the default first."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Models")
+    names = sorted(n for n in (os.listdir(root) if os.path.isdir(root) else [])
+                   if os.path.isfile(os.path.join(root, n, "model.json")))
+    return sorted(names, key=lambda n: n != "ultrascannet_busi") or ["ultrascannet_busi"]
 
 
 def _lib_paths():
@@ -61,6 +71,7 @@ class UltraScanClassifierParameterNode:
     device: Annotated[str, Choice(["auto", "gpu", "cpu"])] = "auto"
     showHeatmap: bool = True
     heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.4
+    model: Annotated[str, Choice(_shipped_models())] = _shipped_models()[0]
     weightsPath: str = ""
     folderPath: str = ""
 
@@ -164,7 +175,7 @@ class UltraScanClassifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             bar.value = int(round(100 * r.probabilities[c]))
             bar.format = f"{c}: {100 * r.probabilities[c]:.1f}%"
         self.ui.disclaimerLabel.text = self.logic.logic().classifier(self._parameterNode.device,
-                                                                     self._parameterNode.weightsPath or None).disclaimer
+                                                                     self._weights()).disclaimer
         notes = "; ".join(r.notes)
         self.ui.modelLabel.text = f"{r.weights_id} ({r.device}, {r.seconds:.2f} s)" + (f"; {notes}" if notes else "")
         self.ui.resultsTableView.setMRMLTableNode(res.table_node)
@@ -172,6 +183,11 @@ class UltraScanClassifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if res.heatmap_node is not None:
             slicer.util.setSliceViewerLayers(background=self._parameterNode.inputImage, foreground=res.heatmap_node,
                                              foregroundOpacity=self._parameterNode.heatmapOpacity)
+
+    def _weights(self):
+        """A weights file or folder chosen by the user wins over the shipped model picked in the list."""
+        p = self._parameterNode
+        return p.weightsPath or p.model
 
     def _setOpacity(self, value):
         for name in ("Red", "Yellow", "Green"):
@@ -188,7 +204,7 @@ class UltraScanClassifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self._start()
         try:
             with slicer.util.WaitCursor():
-                res = self.logic.logic().classify(p.inputImage, device=p.device, weights=p.weightsPath or None,
+                res = self.logic.logic().classify(p.inputImage, device=p.device, weights=self._weights(),
                                                   heatmap=p.showHeatmap, table_node=p.resultsTable,
                                                   progress=self._progress)
             self._showResult(res)
@@ -209,7 +225,7 @@ class UltraScanClassifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         p = self._parameterNode
         self._start()
         try:
-            res = self.logic.logic().classify_folder(p.folderPath, device=p.device, weights=p.weightsPath or None,
+            res = self.logic.logic().classify_folder(p.folderPath, device=p.device, weights=self._weights(),
                                                      table_node=p.resultsTable, progress=self._progress)
             p.resultsTable = res.table_node
             self.ui.resultsTableView.setMRMLTableNode(res.table_node)

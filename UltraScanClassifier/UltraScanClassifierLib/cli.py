@@ -48,12 +48,17 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     ap.add_argument("--heatmap-dir", default=None, help="write a Grad-CAM heatmap PNG per image here")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "gpu"])
+    ap.add_argument("--model", default=None,
+                    help="a shipped model by name: ultrascannet_busi (default) or efficientnet_lite0_busi (more accurate "
+                         "in cross-validation; see its model card)")
     ap.add_argument("--weights", default=None, help="model folder, model.json or weights file (default: shipped model)")
     a = ap.parse_args(argv)
+    if a.model and a.weights:
+        ap.error("give --model (a shipped model) or --weights (your own), not both")
 
     from .inference import UltrasoundClassifier
     try:
-        clf = UltrasoundClassifier.load(a.weights, device=a.device)
+        clf = UltrasoundClassifier.load(a.weights or a.model, device=a.device)
     except (WeightsError, RuntimeError, ValueError) as e:
         print(f"ultrascan-classify: cannot load weights: {e}", file=sys.stderr)
         return 2

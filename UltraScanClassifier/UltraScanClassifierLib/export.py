@@ -3,6 +3,9 @@
 
     python -m UltraScanClassifierLib.export runs/cv/ultrascannet/foldall/final.safetensors \
         UltraScanClassifier/Resources/Models/ultrascannet_busi --record docs/training/ultrascannet_record.json
+    python -m UltraScanClassifierLib.export runs/lite0_all/final.safetensors \
+        UltraScanClassifier/Resources/Models/efficientnet_lite0_busi --architecture EfficientNet-Lite0 \
+        --name efficientnet_lite0_busi --record docs/training/efficientnet_lite0_record.json
 """
 from __future__ import annotations
 
@@ -14,15 +17,20 @@ from safetensors.torch import load_file
 
 from slicer_ai_common.weights import load_into, save_sharded
 
-from .model import CLASSES, UltraScanNet, UltraScanNetConfig
+from .efficientnet_lite import from_training_keys
+from .model import CLASSES, build_classifier
 
 
 def export(weights, folder, name="ultrascannet_busi", record: dict | None = None, config: dict | None = None,
-           shard_mb: float = 15.0):
+           shard_mb: float = 15.0, architecture: str = "UltraScanNet"):
+    """architecture: "UltraScanNet" (weights as trained: the published keys) or "EfficientNet-Lite0" (the
+    training code's teacher, keys renamed to the runtime's MONAI-built network)."""
     sd = load_file(str(weights))
-    cfg = UltraScanNetConfig.from_dict(config or {})
-    load_into(UltraScanNet(cfg), sd)          # refuses weights that do not fit the architecture
-    extra = {"architecture": "UltraScanNet", "classes": list(CLASSES), "config": cfg.to_dict(),
+    if architecture == "EfficientNet-Lite0":
+        sd = from_training_keys(sd)
+    net, cfg = build_classifier(architecture, config or {})
+    load_into(net, sd)                        # refuses weights that do not fit the architecture
+    extra = {"architecture": architecture, "classes": list(CLASSES), "config": cfg,
              "input": {"size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
                        "resize": "whole image to 224 x 224, bicubic, antialiased"},
              **(record or {})}
@@ -36,9 +44,10 @@ def main(argv=None):
     ap.add_argument("--name", default="ultrascannet_busi")
     ap.add_argument("--record", default=None, help="JSON merged into the manifest (temperature, split, metrics, ...)")
     ap.add_argument("--shard-mb", type=float, default=15.0)
+    ap.add_argument("--architecture", default="UltraScanNet", choices=["UltraScanNet", "EfficientNet-Lite0"])
     a = ap.parse_args(argv)
     rec = json.loads(Path(a.record).read_text()) if a.record else None
-    r = export(a.weights, a.folder, a.name, rec, shard_mb=a.shard_mb)
+    r = export(a.weights, a.folder, a.name, rec, shard_mb=a.shard_mb, architecture=a.architecture)
     print(f"wrote {len(r.manifest['files'])} shards to {a.folder} ({r.weights_id})")
 
 

@@ -25,7 +25,7 @@ from slicer_ai_common.weights import MANIFEST, ModelRecord, WeightsError, find_m
 
 from .augment import normalize
 from .images import check_image, read_image
-from .model import CLASSES, UltraScanNet, UltraScanNetConfig
+from .model import CLASSES, UltraScanNet, UltraScanNetConfig, build_classifier
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
 DEFAULT_MODEL = "ultrascannet_busi"
@@ -34,9 +34,11 @@ DISCLAIMER = "Decision support only, not a diagnosis: a radiologist makes the ca
 
 
 def disclaimer(manifest: dict) -> str:
-    """The decision-support note, with the model's cross-validated accuracy where its manifest has it."""
+    """The decision-support note, with the model's cross-validated accuracy where its manifest has it
+    (`cross_validation[cross_validation_key]`, the key defaulting to the UltraScanNet row)."""
     try:
-        acc = manifest["cross_validation"]["ultrascannet"]["mean_sd"]["accuracy"]["mean"]
+        key = manifest.get("cross_validation_key", "ultrascannet")
+        acc = manifest["cross_validation"][key]["mean_sd"]["accuracy"]["mean"]
     except (KeyError, TypeError):
         return DISCLAIMER
     return (f"Decision support only, not a diagnosis: this model was right on {100 * acc:.0f}% of held-out "
@@ -82,12 +84,14 @@ def grad_cam(model, x, target=None):
 
 
 class UltrasoundClassifier:
-    def __init__(self, model: UltraScanNet, record: ModelRecord, device, temperature: float = 1.0):
+    def __init__(self, model, record: ModelRecord, device, temperature: float = 1.0):
         self.model = model.eval()
         self.record = record
         self.device = device
         self.temperature = float(temperature)
         self.classes = list(record.manifest.get("classes", CLASSES))
+        # mirror averaging at test time where the model was cross-validated that way (manifest input.tta_flip)
+        self.tta_flip = bool(record.manifest.get("input", {}).get("tta_flip", False))
 
     @property
     def weights_id(self) -> str:
@@ -102,13 +106,25 @@ class UltrasoundClassifier:
         return find_models(root)
 
     @classmethod
+    def model_names(cls, root=MODELS_DIR) -> list:
+        """Names of the shipped models (folders with a manifest), the default first."""
+        names = sorted(p.name for p in Path(root).iterdir() if (p / MANIFEST).is_file()) if Path(root).is_dir() else []
+        return sorted(names, key=lambda n: n != DEFAULT_MODEL)
+
+    @classmethod
     def load(cls, model=None, device: str = "auto", verify: bool = True) -> "UltrasoundClassifier":
-        """model: None (the shipped model), a model folder, its model.json, or a weights file
-        (.safetensors / .pth state dict, e.g. the authors' checkpoint; then uncalibrated, T = 1)."""
+        """model: None (the shipped default), the name of a shipped model (`model_names()`), a model folder,
+        its model.json, or a weights file (.safetensors / .pth UltraScanNet state dict, e.g. the authors'
+        checkpoint; then uncalibrated, T = 1)."""
         dev = resolve_device(device)
-        path = Path(model) if model else MODELS_DIR / DEFAULT_MODEL
+        name = str(model) if model else DEFAULT_MODEL
+        bare = all(ch.isalnum() or ch in "_-" for ch in name)       # a name, not a path
+        path = Path(model) if model and (Path(model).exists() or not bare) else MODELS_DIR / name
         if not path.exists():
-            raise WeightsError(f"no UltraScanNet weights at {path}: reinstall the extension or choose a weights file")
+            if path.parent == MODELS_DIR:
+                raise WeightsError(f"no shipped model named {name!r} (shipped: {', '.join(cls.model_names()) or 'none'}); "
+                                   "reinstall the extension or choose a model folder or weights file")
+            raise WeightsError(f"no weights at {path}: choose a model folder, model.json or weights file")
         folder = path if path.is_dir() else (path.parent if path.name == MANIFEST else None)
         if folder is not None:
             if not (folder / MANIFEST).is_file():
@@ -117,20 +133,36 @@ class UltrasoundClassifier:
             sd = rec.load_state_dict(verify=verify)
         else:
             sd, rec = load_weights_file(path)
-        cfg = UltraScanNetConfig.from_dict(rec.manifest.get("config", {}))
-        if "head.weight" in sd:
-            cfg.num_classes = int(sd["head.weight"].shape[0])
-        net = load_into(UltraScanNet(cfg), sd).to(dev)
+        arch = rec.manifest.get("architecture", "UltraScanNet")
+        if arch == "UltraScanNet":
+            cfg = UltraScanNetConfig.from_dict(rec.manifest.get("config", {}))
+            if "head.weight" in sd:
+                cfg.num_classes = int(sd["head.weight"].shape[0])
+            net = UltraScanNet(cfg)
+        else:
+            net, _ = build_classifier(arch, rec.manifest.get("config", {}))
+        net = load_into(net, sd).to(dev)
         return cls(net, rec, dev, rec.manifest.get("temperature", 1.0))
 
     # --------------------------------------------------------------------------------------- one image
     def _run(self, x, device, want_heatmap, out_hw):
         model = self.model.to(device)
         x = x.to(device)
+        n = x.shape[0]
+        if self.tta_flip:                     # the image and its mirror in one batch, logits averaged
+            x = torch.cat([x, x.flip(3)])
         if not want_heatmap:
             with torch.no_grad():
-                return model(x).float().cpu(), None
-        logits, cam = grad_cam(model, x)
+                lg = model(x).float().cpu()
+            return (lg[:n] + lg[n:]) / 2 if self.tta_flip else lg, None
+        if self.tta_flip:
+            with torch.no_grad():
+                lg = model(x).float()
+            target = ((lg[:n] + lg[n:]) / 2).argmax(1)
+            logits, cam = grad_cam(model, x, torch.cat([target, target]))
+            logits, cam = (logits[:n] + logits[n:]) / 2, (cam[:n] + cam[n:].flip(3)) / 2
+        else:
+            logits, cam = grad_cam(model, x)
         heat = []
         for i in range(cam.shape[0]):
             h = F.interpolate(cam[i:i + 1].float(), size=out_hw[i], mode="bilinear", align_corners=False)[0, 0]

@@ -406,3 +406,19 @@ def flops(model: nn.Module, size=(224, 224)) -> float:
 
 __all__ = ["UltraScanNet", "UltraScanNetConfig", "CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "build_model",
            "count_parameters", "flops", "mixer_kind"]
+
+
+ARCHITECTURES = ("UltraScanNet", "EfficientNet-Lite0")
+
+
+def build_classifier(architecture: str, config: dict | None = None):
+    """The network a model manifest names -> (module, config dict as written to the manifest)."""
+    config = dict(config or {})
+    if architecture == "UltraScanNet":
+        cfg = UltraScanNetConfig.from_dict(config)
+        return UltraScanNet(cfg), cfg.to_dict()
+    if architecture == "EfficientNet-Lite0":
+        from .efficientnet_lite import EfficientNetLite0
+        cfg = {"num_classes": int(config.get("num_classes", len(CLASSES))), "in_chans": int(config.get("in_chans", 3))}
+        return EfficientNetLite0(**cfg), cfg
+    raise ValueError(f"unknown classifier architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")

@@ -1,0 +1,94 @@
+"""The second shipped ultrasound model (EfficientNet-Lite0): the runtime network built on MONAI equals the
+training network in float64, the shipped folder verifies and loads by name, mirror averaging is what the
+manifest says, and the CLI and logic pick a model by name."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from slicer_ai_common.weights import WeightsError
+from UltraScanClassifierLib.images import read_image
+from UltraScanClassifierLib.inference import MODELS_DIR, UltrasoundClassifier
+
+SAMPLES = Path(__file__).resolve().parents[1] / "UltraScanClassifier" / "Resources" / "SampleData"
+LITE = "efficientnet_lite0_busi"
+
+
+def _flat_keys(sd):
+    """Runtime keys (net._blocks.<stage>.<i>.) -> the training network's flat ones (net._blocks.<i>.)."""
+    out = {}
+    for k, v in sd.items():
+        parts = k.split(".")
+        out[".".join(parts[:2] + parts[3:]) if parts[1] == "_blocks" else k] = v
+    return out
+
+
+def test_runtime_lite0_equals_the_training_network_in_float64():
+    """Same weights (renamed by from_training_keys) -> the same logits and feature map as the
+    efficientnet-lite-pytorch network the teacher trains as."""
+    pytest.importorskip("efficientnet_lite_pytorch", reason="the [train] extra is not installed")
+    from UltraScanClassifierLib.baselines import EfficientNetLite
+    from UltraScanClassifierLib.efficientnet_lite import EfficientNetLite0, from_training_keys
+    from UltraScanClassifierLib.images import check_image
+    from UltraScanClassifierLib.inference import preprocess
+    trained = UltrasoundClassifier.load(LITE, device="cpu").model.state_dict()   # trained weights: a live network
+    ref = EfficientNetLite(0, num_classes=3, pretrained=False)
+    ref.load_state_dict(_flat_keys(trained), strict=True)
+    run = EfficientNetLite0(num_classes=3)
+    run.load_state_dict(from_training_keys(ref.state_dict()), strict=True)
+    ref, run = ref.eval().double(), run.eval().double()
+    x = torch.cat([preprocess(check_image(read_image(SAMPLES / f)[0])) for f in
+                   ("busi_benign_3.png", "busi_malignant_12.png", "busi_normal_5.png")]).double()
+    with torch.no_grad():
+        a, b = ref(x), run(x)
+        fa, fb = ref.forward_features(x), run.forward_features(x)
+    assert a.shape == (3, 3) and float((a[0] - a[1]).abs().max()) > 0.1       # outputs depend on the input
+    assert torch.allclose(a, b, rtol=0, atol=1e-10) and torch.allclose(fa, fb, rtol=0, atol=1e-10)
+
+
+def test_training_key_renaming_covers_every_block():
+    from UltraScanClassifierLib.efficientnet_lite import REPEATS, EfficientNetLite0, from_training_keys
+    run_keys = set(EfficientNetLite0().state_dict())
+    flat = _flat_keys(dict.fromkeys(run_keys, 0))
+    assert sum(REPEATS) == 16 and len(flat) == len(run_keys) and set(from_training_keys(flat)) == run_keys
+
+
+def test_shipped_lite0_verifies_loads_by_name_and_averages_mirrors():
+    assert UltrasoundClassifier.model_names()[0] == "ultrascannet_busi" and LITE in UltrasoundClassifier.model_names()
+    clf = UltrasoundClassifier.load(LITE, device="cpu")
+    man = clf.record.manifest
+    assert man["architecture"] == "EfficientNet-Lite0" and clf.tta_flip and 0.5 < clf.temperature < 2
+    assert all(f["bytes"] <= 40 * 2**20 for f in man["files"]) and man["dtype"] == "float16"
+    assert "87%" in clf.disclaimer                          # its own cross-validated accuracy, not UltraScanNet's
+    img = read_image(SAMPLES / "busi_malignant_12.png")[0]
+    r = clf.classify(img, heatmap=True)
+    assert r.heatmap.shape == img.shape[:2] and float(r.heatmap.max()) == pytest.approx(1.0)
+    from UltraScanClassifierLib.images import check_image
+    from UltraScanClassifierLib.inference import preprocess
+    x = preprocess(check_image(img))
+    with torch.no_grad():
+        plain, mirrored = clf.model(x).numpy()[0], clf.model(x.flip(3)).numpy()[0]
+    assert np.allclose(r.logits, (plain + mirrored) / 2, atol=1e-4)
+    assert not np.allclose(plain, mirrored, atol=1e-3)      # the mirror does change the logits
+    no_heat = clf.classify(img, heatmap=False)
+    assert np.allclose(no_heat.logits, r.logits, atol=1e-4)
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(WeightsError, match="no shipped model named 'nope'.*ultrascannet_busi"):
+        UltrasoundClassifier.load("nope", device="cpu")
+
+
+def test_cli_model_flag(capsys):
+    from UltraScanClassifierLib.cli import main
+    img = str(SAMPLES / "busi_benign_3.png")
+    assert main([img, "--model", LITE, "--json", "--device", "cpu"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res[0]["weights"].startswith(LITE + "@")
+    assert main([img, "--json", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["weights"].startswith("ultrascannet_busi@")
+    with pytest.raises(SystemExit) as e:
+        main([img, "--model", LITE, "--weights", str(MODELS_DIR / LITE)])
+    assert e.value.code == 2 and "not both" in capsys.readouterr().err
