@@ -216,6 +216,11 @@ class LiverSegmenter:
             raise ValueError(f"this model ({self.weights_id}) segments {', '.join(self.organs)}; "
                              f"it cannot segment {', '.join(unknown)}")
         t0 = time.perf_counter()
+        marks = [("start", t0)]
+
+        def mark(stage):                      # where the time goes: info["timings_s"] (bench_pipeline.py)
+            marks.append((stage, time.perf_counter()))
+
         cfg = self.config
         arr = check_array(np.asarray(arr_kji))
         if progress is not None:
@@ -224,13 +229,16 @@ class LiverSegmenter:
         can = to_canonical(arr, perm, flips)  # (k, j, i) in the training orientation
         sp_ijk = np.asarray(geom.spacing, dtype=float)
         sp_ijk_can = np.array([sp_ijk[::-1][p] for p in perm])[::-1]   # spacing of the canonical (i, j, k) axes
+        mark("check + orientation")
         img = normalize_intensity(can).transpose(2, 1, 0)  # (i, j, k)
         x = torch.from_numpy(np.ascontiguousarray(img))[None, None]
+        mark("normalisation")
         target = np.array(cfg.spacing, dtype=float)
         resample_needed = bool(np.any(np.abs(sp_ijk_can / target - 1) > cfg.resample_tolerance))
         in_size = list(x.shape[2:])
         if resample_needed:
             x = resample(x, sp_ijk_can, target)
+        mark("resample to model grid")
         notes = []
 
         def run(device, bs):
@@ -239,15 +247,18 @@ class LiverSegmenter:
         batches = tuple(sorted({cfg.sw_batch_size, 2, 1}, reverse=True))
         prob, used_device, tried = run_with_fallback(run, self.device, batches,
                                                      notify=lambda m: (notes.append(m), fallback_notify and fallback_notify(m)))
+        mark("model (windows)")
         if progress is not None:
             progress.step("post-processing", 1.0)
         if resample_needed:
             prob = resample(prob[None], target, sp_ijk_can, size=in_size)[0]
+        mark("resample back")
         if prob.shape[0] == 1:
             labels = (prob[0] > cfg.threshold).to(torch.uint8)
         else:
             labels = prob.argmax(0).to(torch.uint8)
         labels = labels.numpy().transpose(2, 1, 0)  # (k, j, i), canonical
+        mark("argmax")
         vox_ml = float(np.prod(geom.spacing)) / 1000.0
 
         def organ_mask(name):
@@ -258,7 +269,9 @@ class LiverSegmenter:
 
         mask = organ_mask("liver")
         extra = {o: organ_mask(o) for o in organs}
-        info = dict(volume_ml=float(mask.sum()) * vox_ml, seconds=time.perf_counter() - t0,
+        mark("largest component + holes")
+        timings = {name: round(t - marks[i][1], 4) for i, (name, t) in enumerate(marks[1:])}
+        info = dict(volume_ml=float(mask.sum()) * vox_ml, seconds=time.perf_counter() - t0, timings_s=timings,
                     device=str(used_device), weights_id=self.weights_id, resampled=resample_needed, notes=notes,
                     organs=extra, organ_volumes_ml={o: float(m.sum()) * vox_ml for o, m in extra.items()})
         return mask, info

@@ -1,0 +1,133 @@
+"""The user's path end to end, with where the time goes: Segment Liver on CHAOS volumes, and ultrasound
+classification with its heatmap, for every shipped model.
+
+    python benchmarks/bench_pipeline.py --device cpu --threads 2       # this machine / CI class
+    python benchmarks/bench_pipeline.py --device cuda                  # on the lent GPU
+
+Liver: read the NIfTI, `LiverSegmenter.predict` (orientation, normalisation, resampling, windows, model,
+resampling back, argmax, largest component, hole filling; its own per-stage timings), write the labelmap.
+Each case once as warm-up, then --repeats timed runs; medians per stage over runs and cases. Peak memory:
+the process's peak resident set (CPU) or torch's peak allocated (CUDA). Ultrasound: `classify` on the
+bundled samples with and without the Grad-CAM heatmap, per shipped model. Prints tables, writes --json.
+Data: ../shared/data/chaos-mr-t2 when present, else the bundled sample volume.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in ("SRMASegmenter", "UltraScanClassifier", "SlicerAICommon", "kernels"):
+    sys.path.insert(0, str(ROOT / p))
+
+import torch  # noqa: E402
+
+
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def liver(args, dev):
+    from SRMASegmenterLib.inference import LiverSegmenter
+    from SRMASegmenterLib.volumes import read_volume, write_volume
+
+    data = ROOT.parent / "shared" / "data" / "chaos-mr-t2"
+    files = sorted(data.glob("case_*_t2.nii.gz"))[: args.cases] if data.is_dir() else []
+    files = files or [ROOT / "SRMASegmenter" / "Resources" / "SampleData" / "chaos_case20_t2.nii.gz"]
+    seg = LiverSegmenter.load(device=str(dev))
+    stages, totals, shapes = {}, [], []
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in files:
+            for rep in range(args.repeats + 1):
+                t0 = time.perf_counter()
+                arr, geom = read_volume(f)
+                t1 = time.perf_counter()
+                mask, info = seg.predict(arr, geom)
+                sync(dev)
+                t2 = time.perf_counter()
+                write_volume(mask, geom, Path(tmp) / "liver.nii.gz")
+                t3 = time.perf_counter()
+                if rep == 0:                   # warm-up (first-call allocation, kernel compilation)
+                    shapes.append(arr.shape)
+                    continue
+                row = {"read": t1 - t0, **info["timings_s"], "write": t3 - t2}
+                for k, v in row.items():
+                    stages.setdefault(k, []).append(v)
+                totals.append(t3 - t0)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"weights": seg.weights_id, "cases": [f.name for f in files], "shapes_kji": [list(s) for s in shapes],
+            "runs": len(totals), "median_total_s": statistics.median(totals),
+            "median_stage_s": {k: statistics.median(v) for k, v in stages.items()},
+            "peak_mib": peak, "peak_kind": "torch max allocated" if dev.type == "cuda" else "process max RSS"}
+
+
+def ultrasound(args, dev):
+    from UltraScanClassifierLib.images import read_image
+    from UltraScanClassifierLib.inference import UltrasoundClassifier
+
+    imgs = [read_image(p)[0] for p in sorted((ROOT / "UltraScanClassifier" / "Resources" / "SampleData").glob("*.png"))]
+    out = {}
+    for name in UltrasoundClassifier.model_names():
+        clf = UltrasoundClassifier.load(name, device=str(dev))
+        row = {}
+        for heat in (True, False):
+            for im in imgs:                   # warm-up
+                clf.classify(im, heatmap=heat)
+            ts = []
+            for _ in range(args.repeats * 3):
+                for im in imgs:
+                    t = time.perf_counter()
+                    clf.classify(im, heatmap=heat)
+                    sync(dev)
+                    ts.append(time.perf_counter() - t)
+            row["with heatmap" if heat else "label only"] = statistics.median(ts)
+        out[clf.weights_id] = row
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--cases", type=int, default=3, help="CHAOS volumes to time (from ../shared)")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--skip-liver", action="store_true")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    res = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu, {torch.get_num_threads()} threads",
+           "torch": torch.__version__}
+    if not a.skip_liver:
+        lv = liver(a, dev)
+        res["liver"] = lv
+        print(f"\nSegment Liver ({lv['weights']}, {res['device']}): {len(lv['cases'])} volumes "
+              f"{lv['shapes_kji']}, {lv['runs']} timed runs; median total {lv['median_total_s']:.2f} s; "
+              f"peak {lv['peak_mib']:.0f} MiB ({lv['peak_kind']})")
+        print("| stage | median s | share |\n|---|---|---|")
+        tot = sum(lv["median_stage_s"].values())
+        for k, v in lv["median_stage_s"].items():
+            print(f"| {k} | {v:.3f} | {100 * v / tot:.0f}% |")
+    us = ultrasound(a, dev)
+    res["ultrasound"] = us
+    print(f"\nUltrasound classification ({res['device']}), median per image over the 3 samples:")
+    print("| model | with heatmap ms | label only ms |\n|---|---|---|")
+    for k, v in us.items():
+        print(f"| {k} | {1000 * v['with heatmap']:.0f} | {1000 * v['label only']:.0f} |")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
