@@ -169,7 +169,7 @@ def test_cli_bad_weights_and_nothing_readable(tmp_path, capsys):
     from UltraScanClassifierLib.cli import main
     bad = tmp_path / "w.safetensors"
     bad.write_bytes(b"garbage")
-    assert main([str(need(BUSI / "benign" / "benign (2).png")), "--weights", str(bad)]) == 2
+    assert main([str(need(BUSI / "benign" / "benign (2).png")), "--weights", str(bad)]) == 3
     assert "cannot load weights" in capsys.readouterr().err
     (tmp_path / "x.png").write_text("no")
     assert main([str(tmp_path / "x.png"), "--device", "cpu"]) == 2

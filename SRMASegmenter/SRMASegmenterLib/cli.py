@@ -10,12 +10,24 @@ CHAOS) with the input's geometry; ending in .seg.nrrd: a Slicer segmentation (on
 SNOMED CT terminology). A JSON report (organ volumes, timing, device, weights) is written beside it
 (OUTPUT stem + .json).
 A folder of volumes in gives a folder of results out, one line of progress per volume.
+
+Safety: an output may never be the input; every output folder is checked for writing before the model
+loads; the outputs of one input (volumes and JSON report) are written under temporary names beside
+their targets and renamed into place together only when all were written, so a failed or interrupted run
+leaves earlier results untouched and no half-set; two inputs of one folder with the same stem
+(case.nii.gz, case.nrrd) get distinct output names; a --reference on another grid than the input
+is refused, not compared voxel by voxel.
+
+Exit status: 0 all done, 1 some inputs failed, 2 nothing done (bad arguments or input), 3 the weights
+could not be loaded, 130 interrupted (Ctrl-C; no partial output).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,6 +51,50 @@ def _is_dicom_folder(p: Path) -> bool:
         return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
     except Exception:  # noqa: BLE001
         return False
+
+
+def _unique_outputs(inputs, folder: Path, fmt: str):
+    """One output per input in folder mode; inputs sharing a stem (case.nii.gz, case.nrrd) keep their
+    extension in the name so that neither result replaces the other."""
+    stems = [_stem(f) for f in inputs]
+    out = []
+    for f, st in zip(inputs, stems):
+        if stems.count(st) > 1:
+            st = st + "_" + f.name[len(st):].lstrip(".").replace(".", "_") if f.name != st else st + "_dicom"
+        out.append(folder / f"{st}_liver.{fmt}")
+    return out
+
+
+def _check_writable(folder: Path):
+    """Create the folder if needed and prove a file can be made in it; ValueError with the reason if not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".srma-write-test-"):
+            pass
+    except (OSError, FileExistsError) as e:
+        raise ValueError(f"cannot write to {folder}: {e.strerror or e}") from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_same_grid(ref_arr, ref_geom, arr, geom, name):
+    """A reference must lie on the input's voxel grid (same shape, spacing, origin, direction)."""
+    import numpy as np
+    from .volumes import VolumeError
+    if ref_arr.shape != arr.shape:
+        raise VolumeError(f"reference {name} has {ref_arr.shape[::-1]} voxels, the input {arr.shape[::-1]}: "
+                          "it is not on the input's grid; resample it onto the input first")
+    if not (np.allclose(ref_geom.spacing, geom.spacing, rtol=1e-4, atol=1e-4)
+            and np.allclose(ref_geom.origin, geom.origin, atol=1e-2)
+            and np.allclose(ref_geom.direction, geom.direction, atol=1e-4)):
+        raise VolumeError(f"reference {name} is not on the input's grid (spacing {tuple(ref_geom.spacing)} vs "
+                          f"{tuple(geom.spacing)}, origin {tuple(ref_geom.origin)} vs {tuple(geom.origin)}, or the "
+                          "direction differs); resample it onto the input first")
 
 
 class Runner:
@@ -70,33 +126,53 @@ class Runner:
         try:
             if reference is not None:
                 from slicer_ai_mrml.nodes import import_mask_as_segment
-                ref_arr, _ = read_volume(reference)
+                ref_arr, ref_geom = read_volume(reference)
+                _check_same_grid(ref_arr, ref_geom, arr, geom, Path(reference).name)
                 ref_node, _, _ = import_mask_as_segment(scene, self.logic.segmentations_logic, ref_arr == 1, vol,
                                                         name="Reference", show_3d=False)
             res = self.logic.run(vol, reference_segmentation=ref_node, segmenter=self.segmenter, organs=organs)
             labelmap = res.mask.astype("uint8")
             for o, m in res.info["organs"].items():
                 labelmap[(m > 0) & (labelmap == 0)] = ORGANS[o][3]
-            for out in outs:
-                out.parent.mkdir(parents=True, exist_ok=True)
-                if out.name.endswith(".seg.nrrd"):
-                    st = res.segmentation_node.CreateDefaultStorageNode()
-                    st.SetFileName(str(out))
-                    if not st.WriteData(res.segmentation_node):
-                        raise RuntimeError(f"could not write {out}")
-                else:
-                    write_volume(labelmap, geom, out)
-            out = outs[0]
-            report = dict(input=str(inp), output=[str(o) for o in outs], liver_volume_ml=res.info["volume_ml"],
-                          organ_volumes_ml=res.info["organ_volumes_ml"],
-                          seconds=res.info["seconds"], device=res.info["device"], weights=res.info["weights_id"],
-                          resampled=res.info["resampled"], notes=res.info["notes"],
-                          geometry=dict(spacing=list(geom.spacing), origin=list(geom.origin),
-                                        direction=[list(r) for r in geom.direction]))
-            if res.metrics:
-                report["metrics"] = res.metrics
-            json_path = out.parent / (_stem(out) + ".json")
-            json_path.write_text(json.dumps(report, indent=1))
+            staged = []                       # (temporary, final): renamed into place only when all are written
+
+            def temp_for(final: Path) -> Path:
+                ext = next((e for e in _OUT_EXT + (".json",) if final.name.endswith(e)), final.suffix)
+                t = final.parent / f".{final.name[: -len(ext)]}.partial-{os.getpid()}{ext}"
+                staged.append((t, final))
+                return t
+
+            try:
+                for out in outs:
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = temp_for(out)
+                    if out.name.endswith(".seg.nrrd"):
+                        st = res.segmentation_node.CreateDefaultStorageNode()
+                        st.SetFileName(str(tmp))
+                        if not st.WriteData(res.segmentation_node):
+                            raise RuntimeError(f"could not write {out}")
+                    else:
+                        write_volume(labelmap, geom, tmp)
+                out = outs[0]
+                report = dict(input=str(inp), output=[str(o) for o in outs], liver_volume_ml=res.info["volume_ml"],
+                              organ_volumes_ml=res.info["organ_volumes_ml"],
+                              seconds=res.info["seconds"], device=res.info["device"], weights=res.info["weights_id"],
+                              resampled=res.info["resampled"], notes=res.info["notes"],
+                              geometry=dict(spacing=list(geom.spacing), origin=list(geom.origin),
+                                            direction=[list(r) for r in geom.direction]))
+                if res.metrics:
+                    report["metrics"] = res.metrics
+                json_path = out.parent / (_stem(out) + ".json")
+                temp_for(json_path).write_text(json.dumps(report, indent=1))
+                blocked = [str(final) for _, final in staged if final.is_dir()]
+                if blocked:                   # checked before the first rename: all outputs or none
+                    raise RuntimeError(f"cannot replace {blocked[0]}: it is a folder")
+                for tmp, final in staged:
+                    os.replace(tmp, final)
+                staged.clear()
+            finally:                          # failed or interrupted: no partial file, earlier results intact
+                for tmp, _ in staged:
+                    tmp.unlink(missing_ok=True)
             report["report"] = str(json_path)
             return report
         finally:  # the scene is reused for the next input: leave nothing behind
@@ -146,18 +222,36 @@ def main(argv=None):
         return 2
     folder_mode = inp.is_dir() and not _is_dicom_folder(inp)
     if folder_mode:
-        inputs = sorted([f for f in inp.iterdir() if f.name.endswith(_VOL_EXT)] +
+        inputs = sorted([f for f in inp.iterdir() if f.is_file() and f.name.endswith(_VOL_EXT)] +
                         [d for d in inp.iterdir() if _is_dicom_folder(d)])
         if not inputs:
             print(f"srma-segment: no volumes in {inp}", file=sys.stderr)
             return 2
-        jobs = [(f, out / f"{_stem(f)}_liver.{a.format}") for f in inputs]
+        jobs = list(zip(inputs, _unique_outputs(inputs, out, a.format)))
     else:
         bad = [o for o in outs if not o.name.endswith(_OUT_EXT)]
         if bad:
             print(f"srma-segment: output must end in one of {', '.join(_OUT_EXT)}: {bad[0]}", file=sys.stderr)
             return 2
         jobs = [(inp, outs)]
+    for src, dst in jobs:                     # before any model work: never the input, always writable
+        for o in ([dst] if isinstance(dst, Path) else dst):
+            if _same_file(o, src) or (src.is_dir() and o.resolve().is_relative_to(src.resolve())
+                                      and not folder_mode):
+                print(f"srma-segment: output {o} would overwrite or write into the input {src}; choose another name",
+                      file=sys.stderr)
+                return 2
+            json_report = o.parent / (_stem(o) + ".json")
+            if _same_file(json_report, src):
+                print(f"srma-segment: the report {json_report} would overwrite the input", file=sys.stderr)
+                return 2
+    try:
+        for folder in sorted({(d if isinstance(d, Path) else d[0]).parent for _, d in jobs} |
+                             {o.parent for _, d in jobs if not isinstance(d, Path) for o in d}):
+            _check_writable(folder)
+    except ValueError as e:
+        print(f"srma-segment: {e}", file=sys.stderr)
+        return 2
     try:
         runner = Runner(a.device, a.weights)
     except (NoWeightsError, WeightsError, RuntimeError) as e:
@@ -178,12 +272,14 @@ def main(argv=None):
     t0 = time.perf_counter()
     for i, (src, dst) in enumerate(jobs, 1):
         try:
+            if folder_mode and dst.exists():
+                print(f"[{i}/{len(jobs)}] {src.name}: replacing the earlier result {dst}", file=sys.stderr, flush=True)
             r = runner.segment(src, dst, Path(a.reference) if a.reference and not folder_mode else None, organs)
             extra = f", Dice {r['metrics']['dice']:.3f}" if "metrics" in r else ""
             more = "".join(f", {o.replace('_', ' ')} {v:.0f} mL" for o, v in r["organ_volumes_ml"].items())
             print(f"[{i}/{len(jobs)}] {src.name}: liver {r['liver_volume_ml']:.0f} mL{more} in {r['seconds']:.1f} s on "
                   f"{r['device']}{extra} -> {', '.join(r['output'])}", flush=True)
-        except (VolumeError, ValueError, RuntimeError) as e:
+        except (VolumeError, ValueError, RuntimeError, OSError) as e:
             failures += 1
             print(f"[{i}/{len(jobs)}] {src.name}: FAILED: {e}", file=sys.stderr, flush=True)
     if len(jobs) > 1:
@@ -191,5 +287,14 @@ def main(argv=None):
     return 1 if failures else 0
 
 
+def entry():
+    """Console script: Ctrl-C ends with status 130 and no partial output (the staged files are removed)."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("srma-segment: interrupted; no partial output was left", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

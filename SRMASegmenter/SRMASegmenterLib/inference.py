@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .volumes import Geometry, check_array, from_canonical, orientation_transform, to_canonical
+from .volumes import Geometry, check_array, check_geometry, from_canonical, orientation_transform, to_canonical
 
 TRAIN_SPACING_IJK = (1.25, 1.25, 7.7)   # the published-style binary model (CHAOS T2 as distributed)
 DEFAULT_ROI = (224, 224, 64)
@@ -223,6 +223,7 @@ class LiverSegmenter:
 
         cfg = self.config
         arr = check_array(np.asarray(arr_kji))
+        check_geometry(geom)
         if progress is not None:
             progress.step("preparing", 0.0)
         perm, flips = orientation_transform(geom.direction)

@@ -43,14 +43,28 @@ def check_array(arr: np.ndarray, what: str = "volume") -> np.ndarray:
         raise VolumeError(f"the {what} is a 2D image (shape {arr.shape}); liver segmentation needs a 3D volume")
     if arr.size == 0:
         raise VolumeError(f"the {what} is empty")
-    if not np.issubdtype(arr.dtype, np.number):
-        raise VolumeError(f"the {what} has non-numeric voxels ({arr.dtype})")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise VolumeError(f"the {what} has non-numeric or complex voxels ({arr.dtype}); a real-valued MRI is needed")
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         n = int((~np.isfinite(arr)).sum())
         raise VolumeError(f"the {what} has {n} NaN or infinite voxels; fix or mask them first")
     if arr.max() == arr.min():
         raise VolumeError(f"the {what} is constant (every voxel {arr.flat[0]}); nothing to segment")
     return arr
+
+
+def check_geometry(geom: "Geometry", what: str = "volume") -> "Geometry":
+    """Spacing finite and positive, origin finite, direction a finite, invertible 3 x 3 matrix: volumes in
+    mL and the result's placement depend on them."""
+    sp = np.asarray(geom.spacing, dtype=float)
+    if sp.shape != (3,) or not np.isfinite(sp).all() or (sp <= 0).any():
+        raise VolumeError(f"the {what} has voxel spacing {tuple(geom.spacing)}; three positive numbers are needed")
+    if not np.isfinite(np.asarray(geom.origin, dtype=float)).all():
+        raise VolumeError(f"the {what} has a non-finite origin {tuple(geom.origin)}")
+    d = np.asarray(geom.direction, dtype=float)
+    if d.shape != (3, 3) or not np.isfinite(d).all() or abs(np.linalg.det(d)) < 1e-6:
+        raise VolumeError(f"the {what} has an invalid direction matrix (non-finite or singular)")
+    return geom
 
 
 def _read_nifti_nibabel(p: Path):
@@ -98,6 +112,8 @@ def read_volume(path: os.PathLike):
     p = Path(path)
     if not p.exists():
         raise VolumeError(f"input not found: {p}")
+    if not p.is_dir() and not p.is_file():          # a FIFO, socket or device would block or never end
+        raise VolumeError(f"{p} is not a regular file")
     try:
         import SimpleITK as sitk
     except ImportError:

@@ -43,17 +43,32 @@ class ModelRecord:
         digest = files[0]["sha256"][:12] if files else "unknown"
         return f"{self.name}@{digest}"
 
-    def verify(self):
+    def shard_paths(self) -> list:
+        """The manifest's weight files, each a plain file name inside the model folder: a name with a
+        folder part, an absolute path or '..' is refused (a manifest must not point the loader at, or
+        print hashes of, files elsewhere)."""
         files = self.manifest.get("files")
-        if not files:
+        if not files or not isinstance(files, list):
             raise WeightsError(f"{self.folder / MANIFEST} lists no weight files")
+        out = []
         for f in files:
-            p = self.folder / f["file"]
+            name = f.get("file") if isinstance(f, dict) else None
+            if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name \
+                    or Path(name).is_absolute() or Path(name).name != name:
+                raise WeightsError(f"{self.folder / MANIFEST}: weight file {name!r} is not a plain file name "
+                                   "inside the model folder")
+            if not isinstance(f.get("sha256"), str):
+                raise WeightsError(f"{self.folder / MANIFEST}: no sha256 for {name}")
+            out.append((self.folder / name, f["sha256"]))
+        return out
+
+    def verify(self):
+        for p, want in self.shard_paths():
             if not p.is_file():
                 raise WeightsError(f"weights file missing: {p}")
             got = sha256_file(p)
-            if got != f["sha256"]:
-                raise WeightsError(f"checksum mismatch for {p}: expected {f['sha256'][:16]}..., got {got[:16]}...; "
+            if got != want:
+                raise WeightsError(f"checksum mismatch for {p}: expected {want[:16]}..., got {got[:16]}...; "
                                    "the file is damaged or not the published one")
 
     def load_state_dict(self, verify: bool = True):
@@ -61,9 +76,27 @@ class ModelRecord:
         if verify:
             self.verify()
         sd = {}
-        for f in self.manifest["files"]:
-            sd.update(load_file(str(self.folder / f["file"])))
+        for p, _ in self.shard_paths():
+            sd.update(load_file(str(p)))
         return sd
+
+
+def read_manifest(folder: os.PathLike) -> ModelRecord:
+    """The model folder's manifest as a ModelRecord; WeightsError (one line) when it is missing, not JSON,
+    not an object, or lists no plain-named weight files."""
+    folder = Path(folder)
+    m = folder / MANIFEST
+    if not m.is_file():
+        raise WeightsError(f"{folder} has no {MANIFEST}")
+    try:
+        manifest = json.loads(m.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{m} is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise WeightsError(f"{m} is not a model manifest (a JSON object with 'files')")
+    rec = ModelRecord(folder, manifest)
+    rec.shard_paths()
+    return rec
 
 
 def find_models(root: os.PathLike) -> list[ModelRecord]:
@@ -74,7 +107,7 @@ def find_models(root: os.PathLike) -> list[ModelRecord]:
         for d in sorted(root.iterdir()):
             m = d / MANIFEST
             if m.is_file():
-                out.append(ModelRecord(d, json.loads(m.read_text())))
+                out.append(read_manifest(d))
     return out
 
 
@@ -89,7 +122,7 @@ def load_weights_file(path: os.PathLike, expected_sha256: str | None = None):
         folder = p if p.is_dir() else p.parent
         if not (folder / MANIFEST).is_file():
             raise WeightsError(f"{folder} has no {MANIFEST}")
-        rec = ModelRecord(folder, json.loads((folder / MANIFEST).read_text()))
+        rec = read_manifest(folder)
         return rec.load_state_dict(), rec
     if expected_sha256 is not None and sha256_file(p) != expected_sha256:
         raise WeightsError(f"checksum mismatch for {p}")

@@ -3,15 +3,19 @@
     ultrascan-classify IMAGE [IMAGE ...] [--json] [--heatmap-dir DIR] [--device cpu|cuda] [--weights FILE]
 
 A folder argument means every image in it (BUSI `*_mask.png` files skipped). Each unreadable, empty,
-constant or non-image file is reported on stderr and skipped; the batch goes on. Exit status 0 when
-every file was classified, 1 when some failed, 2 when none could be (or the weights failed to load).
-Decision support only, not a diagnosis.
+constant or non-image file is reported on stderr and skipped; the batch goes on. Heatmaps of inputs
+that share a file name (a/scan.png, b/scan.png, scan.jpg) get distinct names; each is written under a
+temporary name and renamed, and the heatmap folder is checked for writing before the model loads.
+Exit status: 0 every file classified, 1 some failed, 2 none could be (or bad arguments), 3 the weights
+could not be loaded, 130 interrupted (Ctrl-C). Decision support only, not a diagnosis.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from slicer_ai_common.weights import WeightsError
@@ -19,14 +23,34 @@ from slicer_ai_common.weights import WeightsError
 from .images import ImageError, list_images
 
 
-def save_heatmap(heat, image_path, folder):
-    """The heatmap as an 8-bit grayscale PNG (same pixel grid as the input) named after the input."""
+def heatmap_names(files) -> dict:
+    """Input path -> heatmap file name: `<stem>_heatmap.png`, and where stems repeat (a/scan.png,
+    b/scan.png, scan.jpg) `<stem>_<n>_heatmap.png` numbered in input order, so no heatmap replaces another."""
+    stems = [Path(f).stem for f in files]
+    seen, out = {}, {}
+    for f, st in zip(files, stems):
+        if stems.count(st) > 1:
+            seen[st] = seen.get(st, 0) + 1
+            out[str(f)] = f"{st}_{seen[st]}_heatmap.png"
+        else:
+            out[str(f)] = f"{st}_heatmap.png"
+    return out
+
+
+def save_heatmap(heat, image_path, folder, name=None):
+    """The heatmap as an 8-bit grayscale PNG (same pixel grid as the input), named after the input (or
+    `name`), written under a temporary name and renamed so that no half-written file is left."""
     import numpy as np
     from PIL import Image
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    out = folder / (Path(image_path).stem + "_heatmap.png")
-    Image.fromarray((np.clip(heat, 0, 1) * 255).round().astype(np.uint8)).save(out)
+    out = folder / (name or Path(image_path).stem + "_heatmap.png")
+    tmp = folder / f".{out.stem}.partial-{os.getpid()}.png"
+    try:
+        Image.fromarray((np.clip(heat, 0, 1) * 255).round().astype(np.uint8)).save(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 
@@ -57,26 +81,35 @@ def main(argv=None):
         ap.error("give --model (a shipped model) or --weights (your own), not both")
 
     from .inference import UltrasoundClassifier
-    try:
-        clf = UltrasoundClassifier.load(a.weights or a.model, device=a.device)
-    except (WeightsError, RuntimeError, ValueError) as e:
-        print(f"ultrascan-classify: cannot load weights: {e}", file=sys.stderr)
-        return 2
-    results, failed = [], 0
     files = expand(a.images)
     if not files:
         print("ultrascan-classify: no images found", file=sys.stderr)
         return 2
+    if a.heatmap_dir:                         # before the model loads: a folder we cannot write loses nothing
+        try:
+            Path(a.heatmap_dir).mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=a.heatmap_dir, prefix=".ultrascan-write-test-"):
+                pass
+        except OSError as e:
+            print(f"ultrascan-classify: cannot write heatmaps to {a.heatmap_dir}: {e.strerror or e}", file=sys.stderr)
+            return 2
+    names = heatmap_names(files)
+    try:
+        clf = UltrasoundClassifier.load(a.weights or a.model, device=a.device)
+    except (WeightsError, RuntimeError, ValueError) as e:
+        print(f"ultrascan-classify: cannot load weights: {e}", file=sys.stderr)
+        return 3
+    results, failed = [], 0
     for f in files:
         try:
             r = clf.classify_file(f, heatmap=a.heatmap_dir is not None)
-        except (ImageError, ValueError) as e:
+        except (ImageError, ValueError, OSError) as e:
             failed += 1
             print(f"ultrascan-classify: {f}: {e}", file=sys.stderr)
             continue
         row = {"file": str(f), **r.to_json()}
         if a.heatmap_dir:
-            row["heatmap"] = str(save_heatmap(r.heatmap, f, a.heatmap_dir))
+            row["heatmap"] = str(save_heatmap(r.heatmap, f, a.heatmap_dir, names[str(f)]))
         results.append(row)
         if not a.json:
             p = r.probabilities
@@ -89,5 +122,14 @@ def main(argv=None):
     return 1 if failed else 0
 
 
+def entry():
+    """Console script: Ctrl-C ends with status 130 (heatmaps already written stay; none is half-written)."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("ultrascan-classify: interrupted", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -17,6 +17,9 @@ class ImageError(ValueError):
     """The input is not a classifiable 2D image (unreadable, empty, constant, NaN, 3D, ...)."""
 
 
+MAX_PIXELS = 50_000_000   # 50 MP: far above any ultrasound frame (<= 1920 x 1080), far below memory trouble
+
+
 def read_image(path: os.PathLike) -> tuple[np.ndarray, tuple[float, float]]:
     """-> (array (H, W) or (H, W, C), pixel spacing (x, y) in mm; (1, 1) where the file has none)."""
     p = Path(path)
@@ -24,12 +27,17 @@ def read_image(path: os.PathLike) -> tuple[np.ndarray, tuple[float, float]]:
         raise ImageError(f"{p}: no such file")
     if p.is_dir():
         raise ImageError(f"{p}: is a folder, not an image")
+    if not p.is_file():                              # a FIFO, socket or device would block or never end
+        raise ImageError(f"{p}: not a regular file")
     if p.stat().st_size == 0:
         raise ImageError(f"{p}: empty file")
     if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
         try:
             from PIL import Image
             with Image.open(p) as im:
+                if im.width * im.height > MAX_PIXELS:   # refused before decoding: no gigabytes for one image
+                    raise ImageError(f"{p.name}: {im.width} x {im.height} pixels is above the limit of "
+                                     f"{MAX_PIXELS // 10**6} megapixels; downscale it first")
                 im.load()
                 if im.mode == "P":
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -39,11 +47,22 @@ def read_image(path: os.PathLike) -> tuple[np.ndarray, tuple[float, float]]:
                     im = im.convert("L")
                 arr = np.asarray(im)
             return arr, (1.0, 1.0)
+        except ImageError:
+            raise
         except Exception as e:  # noqa: BLE001 - any decoder failure is "not a readable image"
             raise ImageError(f"{p.name}: not a readable image ({e})") from e
     try:
         import SimpleITK as sitk
+        info = sitk.ImageFileReader()
+        info.SetFileName(str(p))
+        info.ReadImageInformation()                  # the header only: refuse huge images before decoding
+        size = info.GetSize()
+        if int(np.prod(size[:2])) > MAX_PIXELS:
+            raise ImageError(f"{p.name}: {size[0]} x {size[1]} pixels is above the limit of "
+                             f"{MAX_PIXELS // 10**6} megapixels; downscale it first")
         img = sitk.ReadImage(str(p))
+    except ImageError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise ImageError(f"{p.name}: not a readable image ({str(e).strip().splitlines()[-1] if str(e) else e})") from e
     arr = sitk.GetArrayFromImage(img)          # (z, y, x[, c]) or (y, x[, c])

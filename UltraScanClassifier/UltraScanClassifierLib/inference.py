@@ -10,7 +10,6 @@ is carried to the result for the caller's geometry.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,8 @@ import torch.nn.functional as F
 
 from slicer_ai_common.devices import resolve_device, run_with_fallback
 from slicer_ai_common.progress import Progress
-from slicer_ai_common.weights import MANIFEST, ModelRecord, WeightsError, find_models, load_into, load_weights_file
+from slicer_ai_common.weights import (MANIFEST, ModelRecord, WeightsError, find_models, load_into, load_weights_file,
+                                      read_manifest)
 
 from .augment import normalize
 from .images import check_image, read_image
@@ -127,9 +127,7 @@ class UltrasoundClassifier:
             raise WeightsError(f"no weights at {path}: choose a model folder, model.json or weights file")
         folder = path if path.is_dir() else (path.parent if path.name == MANIFEST else None)
         if folder is not None:
-            if not (folder / MANIFEST).is_file():
-                raise WeightsError(f"{folder} has no {MANIFEST}")
-            rec = ModelRecord(folder, json.loads((folder / MANIFEST).read_text()))
+            rec = read_manifest(folder)
             sd = rec.load_state_dict(verify=verify)
         else:
             sd, rec = load_weights_file(path)

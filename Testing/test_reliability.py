@@ -1,0 +1,203 @@
+"""Issue 17's hostile-user cases, each reproduced: the input is never written, outputs of one run appear
+together or not at all, names never collide, a reference on another grid is refused, manifests cannot point
+outside their folder, FIFOs do not hang, huge images are refused before decoding, exit codes as documented."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import CHAOS, need, oblique_geometry
+from slicer_ai_common.weights import WeightsError
+from SRMASegmenterLib.volumes import VolumeError, read_volume, write_volume
+
+ROI = ("--roi", "64", "64", "16")
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "SRMASegmenterLib.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=900)
+
+
+def run_us(*args):
+    return subprocess.run([sys.executable, "-m", "UltraScanClassifierLib.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=900)
+
+
+def digest(p):
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A 64 x 64 x 31 crop of a CHAOS volume and its labels, on an oblique grid."""
+    arr, _ = read_volume(need(CHAOS / "case_20_t2.nii.gz"))
+    lab, _ = read_volume(CHAOS / "case_20_labels.nii.gz")
+    d = tmp_path_factory.mktemp("small")
+    write_volume(arr[:, ::4, ::4].copy(), oblique_geometry(), d / "small.nii.gz")
+    write_volume(lab[:, ::4, ::4].copy(), oblique_geometry(), d / "small_labels.nii.gz")
+    return d
+
+
+def test_output_that_is_the_input_is_refused_before_any_work(small, tmp_path):
+    pytest.importorskip("trame_slicer.core")
+    inp = tmp_path / "in.nii.gz"
+    inp.write_bytes((small / "small.nii.gz").read_bytes())
+    before = digest(inp)
+    r = run_cli(inp, "-o", inp, "--device", "cpu")
+    assert r.returncode == 2 and "would overwrite" in r.stderr, r.stderr[-500:]
+    r = run_cli(inp, "-o", tmp_path / "." / "in.nii.gz", "-o", tmp_path / "ok.nii.gz", "--device", "cpu")
+    assert r.returncode == 2 and "would overwrite" in r.stderr
+    assert digest(inp) == before and not (tmp_path / "ok.nii.gz").exists()
+
+
+def test_unwritable_output_is_found_before_the_model_loads(small, tmp_path):
+    pytest.importorskip("trame_slicer.core")
+    (tmp_path / "afile").write_text("x")
+    r = run_cli(small / "small.nii.gz", "-o", tmp_path / "afile" / "liver.nii.gz", "--weights",
+                tmp_path / "no-such-weights.safetensors", "--device", "cpu")
+    # exit 2 (output) rather than 3 (weights): the output was checked first, so no inference was wasted
+    assert r.returncode == 2 and "cannot write to" in r.stderr and "Traceback" not in r.stderr, r.stderr[-500:]
+
+
+def test_same_stem_inputs_in_a_folder_keep_both_results(small, tiny_model_folder, tmp_path):
+    pytest.importorskip("trame_slicer.core")
+    d = tmp_path / "in"
+    d.mkdir()
+    arr, geom = read_volume(small / "small.nii.gz")
+    write_volume(arr, geom, d / "patient.nii.gz")
+    write_volume(arr[:, :, ::-1].copy(), geom, d / "patient.nrrd")
+    r = run_cli(d, "-o", tmp_path / "out", "--weights", tiny_model_folder, "--device", "cpu", *ROI)
+    assert r.returncode == 0, r.stderr[-1000:]
+    outs = sorted(p.name for p in (tmp_path / "out").glob("*_liver.nii.gz"))
+    assert len(outs) == 2 and len(set(outs)) == 2, outs
+    r = run_cli(d, "-o", tmp_path / "out", "--weights", tiny_model_folder, "--device", "cpu", *ROI)
+    assert r.returncode == 0 and r.stderr.count("replacing the earlier result") == 2
+
+
+def test_reference_on_another_grid_is_refused(small, tiny_model_folder, tmp_path):
+    pytest.importorskip("trame_slicer.core")
+    lab, geom = read_volume(small / "small_labels.nii.gz")
+    write_volume(lab[:, :40].copy(), geom, tmp_path / "cropped.nii.gz")
+    from SRMASegmenterLib.volumes import Geometry
+    moved = Geometry(geom.spacing, tuple(np.asarray(geom.origin) + 7.7), geom.direction)
+    write_volume(lab, moved, tmp_path / "moved.nii.gz")
+    for ref in ("cropped.nii.gz", "moved.nii.gz"):
+        out = tmp_path / f"o_{ref}"
+        r = run_cli(small / "small.nii.gz", "-o", out, "--reference", tmp_path / ref, "--weights", tiny_model_folder,
+                    "--device", "cpu", *ROI)
+        assert r.returncode == 1 and "not on the input's grid" in r.stderr, r.stderr[-800:]
+        assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+    r = run_cli(small / "small.nii.gz", "-o", tmp_path / "good.nii.gz", "--reference", small / "small_labels.nii.gz",
+                "--weights", tiny_model_folder, "--device", "cpu", *ROI)
+    assert r.returncode == 0 and "metrics" in json.loads((tmp_path / "good.json").read_text())
+
+
+def test_a_failed_output_leaves_the_earlier_results_whole(small, tiny_model_folder, tmp_path):
+    """Earlier results present; the new run's second output cannot be written: the first output and the
+    report keep the earlier run's content, and no temporary file is left."""
+    pytest.importorskip("trame_slicer.core")
+    old_mask, old_report = tmp_path / "a.nii.gz", tmp_path / "a.json"
+    old_mask.write_bytes(b"earlier mask")
+    old_report.write_text("earlier report")
+    (tmp_path / "b.seg.nrrd").mkdir()                       # the second output's name is taken by a folder
+    r = run_cli(small / "small.nii.gz", "-o", old_mask, "-o", tmp_path / "b.seg.nrrd", "--weights",
+                tiny_model_folder, "--device", "cpu", *ROI)
+    assert r.returncode == 1 and "is a folder" in r.stderr and "Traceback" not in r.stderr, r.stderr[-800:]
+    assert old_mask.read_bytes() == b"earlier mask" and old_report.read_text() == "earlier report"
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/shadow", "sub/x.safetensors", ".."])
+def test_manifest_cannot_point_outside_its_folder(tmp_path, name):
+    from SRMASegmenterLib.inference import LiverSegmenter
+    from UltraScanClassifierLib.inference import UltrasoundClassifier
+    (tmp_path / "model.json").write_text(json.dumps({"name": "evil", "files": [{"file": name, "sha256": "0" * 64}]}))
+    for load in (lambda: UltrasoundClassifier.load(tmp_path, device="cpu"),
+                 lambda: LiverSegmenter.load(tmp_path, device="cpu")):
+        with pytest.raises(WeightsError, match="not a plain file name"):
+            load()
+
+
+def test_broken_manifest_is_a_one_line_weights_error(tmp_path):
+    from UltraScanClassifierLib.inference import UltrasoundClassifier
+    (tmp_path / "model.json").write_text("{not json")
+    with pytest.raises(WeightsError, match="not valid JSON"):
+        UltrasoundClassifier.load(tmp_path, device="cpu")
+    (tmp_path / "model.json").write_text("[1, 2]")
+    with pytest.raises(WeightsError, match="not a model manifest"):
+        UltrasoundClassifier.load(tmp_path, device="cpu")
+    (tmp_path / "model.json").write_text("{}")
+    with pytest.raises(WeightsError, match="lists no weight files"):
+        UltrasoundClassifier.load(tmp_path, device="cpu")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_fifos_are_refused_not_waited_on(tmp_path):
+    from UltraScanClassifierLib.images import ImageError, read_image
+    os.mkfifo(tmp_path / "x.nii.gz")
+    os.mkfifo(tmp_path / "y.png")
+    with pytest.raises(VolumeError, match="not a regular file"):
+        read_volume(tmp_path / "x.nii.gz")
+    with pytest.raises(ImageError, match="not a regular file"):
+        read_image(tmp_path / "y.png")
+    r = run_us(tmp_path / "y.png", "--device", "cpu")       # would block forever on open()
+    assert r.returncode == 2 and "not a regular file" in r.stderr
+
+
+def test_huge_image_is_refused_before_decoding(tmp_path):
+    from PIL import Image
+
+    from UltraScanClassifierLib.images import MAX_PIXELS, ImageError, read_image
+    side = int(MAX_PIXELS ** 0.5) + 64
+    Image.new("L", (side, side)).save(tmp_path / "huge.png")
+    with pytest.raises(ImageError, match="megapixels"):
+        read_image(tmp_path / "huge.png")
+
+
+def test_heatmaps_of_same_named_inputs_do_not_replace_each_other(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    files = [tmp_path / "a" / "scan.png", tmp_path / "b" / "scan.png", tmp_path / "scan.jpg"]
+    for f in files:
+        f.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (80, 96), dtype=np.uint8)).save(f)
+    r = run_us(*files, "--device", "cpu", "--json", "--heatmap-dir", tmp_path / "h")
+    assert r.returncode == 0, r.stderr[-800:]
+    heat = [row["heatmap"] for row in json.loads(r.stdout)]
+    assert len(set(heat)) == 3 and all(os.path.isfile(h) for h in heat)
+    assert not [p for p in (tmp_path / "h").iterdir() if "partial" in p.name]
+
+
+def test_unwritable_heatmap_dir_and_bad_weights_exit_codes(tmp_path):
+    from PIL import Image
+    img = tmp_path / "i.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64), dtype=np.uint8)).save(img)
+    (tmp_path / "file").write_text("x")
+    r = run_us(img, "--heatmap-dir", tmp_path / "file" / "h", "--device", "cpu")
+    assert r.returncode == 2 and "cannot write heatmaps" in r.stderr and "Traceback" not in r.stderr
+    r = run_us(img, "--weights", tmp_path / "nope.safetensors", "--device", "cpu")
+    assert r.returncode == 3 and "cannot load weights" in r.stderr
+
+
+@pytest.mark.parametrize("spacing,origin,direction,msg", [
+    ((1.0, 0.0, 2.0), (0, 0, 0), np.eye(3), "spacing"),
+    ((1.0, -1.0, 2.0), (0, 0, 0), np.eye(3), "spacing"),
+    ((1.0, 1.0, 2.0), (0, np.nan, 0), np.eye(3), "origin"),
+    ((1.0, 1.0, 2.0), (0, 0, 0), np.full((3, 3), np.nan), "direction"),
+    ((1.0, 1.0, 2.0), (0, 0, 0), np.zeros((3, 3)), "direction"),
+])
+def test_impossible_geometry_and_complex_voxels_are_refused_by_the_segmenter(spacing, origin, direction, msg):
+    """Checked in LiverSegmenter.predict, which the logic, the module and the CLI all go through."""
+    from SRMASegmenterLib.inference import InferenceConfig, LiverSegmenter
+    from SRMASegmenterLib.model import SRMAConfig, SRMAMamba
+    from SRMASegmenterLib.volumes import Geometry
+    seg = LiverSegmenter(SRMAMamba(SRMAConfig(dims=8)), "cpu", "tiny", InferenceConfig(roi_size=(32, 32, 16)))
+    arr = np.random.default_rng(0).random((8, 32, 32)).astype(np.float32)
+    with pytest.raises(VolumeError, match=msg):
+        seg.predict(arr, Geometry(spacing, origin, direction))
+    with pytest.raises(VolumeError, match="complex"):
+        seg.predict(arr.astype(np.complex64), Geometry((1.0, 1.0, 2.0), (0, 0, 0), np.eye(3)))
