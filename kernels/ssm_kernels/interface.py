@@ -9,7 +9,7 @@ import torch
 from .reference import cross_merge_ref as cross_merge
 from .reference import cross_scan_ref as cross_scan
 from .reference import selective_scan_ref
-from .torch_scan import selective_scan_torch
+from .torch_scan import cross_selective_scan_inference, selective_scan_torch
 
 BACKENDS = ("triton", "torch", "ref")
 ENV_BACKEND = "SSM_KERNELS_BACKEND"
@@ -173,7 +173,12 @@ def cross_selective_scan(x, delta, A, B, C, D=None, delta_bias=None, delta_softp
                               None if delta_bias is None else delta_bias.contiguous(), bool(delta_softplus),
                               False, True, (h, w))
         return y.view(b, d, h, w)
-    # torch / ref / unfused triton: materialise the four sequences, scan, merge
+    if backend == "torch" and fused and not (torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, delta, A, B, C, D, delta_bias))):
+        # no autograd: each direction gathered by index, no four-copy cross-scan / merge
+        y = cross_selective_scan_inference(x, delta, A, B, C, D, delta_bias, delta_softplus)
+        return y.float() if y.dtype != torch.float64 else y
+    # torch with autograd / ref / unfused triton: materialise the four sequences, scan, merge
     xs = cross_scan(x).reshape(b, 4 * d, L)
     ds = torch.stack([_direction(delta[:, i], i) for i in range(4)], 1).reshape(b, 4 * d, L)
     Bs = torch.stack([_direction(B[:, i], i) for i in range(4)], 1)

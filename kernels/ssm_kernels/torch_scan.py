@@ -205,3 +205,68 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     if return_last_state:
         return y, last.reshape(batch, dim, N).float() if cd == torch.float32 else last.reshape(batch, dim, N)
     return y
+
+
+# ---------------------------------------------------------------------------------------------
+# four-direction SS2D scan without materialising the four sequences (inference path)
+def direction_index(k: int, h: int, w: int, device=None) -> torch.Tensor:
+    """(H*W,) long: row-major position in the map of element l of direction k's sequence
+    (0 row-major, 1 column-major, 2 and 3 the same reversed), as cross_scan orders them."""
+    L = h * w
+    idx = torch.arange(L, device=device)
+    if k % 2 == 1:
+        idx = (idx % h) * w + idx // h
+    return idx.flip(0) if k >= 2 else idx
+
+
+def cross_selective_scan_inference(x, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
+    """cross_merge(scan(cross_scan(x))) with no autograd, reading each direction straight from the map.
+
+    The plain path builds the four sequences of x, delta, B and C (transpose, flip, stack: four copies of
+    each), scans them, and merges four output copies back. Here direction k's sequence is gathered once,
+    by index, directly into the (T, channels, chunks) layout the chunked scan works in, and its output is
+    added back into the row-major result by the inverse index; nothing else is copied.
+    x: (b, d, H, W); delta: (b, 4, d, H, W); B, C: (b, 4, N, H, W); A: (4d, N); D, delta_bias: (4d,).
+    Returns float32 (float64 for float64 x) (b, d, H, W)."""
+    b, d, h, w = x.shape
+    L = h * w
+    N = A.shape[1]
+    cd = torch.float64 if x.dtype == torch.float64 else torch.float32
+    T = _T
+    nc = (L + T - 1) // T
+    pad = nc * T - L
+    cb = max(1, min(d, _CACHE_ELEMS // max(1, N * nc * T)))
+    out = torch.zeros(b, d, L, dtype=cd, device=x.device)
+    xf, df = x.reshape(b, d, L), delta.reshape(b, 4, d, L)
+    Bf, Cf = B.reshape(b, 4, N, L), C.reshape(b, 4, N, L)
+    for k in range(4):
+        seq = direction_index(k, h, w, x.device)
+        # gather index in the (T, nc) layout: step t of chunk c is sequence element c*T + t
+        gidx = F.pad(seq, (0, pad)).view(nc, T).t().reshape(-1)          # (T*nc,)
+        Ak = A[k * d:(k + 1) * d].to(cd)
+        Dk = None if D is None else D[k * d:(k + 1) * d].to(cd)
+        bk = None if delta_bias is None else delta_bias[k * d:(k + 1) * d].to(cd)
+        for bi in range(b):
+            BT = Bf[bi, k].index_select(-1, gidx).to(cd).view(N, T, nc).movedim(1, 0).unsqueeze(1)   # (T, 1, N, nc)
+            CT = Cf[bi, k].index_select(-1, gidx).to(cd).view(N, T, nc).movedim(1, 0).unsqueeze(1)
+            for s in range(0, d, cb):
+                e = min(s + cb, d)
+                uT = xf[bi, s:e].index_select(-1, gidx).to(cd).view(e - s, T, nc).movedim(1, 0).contiguous()
+                dT = df[bi, k, s:e].index_select(-1, gidx).to(cd).view(e - s, T, nc).movedim(1, 0).contiguous()
+                if pad:                                # padded steps: no input (the decay is set to 1 below)
+                    uT[L - (nc - 1) * T:, :, -1] = 0.0
+                if bk is not None:
+                    dT.add_(bk[s:e][None, :, None])
+                if delta_softplus:
+                    _softplus_(dT)
+                aT = torch.exp(dT.unsqueeze(2) * Ak[s:e][None, :, :, None])                    # (T, c, N, nc)
+                if pad:
+                    aT[L - (nc - 1) * T:, :, :, -1] = 1.0
+                bT = dT.mul_(uT).unsqueeze(2) * BT
+                hT = _scan_T_(aT, bT)
+                y = hT.mul_(CT).sum(2) if N > 1 else hT.mul_(CT).squeeze(2)                    # (T, c, nc)
+                if Dk is not None:
+                    y.addcmul_(uT, Dk[s:e][None, :, None])
+                yseq = y.movedim(0, -1).reshape(e - s, nc * T)[:, :L]
+                out[bi, s:e].index_add_(1, seq, yseq)
+    return out.view(b, d, h, w)

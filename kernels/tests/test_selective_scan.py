@@ -194,3 +194,32 @@ def test_ultrascanunit_call(backend):
     (selective_scan_fn(**mine, delta_softplus=True, backend=backend) * w.to(dev, torch.float32)).sum().backward()
     for k in names:
         assert rel_err(mine[k].grad.double().cpu(), leaves[k].grad) < GRAD_TOL[torch.float32], k
+
+
+@pytest.mark.parametrize("hw,N,opts", [((5, 7), 1, (True, True, True)), ((9, 4), 3, (False, False, False)),
+                                        ((16, 16), 1, (True, False, True)), ((1, 40), 2, (False, True, True))])
+def test_cross_scan_inference_path_equals_the_reference_in_float64(hw, N, opts):
+    """The no-autograd torch path gathers each direction by index instead of copying four sequences:
+    same numbers as the spelled-out reference, in float64, with chunk padding (L not a multiple of 16)."""
+    from ssm_kernels.torch_scan import cross_selective_scan_inference, direction_index
+    h, w = hw
+    b, d = 2, 6
+    wd, wb, sp = opts
+    g = torch.Generator().manual_seed(torch.seed() % (2**31))
+    x = dict(x=torch.randn(b, d, h, w, generator=g, dtype=torch.float64),
+             delta=torch.randn(b, 4, d, h, w, generator=g, dtype=torch.float64) * 0.5,
+             A=-(torch.rand(4 * d, N, generator=g, dtype=torch.float64) + 0.05),
+             B=torch.randn(b, 4, N, h, w, generator=g, dtype=torch.float64),
+             C=torch.randn(b, 4, N, h, w, generator=g, dtype=torch.float64),
+             D=torch.randn(4 * d, generator=g, dtype=torch.float64) if wd else None,
+             delta_bias=torch.randn(4 * d, generator=g, dtype=torch.float64) * 0.3 if wb else None)
+    ref = cross_selective_scan_ref(**x, delta_softplus=sp)
+    out = cross_selective_scan_inference(**x, delta_softplus=sp)
+    assert out.dtype == torch.float64 and rel_err(out, ref) < 1e-12
+    with torch.no_grad():                                      # the public entry takes this path in float32
+        pub = cross_selective_scan(**{k: (v.float() if v is not None else None) for k, v in x.items()},
+                                   delta_softplus=sp, backend="torch")
+    assert pub.dtype == torch.float32 and rel_err(pub, ref) < 2e-5
+    seqs = cross_scan(torch.arange(h * w, dtype=torch.float64).view(1, 1, h, w))[0, :, 0]
+    for k in range(4):                                         # the index is cross_scan's order
+        assert torch.equal(direction_index(k, h, w).double(), seqs[k])
