@@ -32,6 +32,8 @@ class Geometry:
 
 def check_array(arr: np.ndarray, what: str = "volume") -> np.ndarray:
     """Reject what the model cannot segment, with a specific message."""
+    if arr.size == 0:
+        raise VolumeError(f"the {what} is empty (shape {arr.shape})")
     if arr.ndim == 4 and arr.shape[-1] > 1:
         raise VolumeError(f"the {what} has {arr.shape[-1]} components per voxel (vector/RGB or 4D); "
                           "select a single-component (scalar) MRI volume")
