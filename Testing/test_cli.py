@@ -13,7 +13,7 @@ pytest.importorskip("trame_slicer.core", reason="slicer-core (trame-slicer[stand
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "SRMASegmenterLib.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "SRMASegmenterLogic.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=900)
 
 

@@ -62,7 +62,7 @@ def test_table_values_independent(scene_bits, tiny_segmenter):
     from slicer_ai_mrml.nodes import import_mask_as_segment
     app, logic, vol, arr, lab, geom = scene_bits
     ref_node, _, _ = import_mask_as_segment(app.scene, app.segmentations_logic, lab == 1, vol, name="Reference",
-                                            show_3d=False)
+                                            color=(0.2, 0.8, 0.2), show_3d=False)
     res = logic.run(vol, reference_segmentation=ref_node, segmenter=tiny_segmenter)
     tab = _table(res)
     voxel_ml = np.prod(geom.spacing) / 1000.0

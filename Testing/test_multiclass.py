@@ -218,7 +218,7 @@ def test_logic_adds_organ_segments_with_terminology(slicer_app, tiny5_folder, sm
 def test_cli_organs_labelmap_geometry_and_json(tiny5_folder, tmp_path):
     need(CHAOS)
     import SimpleITK as sitk
-    from SRMASegmenterLib.cli import main
+    from SRMASegmenterLogic.cli import main
     from SRMASegmenterLib.volumes import read_volume, write_volume
     arr, geom = read_volume(CHAOS / "case_20_t2.nii.gz")
     src = tmp_path / "in.nii.gz"

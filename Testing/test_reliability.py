@@ -18,7 +18,7 @@ ROI = ("--roi", "64", "64", "16")
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "SRMASegmenterLib.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "SRMASegmenterLogic.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=900)
 
 

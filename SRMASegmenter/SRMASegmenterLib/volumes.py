@@ -6,10 +6,11 @@ ITK's LPS: spacing (i, j, k), origin, direction (3x3, column n = direction of ax
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from slicer_ai_common.geometry import Geometry  # noqa: F401 - the shared record; imported here for callers
 
 # orientation of the training data (CHAOS T2 as distributed), LPS direction cosines
 TRAIN_DIRECTION = np.diag([1.0, -1.0, 1.0])
@@ -17,17 +18,6 @@ TRAIN_DIRECTION = np.diag([1.0, -1.0, 1.0])
 
 class VolumeError(ValueError):
     """The input is not a volume the model can segment; the message says why."""
-
-
-@dataclass
-class Geometry:
-    spacing: tuple
-    origin: tuple
-    direction: np.ndarray  # 3x3, LPS
-
-    def equals(self, other: "Geometry", tol=1e-6) -> bool:
-        return (np.allclose(self.spacing, other.spacing, atol=tol) and np.allclose(self.origin, other.origin, atol=tol)
-                and np.allclose(self.direction, other.direction, atol=tol))
 
 
 def check_array(arr: np.ndarray, what: str = "volume") -> np.ndarray:

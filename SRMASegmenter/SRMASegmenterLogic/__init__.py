@@ -1,7 +1,7 @@
 """SRMASegmenter logic: MRML nodes in, a "Liver" segment and a results table out.
 
 No Qt: the same class serves the module's GUI, Slicer's Python console, `Slicer --python-script`
-batch runs, and plain Python on slicer-core (see SRMASegmenterLib.cli).
+batch runs, and plain Python on slicer-core (see SRMASegmenterLogic.cli).
 """
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ from slicer_ai_common.progress import Cancelled, Progress
 from slicer_ai_mrml.nodes import (NodeError, SceneTransaction, add_table, array_from_volume_node,
                                   geometry_from_volume_node, import_mask_as_segment, mask_from_segmentation)
 
-__all__ = ["SRMASegmenterLogic", "SegmentationResult", "Cancelled", "NodeError", "ORGANS", "parse_organs"]
+__all__ = ["SRMASegmenterLogic", "SegmentationResult", "Cancelled", "NodeError", "LIVER", "ORGANS", "parse_organs"]
 
 _GA = "Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure"
 _DM = "~Anatomic codes - DICOM master list~^^~^^"
 # The organs a multi-class model adds on request: segment name, SNOMED CT terminology (Slicer's General
 # Anatomy list; kidneys as Kidney with a Right / Left modifier), Slicer's GenericAnatomyColors colour,
 # and the label value in labelmap outputs (CHAOS's convention; liver is 1).
+# the liver segment: SNOMED CT 10200004 in Slicer's General Anatomy list, GenericAnatomyColors "liver"
+LIVER = ("Liver", f"{_GA}~SCT^10200004^Liver~^^{_DM}", (221 / 255, 130 / 255, 101 / 255), 1)
 ORGANS = {
     "spleen": ("Spleen", f"{_GA}~SCT^78961009^Spleen~^^{_DM}", (157 / 255, 108 / 255, 162 / 255), 4),
     "right_kidney": ("Right kidney", f"{_GA}~SCT^64033007^Kidney~SCT^24028007^Right{_DM}",
@@ -125,7 +127,8 @@ class SRMASegmenterLogic:
         # all scene changes happen here, and are undone if any of them fails or the user cancels
         with SceneTransaction(self.scene):
             seg_node, sid, created = import_mask_as_segment(
-                self.scene, self.segmentations_logic, mask, volume_node, output_segmentation)
+                self.scene, self.segmentations_logic, mask, volume_node, output_segmentation, name=LIVER[0],
+                terminology=LIVER[1], color=LIVER[2], seg_node_name=f"{volume_node.GetName()} liver")
             for o in extra:
                 name, term, color, _ = ORGANS[o]
                 import_mask_as_segment(self.scene, self.segmentations_logic, info["organs"][o], volume_node, seg_node,

@@ -40,8 +40,8 @@ def ijk_to_ras(node) -> np.ndarray:
 
 
 def geometry_from_volume_node(node):
-    """(spacing, origin, direction) in ITK's LPS convention, as SRMASegmenterLib.volumes.Geometry takes."""
-    from SRMASegmenterLib.volumes import Geometry  # plain-python geometry record, no slicer inside
+    """The node's Geometry (spacing, origin, direction) in ITK's LPS convention."""
+    from slicer_ai_common.geometry import Geometry
 
     spacing = tuple(float(s) for s in node.GetSpacing())
     d = np.zeros((3, 3))
@@ -98,16 +98,8 @@ def scalar_volume_from_array(scene, arr, like=None, geom=None, name="Volume", cl
     return node
 
 
-# the standard terminology of a liver segment (3D Slicer General Anatomy list, SNOMED CT 10200004)
-LIVER_TERMINOLOGY = ("Segmentation category and type - 3D Slicer General Anatomy list"
-                     "~SCT^123037004^Anatomical Structure~SCT^10200004^Liver~^^"
-                     "~Anatomic codes - DICOM master list~^^~^^")
-LIVER_COLOR = (221 / 255.0, 130 / 255.0, 101 / 255.0)  # Slicer's GenericAnatomyColors "liver"
-
-
-def import_mask_as_segment(scene, segmentations_logic, mask, reference_volume, seg_node=None, name="Liver",
-                           color=LIVER_COLOR, terminology=LIVER_TERMINOLOGY, seg_node_name=None,
-                           show_3d=True):
+def import_mask_as_segment(scene, segmentations_logic, mask, reference_volume, seg_node=None, *, name: str,
+                           color: tuple, terminology: str | None = None, seg_node_name=None, show_3d=True):
     """Put a binary (k, j, i) mask into seg_node (new if None) as one segment named `name`.
 
     The labelmap's geometry is the reference volume's; the segmentation's reference geometry is set
@@ -117,11 +109,11 @@ def import_mask_as_segment(scene, segmentations_logic, mask, reference_volume, s
     created = seg_node is None
     if created:
         seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
-                                           seg_node_name or f"{reference_volume.GetName()} liver")
+                                           seg_node_name or f"{reference_volume.GetName()} segmentation")
         seg_node.CreateDefaultDisplayNodes()
     seg_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
     lab = scalar_volume_from_array(scene, (np.asarray(mask) > 0).astype(np.uint8), like=reference_volume,
-                                   name="__srma_tmp_labelmap", cls="vtkMRMLLabelMapVolumeNode")
+                                   name="__slicer_ai_tmp_labelmap", cls="vtkMRMLLabelMapVolumeNode")
     try:
         segmentation = seg_node.GetSegmentation()
         old = segmentation.GetSegmentIdBySegmentName(name)
@@ -138,7 +130,8 @@ def import_mask_as_segment(scene, segmentations_logic, mask, reference_volume, s
         seg = segmentation.GetSegment(sid)
         seg.SetName(name)
         seg.SetColor(*color)
-        seg.SetTag(seg.GetTerminologyEntryTagName(), terminology)
+        if terminology:
+            seg.SetTag(seg.GetTerminologyEntryTagName(), terminology)
     finally:
         scene.RemoveNode(lab)
     if show_3d:

@@ -85,7 +85,7 @@ def _same_file(a: Path, b: Path) -> bool:
 def _check_same_grid(ref_arr, ref_geom, arr, geom, name):
     """A reference must lie on the input's voxel grid (same shape, spacing, origin, direction)."""
     import numpy as np
-    from .volumes import VolumeError
+    from SRMASegmenterLib.volumes import VolumeError
     if ref_arr.shape != arr.shape:
         raise VolumeError(f"reference {name} has {ref_arr.shape[::-1]} voxels, the input {arr.shape[::-1]}: "
                           "it is not on the input's grid; resample it onto the input first")
@@ -115,9 +115,9 @@ class Runner:
     def segment(self, inp: Path, outs, reference: Path | None = None, organs=None):
         outs = [outs] if isinstance(outs, Path) else list(outs)
         from slicer_ai_mrml.nodes import scalar_volume_from_array
-        from SRMASegmenterLogic import ORGANS
+        from SRMASegmenterLogic import LIVER, ORGANS
 
-        from .volumes import read_volume, write_volume
+        from SRMASegmenterLib.volumes import read_volume, write_volume
 
         arr, geom = read_volume(inp)
         scene = self.app.scene
@@ -129,7 +129,8 @@ class Runner:
                 ref_arr, ref_geom = read_volume(reference)
                 _check_same_grid(ref_arr, ref_geom, arr, geom, Path(reference).name)
                 ref_node, _, _ = import_mask_as_segment(scene, self.logic.segmentations_logic, ref_arr == 1, vol,
-                                                        name="Reference", show_3d=False)
+                                                        name="Reference", color=LIVER[2], terminology=LIVER[1],
+                                                        show_3d=False)
             res = self.logic.run(vol, reference_segmentation=ref_node, segmenter=self.segmenter, organs=organs)
             labelmap = res.mask.astype("uint8")
             for o, m in res.info["organs"].items():
@@ -206,8 +207,8 @@ def main(argv=None):
 
     from slicer_ai_common.weights import WeightsError
 
-    from .inference import NoWeightsError
-    from .volumes import VolumeError
+    from SRMASegmenterLib.inference import NoWeightsError
+    from SRMASegmenterLib.volumes import VolumeError
 
     from SRMASegmenterLogic import parse_organs
     try:
