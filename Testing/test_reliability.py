@@ -201,3 +201,34 @@ def test_impossible_geometry_and_complex_voxels_are_refused_by_the_segmenter(spa
         seg.predict(arr, Geometry(spacing, origin, direction))
     with pytest.raises(VolumeError, match="complex"):
         seg.predict(arr.astype(np.complex64), Geometry((1.0, 1.0, 2.0), (0, 0, 0), np.eye(3)))
+
+
+def _write_dicom_series(arr, folder, spacing=(1.5, 1.2, 5.0), origin=(10.0, -4.0, 2.0)):
+    import SimpleITK as sitk
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    folder.mkdir(parents=True, exist_ok=True)
+    w = sitk.ImageFileWriter()
+    w.KeepOriginalImageUIDOn()
+    uid = "1.2.826.0.1.3680043.2.1125.9.4"
+    for i in range(img.GetDepth()):
+        sl = img[:, :, i]
+        for k, v in [("0008|0060", "MR"), ("0020|000e", uid), ("0020|000d", uid + ".1"), ("0020|0037", "1\\0\\0\\0\\1\\0"),
+                     ("0020|0032", "\\".join(map(str, img.TransformIndexToPhysicalPoint((0, 0, i))))),
+                     ("0020|0013", str(i + 1)), ("0008|0018", f"{uid}.2.{i}")]:
+            sl.SetMetaData(k, v)
+        w.SetFileName(str(folder / f"{i:03d}.dcm"))
+        w.Execute(sl)
+
+
+def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+    """Item 4: ITK would read 7 of 8 slices at one averaged spacing (5.83 mm) and misplace the slices after
+    the gap; the reader refuses instead and says where the gap is. The complete series still reads exactly."""
+    arr = (np.random.default_rng(0).random((8, 32, 40)) * 1000).astype(np.int16)
+    _write_dicom_series(arr, tmp_path / "s")
+    got, geom = read_volume(tmp_path / "s")
+    assert got.shape == arr.shape and np.array_equal(got, arr) and np.allclose(geom.spacing, (1.5, 1.2, 5.0))
+    (tmp_path / "s" / "004.dcm").unlink()
+    with pytest.raises(VolumeError, match="not evenly spaced.*10.00 mm between slices 4 and 5"):
+        read_volume(tmp_path / "s")

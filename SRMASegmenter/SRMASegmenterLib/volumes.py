@@ -99,6 +99,33 @@ def _check_complete(p: Path, img):
         raise VolumeError(f"could not read {p.name}: the file is truncated ({n} bytes of data, {need} needed)")
 
 
+def _check_slice_positions(files, folder: Path, tol: float = 0.1):
+    """A DICOM series must have evenly spaced slices: ITK reads a series with a missing or duplicated slice
+    at one average spacing (a warning on the console nobody sees), misplacing every slice after the gap.
+    Positions along the slice normal come from each file's header (ImagePositionPatient, orientation)."""
+    import SimpleITK as sitk
+    if len(files) < 3:
+        return
+    pos = []
+    for f in files:
+        rd = sitk.ImageFileReader()
+        rd.SetFileName(f)
+        rd.ReadImageInformation()
+        try:
+            ipp = [float(v) for v in rd.GetMetaData("0020|0032").split("\\")]
+            iop = [float(v) for v in rd.GetMetaData("0020|0037").split("\\")]
+        except (RuntimeError, ValueError):
+            return                                   # no positions to check (not a classic slice series)
+        pos.append(float(np.dot(np.cross(iop[:3], iop[3:6]), ipp)))
+    gaps = np.diff(np.sort(pos))
+    step = float(np.median(gaps))
+    if step <= 0 or np.any(gaps < (1 - tol) * step) or np.any(gaps > (1 + tol) * step):
+        i = int(np.argmax(np.abs(gaps - step)))
+        raise VolumeError(f"{folder.name}: the DICOM slices are not evenly spaced ({gaps[i]:.2f} mm between slices "
+                          f"{i + 1} and {i + 2} of {len(files)}, {step:.2f} mm elsewhere): a slice is missing or "
+                          "duplicated; load the complete series")
+
+
 def read_volume(path: os.PathLike):
     """NIfTI, NRRD, MHA, or a DICOM series folder -> (array kji, Geometry)."""
     p = Path(path)
@@ -118,7 +145,9 @@ def read_volume(path: os.PathLike):
             ids = r.GetGDCMSeriesIDs(str(p))
             if not ids:
                 raise VolumeError(f"{p} is a folder without a DICOM series")
-            r.SetFileNames(r.GetGDCMSeriesFileNames(str(p), ids[0]))
+            files = r.GetGDCMSeriesFileNames(str(p), ids[0])
+            _check_slice_positions(files, p)
+            r.SetFileNames(files)
             img = r.Execute()
         else:
             img = sitk.ReadImage(str(p))
