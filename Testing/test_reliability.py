@@ -232,3 +232,27 @@ def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
     (tmp_path / "s" / "004.dcm").unlink()
     with pytest.raises(VolumeError, match="not evenly spaced.*10.00 mm between slices 4 and 5"):
         read_volume(tmp_path / "s")
+
+
+def test_nifti_nan_voxels_are_refused_and_scaled_int16_is_read(tmp_path):
+    """Item 6: ITK reads NaN / Inf voxels of a float NIfTI as 0 (a 0 mL surprise downstream): the reader
+    counts them in the stored voxels and refuses. And a valid int16 NIfTI with scl_slope / scl_inter (which
+    ITK returns as float) is not mistaken for a truncated file (it was: the size check used ITK's type)."""
+    nib = pytest.importorskip("nibabel")
+    a = np.random.default_rng(0).random((8, 16, 16)).astype(np.float32)
+    a[2, 3, 4], a[3, 3, 3] = np.nan, np.inf
+    write_volume(a, oblique_geometry(), tmp_path / "nan.nii.gz")
+    with pytest.raises(VolumeError, match="2 NaN or infinite voxels"):
+        read_volume(tmp_path / "nan.nii.gz")
+    b = (np.random.default_rng(1).random((8, 16, 16)) * 100).astype(np.float32)
+    img = nib.Nifti1Image(b.transpose(2, 1, 0), np.eye(4))
+    img.set_data_dtype(np.int16)
+    img.header.set_slope_inter(0.5, 10.0)
+    nib.save(img, tmp_path / "scaled.nii.gz")
+    got, _ = read_volume(tmp_path / "scaled.nii.gz")
+    assert got.shape == (8, 16, 16) and 10.0 <= got.min() and got.max() <= 60.0
+    raw = (tmp_path / "scaled.nii.gz").read_bytes()
+    import gzip
+    (tmp_path / "cut.nii.gz").write_bytes(gzip.compress(gzip.decompress(raw)[:-100]))
+    with pytest.raises(VolumeError, match="truncated"):
+        read_volume(tmp_path / "cut.nii.gz")

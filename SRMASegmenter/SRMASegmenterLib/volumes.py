@@ -74,29 +74,76 @@ def _read_nifti_nibabel(p: Path):
     return np.ascontiguousarray(arr.transpose(2, 1, 0)), Geometry(tuple(spacing), tuple(origin), lps / spacing)
 
 
+_NIFTI_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8",
+                 1280: "u8", 128: "u1", 2304: "u1", 32: "c8", 1792: "c16"}   # rgb24 / rgba32 as bytes
+
+
+def _nifti_layout(raw: bytes):
+    """(voxel offset, number of voxel bytes, numpy dtype of the stored voxels) from a NIfTI-1/2 header, or
+    None when it is not one. Read from the header itself: ITK reports the pixel type after scl_slope /
+    scl_inter scaling (float for a scaled int16 file), not what is stored on disk."""
+    import struct
+    for end in ("<", ">"):
+        if len(raw) >= 348 and struct.unpack(end + "i", raw[:4])[0] == 348:
+            dims = struct.unpack(end + "8h", raw[40:56])
+            code, bitpix = struct.unpack(end + "hh", raw[70:74])
+            off = struct.unpack(end + "f", raw[108:112])[0]
+        elif len(raw) >= 540 and struct.unpack(end + "i", raw[:4])[0] == 540:
+            code, bitpix = struct.unpack(end + "hh", raw[12:16])
+            dims = struct.unpack(end + "8q", raw[16:80])
+            off = struct.unpack(end + "q", raw[168:176])[0]
+        else:
+            continue
+        try:
+            n = int(np.prod([max(1, int(d)) for d in dims[1:1 + max(0, min(7, dims[0]))]], dtype=object))
+            dt = np.dtype(end + _NIFTI_DTYPES[code]) if code in _NIFTI_DTYPES and code not in (128, 2304) else None
+            return max(0, int(off)), max(0, n * bitpix // 8), dt
+        except (ValueError, OverflowError):      # a corrupt header (NaN offset, ...): ITK's check decides
+            return None
+    return None
+
+
 def _check_complete(p: Path, img):
-    """ITK can return a truncated NIfTI/NRRD silently (zeros past the cut): check the bytes are all there."""
+    """ITK can return a truncated NIfTI/NRRD silently (zeros past the cut): check the bytes are all there.
+    ITK also reads NaN / Inf voxels of a float NIfTI as 0: count them in the stored voxels and refuse."""
     import gzip
 
     name = p.name.lower()
-    need = img.GetNumberOfPixels() * img.GetNumberOfComponentsPerPixel() * img.GetSizeOfPixelComponent()
-    if name.endswith(".nii.gz"):
-        n = 0
-        try:
-            with gzip.open(p, "rb") as f:
+    if not name.endswith((".nii.gz", ".nii")):
+        return
+    opener = gzip.open if name.endswith(".gz") else open
+    try:
+        with opener(p, "rb") as f:
+            head = f.read(540)
+            lay = _nifti_layout(head)
+            floats = lay is not None and lay[2] is not None and lay[2].kind == "f"
+            if floats:                       # the voxels are needed to look for NaN / Inf
+                data = head + f.read()
+                total = len(data)
+            else:                            # only the length: stream, do not hold the volume twice
+                data, total = head, len(head)
                 while True:
                     b = f.read(1 << 20)
                     if not b:
                         break
-                    n += len(b)
-        except (EOFError, OSError) as e:
-            raise VolumeError(f"could not read {p.name}: the file is truncated or corrupt ({e})") from e
-    elif name.endswith(".nii"):
-        n = p.stat().st_size
-    else:
+                    total += len(b)
+    except (EOFError, OSError) as e:
+        raise VolumeError(f"could not read {p.name}: the file is truncated or corrupt ({e})") from e
+    if lay is None:
+        need = img.GetNumberOfPixels() * img.GetNumberOfComponentsPerPixel() * img.GetSizeOfPixelComponent()
+        if total < need:
+            raise VolumeError(f"could not read {p.name}: the file is truncated ({total} bytes of data, {need} needed)")
         return
-    if n < need:
-        raise VolumeError(f"could not read {p.name}: the file is truncated ({n} bytes of data, {need} needed)")
+    off, nbytes, dt = lay
+    if total < off + nbytes:
+        raise VolumeError(f"could not read {p.name}: the file is truncated ({max(0, total - off)} bytes of voxel "
+                          f"data, {nbytes} needed)")
+    if dt is not None and dt.kind == "f":
+        vox = np.frombuffer(data, dtype=dt, count=nbytes // dt.itemsize, offset=off)
+        bad = int(vox.size - np.isfinite(vox).sum())
+        if bad:
+            raise VolumeError(f"{p.name} has {bad} NaN or infinite voxels (ITK would read them as 0); "
+                              "fix or mask them first")
 
 
 def _check_slice_positions(files, folder: Path, tol: float = 0.1):
