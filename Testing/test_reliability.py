@@ -256,3 +256,27 @@ def test_nifti_nan_voxels_are_refused_and_scaled_int16_is_read(tmp_path):
     (tmp_path / "cut.nii.gz").write_bytes(gzip.compress(gzip.decompress(raw)[:-100]))
     with pytest.raises(VolumeError, match="truncated"):
         read_volume(tmp_path / "cut.nii.gz")
+
+
+def test_labelmap_as_mri_small_window_and_blank_ultrasound_are_called_out():
+    """Item 12: a labelmap given as the MRI is refused; a window much smaller than the training patch is
+    said in the notes; a nearly blank ultrasound frame is refused instead of being called 'normal'."""
+    from SRMASegmenterLib.inference import InferenceConfig, LiverSegmenter
+    from SRMASegmenterLib.volumes import check_array
+    from UltraScanClassifierLib.images import ImageError, check_image
+    lab = np.zeros((10, 40, 40), np.uint8)
+    lab[3:7, 10:30, 10:30] = 1
+    lab[4:6, 5:9, 5:9] = 4
+    with pytest.raises(VolumeError, match="3 distinct values.*labelmap"):
+        check_array(lab)
+    mri = (np.random.default_rng(0).random((10, 40, 40)) * 900).astype(np.int16)
+    assert check_array(mri) is not None
+    frame = np.zeros((100, 120), np.uint8)
+    frame[50, 60] = 255                                   # one bright pixel on black
+    with pytest.raises(ImageError, match="nearly blank"):
+        check_image(frame, "blank")
+    seg = LiverSegmenter.load(device="cpu", config=InferenceConfig(roi_size=(64, 64, 32)))
+    from conftest import SAMPLE
+    arr, geom = read_volume(SAMPLE / "chaos_case20_t2.nii.gz")
+    _, info = seg.predict(arr[:, ::4, ::4].copy(), geom)
+    assert any("much smaller than the (128, 128, 48)" in n for n in info["notes"])

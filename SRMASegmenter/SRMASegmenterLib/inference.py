@@ -116,6 +116,7 @@ class LiverSegmenter:
         self.weights_id = weights_id
         self.config = config or InferenceConfig()
         manifest = manifest or {}
+        self.manifest = manifest
         inf = manifest.get("inference", {})
         if self.config.spacing is None:
             self.config.spacing = tuple(manifest.get("train_spacing_ijk", TRAIN_SPACING_IJK))
@@ -241,6 +242,11 @@ class LiverSegmenter:
             x = resample(x, sp_ijk_can, target)
         mark("resample to model grid")
         notes = []
+        trained = (self.manifest or {}).get("inference", {}).get("roi_size")
+        if trained and any(r < 0.75 * t for r, t in zip(cfg.roi_size, trained)):
+            notes.append(f"window {tuple(cfg.roi_size)} is much smaller than the {tuple(trained)} the model was trained "
+                         "on: expect a worse segmentation (measured on case 20: Dice 0.95 of the one-window mask at "
+                         "64 x 64 x 32)")
 
         def run(device, bs):
             return self.predict_probabilities(x, progress, device=device, sw_batch_size=bs)

@@ -42,6 +42,12 @@ def check_array(arr: np.ndarray, what: str = "volume") -> np.ndarray:
         raise VolumeError(f"the {what} has {n} NaN or infinite voxels; fix or mask them first")
     if arr.max() == arr.min():
         raise VolumeError(f"the {what} is constant (every voxel {arr.flat[0]}); nothing to segment")
+    if np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
+        values = np.unique(arr[:: max(1, arr.shape[0] // 8)])       # a few slices suffice to tell
+        if len(values) <= 16:
+            raise VolumeError(f"the {what} holds only {len(values)} distinct values ({', '.join(map(str, values[:6]))}"
+                              f"{', ...' if len(values) > 6 else ''}): it looks like a labelmap or mask, not an MRI; "
+                              "select the image volume")
     return arr
 
 

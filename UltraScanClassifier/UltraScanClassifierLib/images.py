@@ -17,6 +17,7 @@ class ImageError(ValueError):
     """The input is not a classifiable 2D image (unreadable, empty, constant, NaN, 3D, ...)."""
 
 
+MIN_SIGNAL = 0.01        # an ultrasound image has tissue in far more than 1 % of its pixels (BUSI: 40-99 %)
 MAX_PIXELS = 50_000_000   # 50 MP: far above any ultrasound frame (<= 1920 x 1080), far below memory trouble
 
 
@@ -97,6 +98,10 @@ def check_image(arr: np.ndarray, name: str = "image") -> np.ndarray:
     lo, hi = float(a.min()), float(a.max())
     if hi - lo <= 0:
         raise ImageError(f"{name}: constant image (every pixel is {lo:g}); nothing to classify")
+    signal = float((a > lo).mean()) if a.ndim == 2 else float((a > lo).any(axis=-1).mean())
+    if signal < MIN_SIGNAL:                       # a black frame with a few marks is not an ultrasound image
+        raise ImageError(f"{name}: nearly blank image ({100 * signal:.2g}% of pixels above the background); "
+                         "nothing to classify")
     if np.asarray(arr).dtype == np.uint8:
         a = a / 255.0
     else:                                         # 16-bit, float: scale the image's own range to [0, 1]
