@@ -28,10 +28,14 @@ def small_nifti(tmp_path_factory):
 @pytest.mark.parametrize("ext", ["nii.gz", "nrrd", "seg.nrrd"])
 def test_outputs_keep_geometry(small_nifti, tiny_model_folder, tmp_path, ext):
     out = tmp_path / f"liver.{ext}"
-    r = run_cli(small_nifti, "-o", out, "--weights", tiny_model_folder, "--device", "cpu", "--roi", "64", "64", "16")
+    r = run_cli(small_nifti, "-o", out, "--weights", tiny_model_folder, "--device", "cpu", "--roi", "64", "64", "16",
+                "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((tmp_path / "liver.json").read_text())
     assert report["weights"].startswith("tiny@")
+    printed = json.loads(r.stdout)                          # --json: the same report on stdout, nothing else
+    assert len(printed) == 1 and printed[0]["liver_volume_ml"] == report["liver_volume_ml"]
+    assert printed[0]["report"] == str(tmp_path / "liver.json")
     _, g_in = read_volume(small_nifti)
     if ext == "seg.nrrd":
         import SimpleITK as sitk

@@ -1,7 +1,7 @@
 """srma-segment: liver segmentation from the command line, through the module's logic on slicer-core.
 
     srma-segment INPUT -o OUTPUT [--device cpu|cuda] [--weights FILE] [--reference LABELS]
-                 [--organs liver,spleen,kidneys] [--tta]
+                 [--organs liver,spleen,kidneys] [--tta] [--json]
     srma-segment INPUT_FOLDER -o OUTPUT_FOLDER [--format nii.gz|nrrd|seg.nrrd]
 
 INPUT: NIfTI, NRRD or MHA file, or a DICOM series folder. OUTPUT ending in .nii.gz / .nii / .nrrd:
@@ -203,6 +203,8 @@ def main(argv=None):
     p.add_argument("--tta", action="store_true", help="mirror test-time augmentation (slower)")
     p.add_argument("--format", default="nii.gz", choices=["nii.gz", "nrrd", "seg.nrrd"],
                    help="output format in folder mode")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON list of the reports on stdout instead of progress lines (as ultrascan-classify)")
     a = p.parse_args(argv)
 
     from slicer_ai_common.weights import WeightsError
@@ -270,12 +272,16 @@ def main(argv=None):
               file=sys.stderr)
         return 2
     failures = 0
+    reports = []
     t0 = time.perf_counter()
     for i, (src, dst) in enumerate(jobs, 1):
         try:
             if folder_mode and dst.exists():
                 print(f"[{i}/{len(jobs)}] {src.name}: replacing the earlier result {dst}", file=sys.stderr, flush=True)
             r = runner.segment(src, dst, Path(a.reference) if a.reference and not folder_mode else None, organs)
+            reports.append(r)
+            if a.json:
+                continue
             extra = f", Dice {r['metrics']['dice']:.3f}" if "metrics" in r else ""
             more = "".join(f", {o.replace('_', ' ')} {v:.0f} mL" for o, v in r["organ_volumes_ml"].items())
             print(f"[{i}/{len(jobs)}] {src.name}: liver {r['liver_volume_ml']:.0f} mL{more} in {r['seconds']:.1f} s on "
@@ -283,7 +289,9 @@ def main(argv=None):
         except (VolumeError, ValueError, RuntimeError, OSError) as e:
             failures += 1
             print(f"[{i}/{len(jobs)}] {src.name}: FAILED: {e}", file=sys.stderr, flush=True)
-    if len(jobs) > 1:
+    if a.json:
+        print(json.dumps(reports, indent=1))
+    elif len(jobs) > 1:
         print(f"{len(jobs) - failures} of {len(jobs)} segmented in {time.perf_counter() - t0:.0f} s")
     return 1 if failures else 0
 

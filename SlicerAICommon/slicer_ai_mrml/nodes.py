@@ -149,7 +149,7 @@ def mask_from_segmentation(scene, segmentations_logic, seg_node, reference_volum
         raise NodeError(f"segmentation '{seg_node.GetName()}' has no segments")
     sid = segmentation.GetSegmentIdBySegmentName(segment_name) if segment_name else ""
     sid = sid or ids[0]
-    lab = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__srma_tmp_ref")
+    lab = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__slicer_ai_tmp_ref")
     try:
         idl = vtk.vtkStringArray()
         idl.InsertNextValue(sid)
