@@ -40,14 +40,6 @@ class UltraScanClassifier(ScriptedLoadableModule):
             "(Al-Dhabyani et al., Data in Brief 28, 2020).")
 
 
-def _shipped_models() -> list:
-    """Names of the model folders shipped in Resources/Models (those with a manifest), the default first."""
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Models")
-    names = sorted(n for n in (os.listdir(root) if os.path.isdir(root) else [])
-                   if os.path.isfile(os.path.join(root, n, "model.json")))
-    return sorted(names, key=lambda n: n != "ultrascannet_busi") or ["ultrascannet_busi"]
-
-
 def _lib_paths():
     """Make the plain-Python libraries beside this file importable inside Slicer."""
     import sys
@@ -64,6 +56,12 @@ def ensure_dependencies(ask=True) -> bool:
     return ensure(_(TITLE), ask)
 
 
+_lib_paths()
+from UltraScanClassifierLib.catalog import DEFAULT_MODEL, model_names  # noqa: E402 - standard library only
+
+SHIPPED_MODELS = model_names() or [DEFAULT_MODEL]   # the Model choice: folders in Resources/Models, default first
+
+
 @parameterNodeWrapper
 class UltraScanClassifierParameterNode:
     inputImage: vtkMRMLVolumeNode
@@ -71,7 +69,7 @@ class UltraScanClassifierParameterNode:
     device: Annotated[str, Choice(["auto", "gpu", "cpu"])] = "auto"
     showHeatmap: bool = True
     heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.4
-    model: Annotated[str, Choice(_shipped_models())] = _shipped_models()[0]
+    model: Annotated[str, Choice(SHIPPED_MODELS)] = SHIPPED_MODELS[0]
     weightsPath: str = ""
     folderPath: str = ""
 

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .inference import gaussian_blur_axis
+
 
 @dataclass
 class Augment3DConfig:
@@ -149,13 +151,8 @@ def sampling_grid(labels, cfg: Augment3DConfig, g=None):
 
 
 def _gauss_blur(x, sigma_ij):
-    """Separable Gaussian blur of (n, 1, I, J, K) in-plane, one sigma (voxels) for the batch."""
-    r = max(1, int(math.ceil(3 * sigma_ij)))
-    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma_ij) ** 2)
-    k = k / k.sum()
-    x = F.conv3d(F.pad(x, (0, 0, 0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1, 1))
-    return F.conv3d(F.pad(x, (0, 0, r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1, 1))
+    """Separable Gaussian blur of (n, C, I, J, K) in-plane, one sigma (voxels) for the batch."""
+    return gaussian_blur_axis(gaussian_blur_axis(x, sigma_ij, 0), sigma_ij, 1)
 
 
 def intensity(x, cfg: Augment3DConfig, g=None):

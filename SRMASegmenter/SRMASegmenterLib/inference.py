@@ -55,10 +55,27 @@ def normalize_intensity(arr: np.ndarray) -> np.ndarray:
     return ((a - float(a.mean())) / (std if std > 0 else 1.0)).astype(np.float32)
 
 
+def gaussian_blur_axis(x, sigma: float, axis: int):
+    """Gaussian blur of a (B, C, I, J, K) tensor along spatial axis 0, 1 or 2 (sigma in voxels, kernel
+    +-3 sigma, replicated edges), each channel on its own."""
+    import torch
+    import torch.nn.functional as F
+
+    r = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    shape = [1, 1, 1]
+    shape[axis] = 2 * r + 1
+    pad = [0, 0, 0, 0, 0, 0]
+    pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = r
+    return F.conv3d(F.pad(x, pad, mode="replicate"), k.view(1, 1, *shape).repeat(c, 1, 1, 1, 1), groups=c)
+
+
 def resample(x, in_spacing, out_spacing, size=None):
     """(B, C, I, J, K) float tensor from one grid to another: a Gaussian pre-filter (sigma = (f - 1) / 2
     voxels) on every axis that shrinks by f > 1, then trilinear. `size` overrides the computed size."""
-    import torch
     import torch.nn.functional as F
 
     f = [float(o) / float(i) for i, o in zip(in_spacing, out_spacing)]
@@ -66,18 +83,7 @@ def resample(x, in_spacing, out_spacing, size=None):
         size = [max(1, int(round(s / fi))) for s, fi in zip(x.shape[2:], f)]
     for ax, fi in enumerate(f):
         if fi > 1.01:
-            sigma = (fi - 1) / 2
-            r = max(1, int(math.ceil(3 * sigma)))
-            t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-            k = torch.exp(-0.5 * (t / sigma) ** 2)
-            k = k / k.sum()
-            c = x.shape[1]
-            shape = [1, 1, 1]
-            shape[ax] = 2 * r + 1
-            pad = [0, 0, 0, 0, 0, 0]
-            pad[2 * (2 - ax)] = pad[2 * (2 - ax) + 1] = r
-            xp = F.pad(x, pad, mode="replicate")
-            x = F.conv3d(xp, k.view(1, 1, *shape).repeat(c, 1, 1, 1, 1), groups=c)
+            x = gaussian_blur_axis(x, (fi - 1) / 2, ax)
     if list(size) != list(x.shape[2:]):
         x = F.interpolate(x, size=list(size), mode="trilinear", align_corners=False)
     return x

@@ -33,8 +33,6 @@ def check_array(arr: np.ndarray, what: str = "volume") -> np.ndarray:
         raise VolumeError(f"the {what} must be 3D, got {arr.ndim}D with shape {arr.shape}")
     if min(arr.shape) < 2:
         raise VolumeError(f"the {what} is a 2D image (shape {arr.shape}); liver segmentation needs a 3D volume")
-    if arr.size == 0:
-        raise VolumeError(f"the {what} is empty")
     if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
         raise VolumeError(f"the {what} has non-numeric or complex voxels ({arr.dtype}); a real-valued MRI is needed")
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():

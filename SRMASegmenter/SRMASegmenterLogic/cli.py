@@ -27,9 +27,10 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from slicer_ai_common.outputs import StagedOutputs, check_writable, console_entry
 
 _VOL_EXT = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 _OUT_EXT = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd")
@@ -65,16 +66,6 @@ def _unique_outputs(inputs, folder: Path, fmt: str):
     return out
 
 
-def _check_writable(folder: Path):
-    """Create the folder if needed and prove a file can be made in it; ValueError with the reason if not."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".srma-write-test-"):
-            pass
-    except (OSError, FileExistsError) as e:
-        raise ValueError(f"cannot write to {folder}: {e.strerror or e}") from None
-
-
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
@@ -84,14 +75,11 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _check_same_grid(ref_arr, ref_geom, arr, geom, name):
     """A reference must lie on the input's voxel grid (same shape, spacing, origin, direction)."""
-    import numpy as np
     from SRMASegmenterLib.volumes import VolumeError
     if ref_arr.shape != arr.shape:
         raise VolumeError(f"reference {name} has {ref_arr.shape[::-1]} voxels, the input {arr.shape[::-1]}: "
                           "it is not on the input's grid; resample it onto the input first")
-    if not (np.allclose(ref_geom.spacing, geom.spacing, rtol=1e-4, atol=1e-4)
-            and np.allclose(ref_geom.origin, geom.origin, atol=1e-2)
-            and np.allclose(ref_geom.direction, geom.direction, atol=1e-4)):
+    if not ref_geom.equals(geom, tol=1e-3):
         raise VolumeError(f"reference {name} is not on the input's grid (spacing {tuple(ref_geom.spacing)} vs "
                           f"{tuple(geom.spacing)}, origin {tuple(ref_geom.origin)} vs {tuple(geom.origin)}, or the "
                           "direction differs); resample it onto the input first")
@@ -135,18 +123,10 @@ class Runner:
             labelmap = res.mask.astype("uint8")
             for o, m in res.info["organs"].items():
                 labelmap[(m > 0) & (labelmap == 0)] = ORGANS[o][3]
-            staged = []                       # (temporary, final): renamed into place only when all are written
-
-            def temp_for(final: Path) -> Path:
-                ext = next((e for e in _OUT_EXT + (".json",) if final.name.endswith(e)), final.suffix)
-                t = final.parent / f".{final.name[: -len(ext)]}.partial-{os.getpid()}{ext}"
-                staged.append((t, final))
-                return t
-
-            try:
+            with StagedOutputs(_OUT_EXT) as staged:   # all outputs of this input appear together or not at all
                 for out in outs:
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = temp_for(out)
+                    tmp = staged.temp(out)
                     if out.name.endswith(".seg.nrrd"):
                         st = res.segmentation_node.CreateDefaultStorageNode()
                         st.SetFileName(str(tmp))
@@ -164,16 +144,7 @@ class Runner:
                 if res.metrics:
                     report["metrics"] = res.metrics
                 json_path = out.parent / (_stem(out) + ".json")
-                temp_for(json_path).write_text(json.dumps(report, indent=1))
-                blocked = [str(final) for _, final in staged if final.is_dir()]
-                if blocked:                   # checked before the first rename: all outputs or none
-                    raise RuntimeError(f"cannot replace {blocked[0]}: it is a folder")
-                for tmp, final in staged:
-                    os.replace(tmp, final)
-                staged.clear()
-            finally:                          # failed or interrupted: no partial file, earlier results intact
-                for tmp, _ in staged:
-                    tmp.unlink(missing_ok=True)
+                staged.temp(json_path).write_text(json.dumps(report, indent=1))
             report["report"] = str(json_path)
             return report
         finally:  # the scene is reused for the next input: leave nothing behind
@@ -251,7 +222,7 @@ def main(argv=None):
     try:
         for folder in sorted({(d if isinstance(d, Path) else d[0]).parent for _, d in jobs} |
                              {o.parent for _, d in jobs if not isinstance(d, Path) for o in d}):
-            _check_writable(folder)
+            check_writable(folder)
     except ValueError as e:
         print(f"srma-segment: {e}", file=sys.stderr)
         return 2
@@ -298,11 +269,7 @@ def main(argv=None):
 
 def entry():
     """Console script: Ctrl-C ends with status 130 and no partial output (the staged files are removed)."""
-    try:
-        return main()
-    except KeyboardInterrupt:
-        print("srma-segment: interrupted; no partial output was left", file=sys.stderr)
-        return 130
+    return console_entry(main, "srma-segment", "; no partial output was left")
 
 
 if __name__ == "__main__":

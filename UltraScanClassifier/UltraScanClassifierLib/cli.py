@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
+from slicer_ai_common.outputs import StagedOutputs, check_writable, console_entry
 from slicer_ai_common.weights import WeightsError
 
 from .images import ImageError, list_images
@@ -45,12 +44,8 @@ def save_heatmap(heat, image_path, folder, name=None):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / (name or Path(image_path).stem + "_heatmap.png")
-    tmp = folder / f".{out.stem}.partial-{os.getpid()}.png"
-    try:
-        Image.fromarray((np.clip(heat, 0, 1) * 255).round().astype(np.uint8)).save(tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with StagedOutputs() as staged:
+        Image.fromarray((np.clip(heat, 0, 1) * 255).round().astype(np.uint8)).save(staged.temp(out))
     return out
 
 
@@ -87,11 +82,9 @@ def main(argv=None):
         return 2
     if a.heatmap_dir:                         # before the model loads: a folder we cannot write loses nothing
         try:
-            Path(a.heatmap_dir).mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=a.heatmap_dir, prefix=".ultrascan-write-test-"):
-                pass
-        except OSError as e:
-            print(f"ultrascan-classify: cannot write heatmaps to {a.heatmap_dir}: {e.strerror or e}", file=sys.stderr)
+            check_writable(a.heatmap_dir)
+        except ValueError as e:
+            print(f"ultrascan-classify: cannot write heatmaps ({e})", file=sys.stderr)
             return 2
     names = heatmap_names(files)
     try:
@@ -124,11 +117,7 @@ def main(argv=None):
 
 def entry():
     """Console script: Ctrl-C ends with status 130 (heatmaps already written stay; none is half-written)."""
-    try:
-        return main()
-    except KeyboardInterrupt:
-        print("ultrascan-classify: interrupted", file=sys.stderr)
-        return 130
+    return console_entry(main, "ultrascan-classify")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,12 @@ MIN_SIGNAL = 0.01        # an ultrasound image has tissue in far more than 1 % o
 MAX_PIXELS = 50_000_000   # 50 MP: far above any ultrasound frame (<= 1920 x 1080), far below memory trouble
 
 
+def _check_size(p: Path, width: int, height: int):
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"{p.name}: {width} x {height} pixels is above the limit of {MAX_PIXELS // 10**6} "
+                         "megapixels; downscale it first")
+
+
 def read_image(path: os.PathLike) -> tuple[np.ndarray, tuple[float, float]]:
     """-> (array (H, W) or (H, W, C), pixel spacing (x, y) in mm; (1, 1) where the file has none)."""
     p = Path(path)
@@ -36,9 +42,7 @@ def read_image(path: os.PathLike) -> tuple[np.ndarray, tuple[float, float]]:
         try:
             from PIL import Image
             with Image.open(p) as im:
-                if im.width * im.height > MAX_PIXELS:   # refused before decoding: no gigabytes for one image
-                    raise ImageError(f"{p.name}: {im.width} x {im.height} pixels is above the limit of "
-                                     f"{MAX_PIXELS // 10**6} megapixels; downscale it first")
+                _check_size(p, im.width, im.height)     # refused before decoding: no gigabytes for one image
                 im.load()
                 if im.mode == "P":
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -57,10 +61,7 @@ def read_image(path: os.PathLike) -> tuple[np.ndarray, tuple[float, float]]:
         info = sitk.ImageFileReader()
         info.SetFileName(str(p))
         info.ReadImageInformation()                  # the header only: refuse huge images before decoding
-        size = info.GetSize()
-        if int(np.prod(size[:2])) > MAX_PIXELS:
-            raise ImageError(f"{p.name}: {size[0]} x {size[1]} pixels is above the limit of "
-                             f"{MAX_PIXELS // 10**6} megapixels; downscale it first")
+        _check_size(p, *info.GetSize()[:2])
         img = sitk.ReadImage(str(p))
     except ImageError:
         raise

@@ -24,11 +24,10 @@ from slicer_ai_common.weights import (MANIFEST, ModelRecord, WeightsError, find_
                                       read_manifest)
 
 from .augment import normalize
+from .catalog import DEFAULT_MODEL, MODELS_DIR, model_names
 from .images import check_image, read_image
 from .model import CLASSES, UltraScanNet, UltraScanNetConfig, build_classifier
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
-DEFAULT_MODEL = "ultrascannet_busi"
 INPUT_SIZE = 224
 DISCLAIMER = "Decision support only, not a diagnosis: a radiologist makes the call."
 
@@ -108,8 +107,7 @@ class UltrasoundClassifier:
     @classmethod
     def model_names(cls, root=MODELS_DIR) -> list:
         """Names of the shipped models (folders with a manifest), the default first."""
-        names = sorted(p.name for p in Path(root).iterdir() if (p / MANIFEST).is_file()) if Path(root).is_dir() else []
-        return sorted(names, key=lambda n: n != DEFAULT_MODEL)
+        return model_names(root)
 
     @classmethod
     def load(cls, model=None, device: str = "auto", verify: bool = True) -> "UltrasoundClassifier":

@@ -114,6 +114,29 @@ def _softplus_(x):
     return x.clamp_(min=0).add_(t)
 
 
+def _scan_tblock_(uT, dT, A, BT, CT, D, bias, softplus, L, last=None):
+    """One channel block of the no-grad scan in the (T, c, nc) layout: uT, dT (T, c, nc) (dT is consumed;
+    uT must be 0 on padded steps), A (c, N), BT / CT (T, 1, N, nc), D / bias (c,) or None. Returns y
+    (T, c, nc); writes the state after step L - 1 into `last` (c, N) if given."""
+    T, _, nc = uT.shape
+    N = A.shape[1]
+    if bias is not None:
+        dT.add_(bias[None, :, None])
+    if softplus:
+        _softplus_(dT)
+    aT = torch.exp(dT.unsqueeze(2) * A[None, :, :, None])                 # (T, c, N, nc)
+    if nc * T > L:  # padded steps (only in the last chunk) must carry the state unchanged
+        aT[L - (nc - 1) * T:, :, :, -1] = 1.0
+    bT = dT.mul_(uT).unsqueeze(2) * BT                                     # (T, c, N, nc)
+    h = _scan_T_(aT, bT)
+    if last is not None:
+        last.copy_(h[(L - 1) % T, :, :, (L - 1) // T])
+    y = h.mul_(CT).sum(2) if N > 1 else h.mul_(CT).squeeze(2)             # (T, c, nc)
+    if D is not None:
+        y.addcmul_(uT, D[None, :, None])
+    return y
+
+
 def _scan_inference(u, delta, A, B, C, D, bias, softplus, out, last):
     """No-grad selective scan, block by block. u, delta: (batch, dim, L); B, C: (batch, G, N, L)."""
     batch, dim, L = u.shape
@@ -141,21 +164,9 @@ def _scan_inference(u, delta, A, B, C, D, bias, softplus, out, last):
                 uT.copy_(tlayout(u[b, s:e], 0.0))
                 dT = torch.empty(T, e - s, nc, dtype=cd, device=u.device)
                 dT.copy_(tlayout(delta[b, s:e], 0.0))
-                if bias is not None:
-                    dT.add_(bias[s:e].to(cd)[None, :, None])
-                if softplus:
-                    _softplus_(dT)
-                aT = torch.exp(dT.unsqueeze(2) * A[s:e].to(cd)[None, :, :, None])  # (T, c, N, nc)
-                if pad:  # padded steps (only in the last chunk) must carry the state unchanged
-                    aT[L - (nc - 1) * T:, :, :, -1] = 1.0
-                bT = dT.mul_(uT).unsqueeze(2) * BT                                   # (T, c, N, nc)
-                h = _scan_T_(aT, bT)
-                if last is not None:
-                    lt, lc = (L - 1) % T, (L - 1) // T
-                    last[b, s:e] = h[lt, :, :, lc]
-                y = h.mul_(CT).sum(2) if N > 1 else h.mul_(CT).squeeze(2)           # (T, c, nc)
-                if D is not None:
-                    y.addcmul_(uT, D[s:e].to(cd)[None, :, None])
+                y = _scan_tblock_(uT, dT, A[s:e].to(cd), BT, CT, None if D is None else D[s:e].to(cd),
+                                  None if bias is None else bias[s:e].to(cd), softplus, L,
+                                  None if last is None else last[b, s:e])
                 out[b, s:e] = y.movedim(0, -1).reshape(e - s, nc * T)[:, :L]
 
 
@@ -253,20 +264,10 @@ def cross_selective_scan_inference(x, delta, A, B, C, D=None, delta_bias=None, d
                 e = min(s + cb, d)
                 uT = xf[bi, s:e].index_select(-1, gidx).to(cd).view(e - s, T, nc).movedim(1, 0).contiguous()
                 dT = df[bi, k, s:e].index_select(-1, gidx).to(cd).view(e - s, T, nc).movedim(1, 0).contiguous()
-                if pad:                                # padded steps: no input (the decay is set to 1 below)
+                if pad:                                # padded steps: no input (the block sets their decay to 1)
                     uT[L - (nc - 1) * T:, :, -1] = 0.0
-                if bk is not None:
-                    dT.add_(bk[s:e][None, :, None])
-                if delta_softplus:
-                    _softplus_(dT)
-                aT = torch.exp(dT.unsqueeze(2) * Ak[s:e][None, :, :, None])                    # (T, c, N, nc)
-                if pad:
-                    aT[L - (nc - 1) * T:, :, :, -1] = 1.0
-                bT = dT.mul_(uT).unsqueeze(2) * BT
-                hT = _scan_T_(aT, bT)
-                y = hT.mul_(CT).sum(2) if N > 1 else hT.mul_(CT).squeeze(2)                    # (T, c, nc)
-                if Dk is not None:
-                    y.addcmul_(uT, Dk[s:e][None, :, None])
+                y = _scan_tblock_(uT, dT, Ak[s:e], BT, CT, None if Dk is None else Dk[s:e],
+                                  None if bk is None else bk[s:e], delta_softplus, L)
                 yseq = y.movedim(0, -1).reshape(e - s, nc * T)[:, :L]
                 out[bi, s:e].index_add_(1, seq, yseq)
     return out.view(b, d, h, w)
