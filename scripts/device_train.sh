@@ -4,6 +4,7 @@
 #
 #   scripts/device_train.sh liver MINUTES        # carry .carry/chaos .carry/imagenet2 .whl
 #   scripts/device_train.sh ultrasound MINUTES   # carry .carry/busi .carry/busi-masks .carry/imagenet01 .whl
+#   scripts/device_train.sh liver-steps "S0 S1 S2 S3 S4 SALL" ARGS...  # the same 6 runs, fixed steps, extra args
 #   scripts/device_train.sh status
 #   scripts/device_train.sh run liver|us NAME ARGS...  # one background training run, named, with its own args
 #   scripts/device_train.sh collect SECONDS            # wait for the runs (at most SECONDS), then copy to $OUT
@@ -43,6 +44,42 @@ liver)
     i=$((i + 1))
   done
   sleep 75; tail -n 3 "$W"/runs/liver/fold*/log.txt; nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv
+  ;;
+liver-steps)   # "S0 S1 S2 S3 S4 SALL" EXTRA...: the 6 liver runs with a fixed step count each (no time budget)
+  read -r -a S <<< "$2"; shift 2
+  setup
+  [ -d "$W/data/chaos-mr-t2" ] || cp -r .carry/chaos "$W/data/chaos-mr-t2"
+  cd "$W/code"
+  i=0
+  for f in 0 1 2 3 4 all; do
+    d=$W/runs/liver/fold$f; mkdir -p "$d"
+    extra=(--split splits/chaos_t2_5fold.json --fold "$f")
+    [ "$f" = all ] && extra=(--fold all --hold-out case_20 --export "$W/runs/liver/model")
+    CUDA_VISIBLE_DEVICES=$((i % ${NGPU:-2})) setsid nohup python3 -m SRMASegmenterLib.train --data "$W/data/chaos-mr-t2" \
+      --out "$d" --steps "${S[$i]}" --batch-size 2 --log-every 25 "${extra[@]}" "$@" > "$d/log.txt" 2>&1 < /dev/null &
+    i=$((i + 1))
+  done
+  sleep 90; tail -n 2 "$W"/runs/liver/fold*/log.txt; nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv
+  ;;
+us-variants)   # NAME "ARGS" [NAME "ARGS" ...]: Lite0 teacher-recipe variants, 5 folds + all images each, side by side
+  shift
+  setup
+  [ -d "$W/data/busi" ] || cp -r .carry/busi "$W/data/busi"
+  mkdir -p "$W/imagenet"; cp .carry/imagenet0/* "$W/imagenet/"
+  export EFFICIENTNET_LITE_DIR=$W/imagenet
+  teach=(--model efficientnet_lite0 --epochs 60 --warmup-epochs 3 --cooldown-epochs 0 --lr 5e-4 --min-lr 5e-6
+         --warmup-lr 5e-7 --weight-decay 0.05 --aug scratch --tta-flip --eval-every 1000)
+  cd "$W/code"
+  while [ $# -ge 2 ]; do
+    name=$1; read -r -a va <<< "$2"; shift 2
+    for f in 0 1 2 3 4 all; do
+      d=$W/runs/us/$name/fold$f; mkdir -p "$d"
+      sp=(--split splits/busi_5fold.json); [ $f = all ] && sp=()
+      setsid nohup python3 -m UltraScanClassifierLib.train --data "$W/data/busi" "${sp[@]}" --fold $f --out "$d" \
+        "${teach[@]}" "${va[@]}" > "$d/log.txt" 2>&1 < /dev/null &
+    done
+  done
+  sleep 60; tail -qn 1 "$W"/runs/us/*/fold*/log.txt | cut -c1-150; nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv
   ;;
 ultrasound)
   MIN=$2
