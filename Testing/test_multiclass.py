@@ -127,6 +127,19 @@ def test_resample_round_trip_keeps_shape_and_labels():
     assert lab2.shape == (32, 32, 8) and set(torch.unique(lab2).tolist()) == {0, 1, 4}
 
 
+def test_class_labels_match_numpy_argmax_including_ties():
+    from SRMASegmenterLib.inference import class_labels
+
+    g = torch.Generator().manual_seed(3)
+    prob = torch.randint(0, 3, (5, 17, 9, 4), generator=g).float()      # many exact ties
+    prob[:, 0, 0, 0] = 0.25                                            # a five-way tie -> class 0
+    ref = np.argmax(prob.double().numpy(), axis=0)
+    got = class_labels(prob)
+    assert got.dtype == torch.uint8 and np.array_equal(got.numpy(), ref)
+    one = torch.tensor([[[[0.2, 0.5, 0.7]]]])                          # one channel: P > threshold
+    assert class_labels(one, 0.5).flatten().tolist() == [0, 0, 1]
+
+
 def test_parse_organs():
     from SRMASegmenterLogic import parse_organs
     assert parse_organs("liver") == []
