@@ -3,6 +3,7 @@ classification with its heatmap, for every shipped model.
 
     python benchmarks/bench_pipeline.py --device cpu --threads 2       # this machine / CI class
     python benchmarks/bench_pipeline.py --device cuda                  # on the lent GPU
+    python benchmarks/bench_pipeline.py --device cuda --amp            # + the liver model in bf16, same run
 
 Liver: read the NIfTI, `LiverSegmenter.predict` (orientation, normalisation, resampling, windows, model,
 resampling back, argmax, largest component, hole filling; its own per-stage timings), write the labelmap.
@@ -34,15 +35,15 @@ def sync(dev):
         torch.cuda.synchronize()
 
 
-def liver(args, dev):
-    from SRMASegmenterLib.inference import LiverSegmenter
+def liver(args, dev, amp=False):
+    from SRMASegmenterLib.inference import InferenceConfig, LiverSegmenter
     from SRMASegmenterLib.volumes import read_volume, write_volume
 
-    data = ROOT.parent / "shared" / "data" / "chaos-mr-t2"
+    data = Path(args.data) if args.data else ROOT.parent / "shared" / "data" / "chaos-mr-t2"
     files = sorted(data.glob("case_*_t2.nii.gz"))[: args.cases] if data.is_dir() else []
     files = files or [ROOT / "SRMASegmenter" / "Resources" / "SampleData" / "chaos_case20_t2.nii.gz"]
-    seg = LiverSegmenter.load(device=str(dev))
-    stages, totals, shapes = {}, [], []
+    seg = LiverSegmenter.load(device=str(dev), config=InferenceConfig(amp=amp))
+    stages, totals, shapes, masks = {}, [], [], []
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,10 +55,12 @@ def liver(args, dev):
                 mask, info = seg.predict(arr, geom)
                 sync(dev)
                 t2 = time.perf_counter()
-                write_volume(mask, geom, Path(tmp) / "liver.nii.gz")
+                if not args.no_write:
+                    write_volume(mask, geom, Path(tmp) / "liver.nii.gz")
                 t3 = time.perf_counter()
                 if rep == 0:                   # warm-up (first-call allocation, kernel compilation)
                     shapes.append(arr.shape)
+                    masks.append(mask)
                     continue
                 row = {"read": t1 - t0, **info["timings_s"], "write": t3 - t2}
                 for k, v in row.items():
@@ -65,7 +68,7 @@ def liver(args, dev):
                 totals.append(t3 - t0)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"weights": seg.weights_id, "cases": [f.name for f in files], "shapes_kji": [list(s) for s in shapes],
+    return {"weights": seg.weights_id, "amp": "bf16" if amp else "fp32", "masks": masks, "cases": [f.name for f in files], "shapes_kji": [list(s) for s in shapes],
             "runs": len(totals), "median_total_s": statistics.median(totals),
             "median_stage_s": {k: statistics.median(v) for k, v in stages.items()},
             "peak_mib": peak, "peak_kind": "torch max allocated" if dev.type == "cuda" else "process max RSS"}
@@ -101,7 +104,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--cases", type=int, default=3, help="CHAOS volumes to time (from ../shared)")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--data", default=None, help="folder of case_*_t2.nii.gz (default ../shared/data/chaos-mr-t2)")
+    ap.add_argument("--amp", action="store_true", help="also time the liver model in bf16 (GPU) and compare masks")
+    ap.add_argument("--no-write", action="store_true", help="skip writing the labelmap (no SimpleITK)")
     ap.add_argument("--skip-liver", action="store_true")
+    ap.add_argument("--skip-ultrasound", action="store_true")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     if a.threads:
@@ -110,15 +117,30 @@ def main(argv=None):
     res = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu, {torch.get_num_threads()} threads",
            "torch": torch.__version__}
     if not a.skip_liver:
-        lv = liver(a, dev)
-        res["liver"] = lv
-        print(f"\nSegment Liver ({lv['weights']}, {res['device']}): {len(lv['cases'])} volumes "
-              f"{lv['shapes_kji']}, {lv['runs']} timed runs; median total {lv['median_total_s']:.2f} s; "
-              f"peak {lv['peak_mib']:.0f} MiB ({lv['peak_kind']})")
-        print("| stage | median s | share |\n|---|---|---|")
-        tot = sum(lv["median_stage_s"].values())
-        for k, v in lv["median_stage_s"].items():
-            print(f"| {k} | {v:.3f} | {100 * v / tot:.0f}% |")
+        runs = [liver(a, dev)] + ([liver(a, dev, amp=True)] if a.amp else [])
+        for lv in runs:
+            masks = lv.pop("masks")
+            if lv["amp"] != "fp32":           # agreement with the fp32 masks of the same cases
+                ref = runs[0]["masks_kept"]
+                lv["dice_vs_fp32"] = [float(2 * (m & r).sum() / max(1, m.sum() + r.sum())) for m, r in zip(masks, ref)]
+            lv["masks_kept"] = masks
+            print(f"\nSegment Liver ({lv['weights']}, {res['device']}, {lv['amp']}): {len(lv['cases'])} volumes "
+                  f"{lv['shapes_kji']}, {lv['runs']} timed runs; median total {lv['median_total_s']:.3f} s; "
+                  f"peak {lv['peak_mib']:.0f} MiB ({lv['peak_kind']})"
+                  + (f"; Dice vs fp32 masks {['%.4f' % d for d in lv['dice_vs_fp32']]}" if "dice_vs_fp32" in lv else ""))
+            print("| stage | median s | share |\n|---|---|---|")
+            tot = sum(lv["median_stage_s"].values())
+            for k, v in lv["median_stage_s"].items():
+                print(f"| {k} | {v:.3f} | {100 * v / tot:.0f}% |")
+        for lv in runs:
+            lv.pop("masks_kept")
+        res["liver"] = runs[0]
+        if a.amp:
+            res["liver_bf16"] = runs[1]
+    if a.skip_ultrasound:
+        if a.json:
+            Path(a.json).write_text(json.dumps(res, indent=1))
+        return
     us = ultrasound(a, dev)
     res["ultrasound"] = us
     print(f"\nUltrasound classification ({res['device']}), median per image over the 3 samples:")
