@@ -100,6 +100,8 @@ class SRMASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event):
+        if self._progress is not None:      # a run in progress: stop it, its results have no scene to go to
+            self._progress.cancel()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -131,7 +133,6 @@ class SRMASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _onProgress(self, stage, fraction):
         self.ui.progressBar.value = int(100 * fraction)
         self.ui.statusLabel.text = stage
-        slicer.app.processEvents()  # keeps Cancel clickable during the run
 
     def onCancel(self):
         if self._progress is not None:
@@ -154,7 +155,8 @@ class SRMASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     p.inputVolume, output_segmentation=p.outputSegmentation,
                     reference_segmentation=p.referenceSegmentation, device=p.device,
                     weights=p.weightsPath or None, smoothing=p.smoothing, modality=p.modality,
-                    progress=self._progress, organs="spleen,kidneys" if p.otherOrgans else None)
+                    progress=self._progress, organs="spleen,kidneys" if p.otherOrgans else None,
+                    pump=slicer.app.processEvents)  # the model runs on a worker thread; the GUI stays live
             if p.outputSegmentation is None:
                 p.outputSegmentation = res.segmentation_node
             self.ui.resultsTableView.setMRMLTableNode(res.table_node)

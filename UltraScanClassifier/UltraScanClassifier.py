@@ -117,6 +117,8 @@ class UltraScanClassifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event):
+        if self._progress is not None:      # a run in progress: stop it, its results have no scene to go to
+            self._progress.cancel()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -146,7 +148,6 @@ class UltraScanClassifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
     def _onProgress(self, stage, fraction):
         self.ui.progressBar.value = int(100 * fraction)
         self.ui.statusLabel.text = stage
-        slicer.app.processEvents()  # keeps Cancel clickable during the run
 
     def onCancel(self):
         if self._progress is not None:
@@ -204,7 +205,8 @@ class UltraScanClassifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             with slicer.util.WaitCursor():
                 res = self.logic.logic().classify(p.inputImage, device=p.device, weights=self._weights(),
                                                   heatmap=p.showHeatmap, table_node=p.resultsTable,
-                                                  progress=self._progress)
+                                                  progress=self._progress,
+                                                  pump=slicer.app.processEvents)
             self._showResult(res)
             self.ui.statusLabel.text = _("Done.")
         except Cancelled:
@@ -224,7 +226,8 @@ class UltraScanClassifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self._start()
         try:
             res = self.logic.logic().classify_folder(p.folderPath, device=p.device, weights=self._weights(),
-                                                     table_node=p.resultsTable, progress=self._progress)
+                                                     table_node=p.resultsTable, progress=self._progress,
+                                                     pump=slicer.app.processEvents)
             p.resultsTable = res.table_node
             self.ui.resultsTableView.setMRMLTableNode(res.table_node)
             msg = _("Classified {n} images.").format(n=len(res.rows))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from slicer_ai_common.progress import Cancelled, Progress
+from slicer_ai_common.progress import Cancelled, Progress, call_in_worker
 from slicer_ai_mrml.nodes import (NodeError, SceneTransaction, add_table, array_from_volume_node,
                                   geometry_from_volume_node, import_mask_as_segment, mask_from_segmentation)
 
@@ -87,11 +87,15 @@ class SRMASegmenterLogic:
     # -- the one operation ---------------------------------------------------------------------
     def run(self, volume_node, output_segmentation=None, reference_segmentation=None, device="auto",
             weights=None, smoothing=False, modality="T2", progress: Progress | None = None, table_node=None,
-            segmenter=None, organs=None):
+            segmenter=None, organs=None, pump=None):
         """Segment, then add results to the scene in one step (nothing is added if anything fails).
 
         organs: further organs as segments beside "Liver" ("spleen", "right_kidney", "left_kidney",
         or "liver,spleen,kidneys"); the shipped 5-class model gives them, a liver-only model refuses.
+
+        pump: in the GUI, `slicer.app.processEvents`: the model then runs on a worker thread while the
+        GUI stays live (slicer_ai_common.progress.call_in_worker); the scene is read before and written
+        after, on this thread.
 
         Returns SegmentationResult. Raises NodeError / VolumeError for bad input, WeightsError or
         NoWeightsError for weights, Cancelled when progress.cancel() was called.
@@ -113,17 +117,25 @@ class SRMASegmenterLogic:
         if reference_segmentation is not None:
             ref_mask = mask_from_segmentation(self.scene, self.segmentations_logic, reference_segmentation, volume_node)
         extra = parse_organs(organs)
-        progress.step("loading model", 0.0)
-        seg = segmenter or self.segmenter(device, weights)
-        mask, info = seg.predict(arr, geom, progress=progress, organs=extra)
+
+        def compute(prog):                    # no scene access in here: it may run on a worker thread
+            prog.step("loading model", 0.0)
+            seg = segmenter or self.segmenter(device, weights)
+            mask, info = seg.predict(arr, geom, progress=prog, organs=extra)
+            metrics = None
+            if ref_mask is not None:
+                from SRMASegmenterLib.metrics import segmentation_metrics
+                metrics = segmentation_metrics(mask, ref_mask, tuple(geom.spacing)[::-1])
+            return mask, info, metrics
+
+        mask, info, metrics = call_in_worker(compute, progress, pump)
         info["modality"] = modality
         if modality != "T2":
             info["notes"] = info.get("notes", []) + ["the shipped model was trained on T2 MRI only"]
-        metrics = None
-        if ref_mask is not None:
-            from SRMASegmenterLib.metrics import segmentation_metrics
-            metrics = segmentation_metrics(mask, ref_mask, tuple(geom.spacing)[::-1])
         progress.step("adding results", 1.0)
+        for node, what in ((volume_node, "input volume"), (output_segmentation, "output segmentation")):
+            if node is not None and not self.scene.IsNodePresent(node):
+                raise NodeError(f"the {what} was removed from the scene during the run: nothing was added")
         # all scene changes happen here, and are undone if any of them fails or the user cancels
         with SceneTransaction(self.scene):
             seg_node, sid, created = import_mask_as_segment(

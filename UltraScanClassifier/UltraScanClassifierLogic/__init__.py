@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slicer_ai_common.progress import Cancelled, Progress
+from slicer_ai_common.progress import Cancelled, Progress, call_in_worker
 from slicer_ai_mrml.nodes import (NodeError, SceneTransaction, add_table, array_from_volume_node,
                                   scalar_volume_from_array, update_volume_from_array)
 
@@ -142,17 +142,26 @@ class UltraScanClassifierLogic:
         return node
 
     def classify(self, input_node, device="auto", weights=None, heatmap=True, table_node=None,
-                 progress: Progress | None = None, classifier=None, frame: int | None = None) -> NodeResult:
+                 progress: Progress | None = None, classifier=None, frame: int | None = None,
+                 pump=None) -> NodeResult:
         """Classify one image node (or one frame of a multi-frame volume); add a table row (and the
-        heatmap, on that frame's grid) in one step: on any error or Cancel the scene is left as it was."""
+        heatmap, on that frame's grid) in one step: on any error or Cancel the scene is left as it was.
+        pump (the GUI's `slicer.app.processEvents`): the model runs on a worker thread meanwhile."""
         progress = progress or Progress()
         img, spacing = self.image_from_node(input_node, frame)
         from UltraScanClassifierLib.images import check_image
         check_image(img, f"image '{input_node.GetName()}'")     # specific errors before any model work
         table_node = self._table(table_node)
-        progress.step("loading model", 0.0)
-        clf = classifier or self.classifier(device, weights)
-        r = clf.classify(img, spacing, heatmap=heatmap, name=input_node.GetName(), progress=progress)
+        name = input_node.GetName()
+
+        def compute(prog):                    # no scene access in here: it may run on a worker thread
+            prog.step("loading model", 0.0)
+            clf = classifier or self.classifier(device, weights)
+            return clf.classify(img, spacing, heatmap=heatmap, name=name, progress=prog)
+
+        r = call_in_worker(compute, progress, pump)
+        if not self.scene.IsNodePresent(input_node):
+            raise NodeError("the input image was removed from the scene during the run: nothing was added")
         note = self.frame_note(input_node)
         nframes = _dims(input_node)[0]
         if frame is not None and nframes > 1:
@@ -178,7 +187,7 @@ class UltraScanClassifierLogic:
 
     # ------------------------------------------------------------------------------------------ folder
     def classify_folder(self, folder, device="auto", weights=None, table_node=None,
-                        progress: Progress | None = None, classifier=None) -> FolderResult:
+                        progress: Progress | None = None, classifier=None, pump=None) -> FolderResult:
         """Every image in folder into the table, one row per image once it is done. Unreadable files
         are listed in failures. Cancel keeps the rows done so far (then raises Cancelled)."""
         from UltraScanClassifierLib.images import ImageError, list_images, read_image
@@ -188,7 +197,7 @@ class UltraScanClassifierLogic:
         if not files:
             raise NodeError(f"{folder}: no images found (PNG, JPEG, BMP, TIFF, DICOM)")
         table_node = self._table(table_node)
-        clf = classifier or self.classifier(device, weights)
+        clf = classifier or call_in_worker(lambda _p: self.classifier(device, weights), progress, pump)
         with SceneTransaction(self.scene):
             table = add_table(self.scene, [], name=TABLE_NAME, table=table_node or self.find_table(),
                               columns=TABLE_COLUMNS)
@@ -196,8 +205,8 @@ class UltraScanClassifierLogic:
         for i, f in enumerate(files):
             progress.step(f"{i + 1} / {len(files)}: {f.name}", i / len(files))
             try:
-                arr, spacing = read_image(f)
-                r = clf.classify(arr, spacing, heatmap=False, name=f.name)
+                r = call_in_worker(lambda _p, f=f: clf.classify(*read_image(f), heatmap=False, name=f.name),
+                                   progress, pump)
             except (ImageError, ValueError) as e:
                 failures.append((str(f), str(e)))
                 continue
