@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,6 +182,33 @@ def test_unwritable_heatmap_dir_and_bad_weights_exit_codes(tmp_path):
     assert r.returncode == 2 and "cannot write heatmaps" in r.stderr and "Traceback" not in r.stderr
     r = run_us(img, "--weights", tmp_path / "nope.safetensors", "--device", "cpu")
     assert r.returncode == 3 and "cannot load weights" in r.stderr
+
+
+def test_a_heatmap_that_cannot_be_written_costs_that_heatmap_only(tmp_path, monkeypatch, capsys):
+    """A write that fails mid-run (disk full, folder removed) is reported for its image; the other images
+    keep their results and heatmaps; exit status 1 (some outputs missing), no traceback."""
+    from PIL import Image
+
+    from UltraScanClassifierLib import cli
+    rng = np.random.default_rng(2)
+    files = [tmp_path / f"s{i}.png" for i in range(3)]
+    for f in files:
+        Image.fromarray(rng.integers(0, 255, (72, 80), dtype=np.uint8)).save(f)
+    real = cli.save_heatmap
+
+    def flaky(heat, image_path, folder, name=None):
+        if Path(image_path).name == "s1.png":
+            raise OSError(28, "No space left on device")
+        return real(heat, image_path, folder, name)
+    monkeypatch.setattr(cli, "save_heatmap", flaky)
+    rc = cli.main([*map(str, files), "--device", "cpu", "--json", "--model", "efficientnet_lite0_busi",
+                   "--heatmap-dir", str(tmp_path / "h")])
+    out, err = capsys.readouterr()
+    rows = json.loads(out)
+    assert rc == 1 and len(rows) == 3
+    assert rows[1]["heatmap"] is None and "No space left" in rows[1]["heatmap_error"]
+    assert all(os.path.isfile(rows[i]["heatmap"]) for i in (0, 2))
+    assert "s1.png: heatmap not written" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("spacing,origin,direction,msg", [

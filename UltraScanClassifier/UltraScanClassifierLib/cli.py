@@ -101,8 +101,14 @@ def main(argv=None):
             print(f"ultrascan-classify: {f}: {e}", file=sys.stderr)
             continue
         row = {"file": str(f), **r.to_json()}
-        if a.heatmap_dir:
-            row["heatmap"] = str(save_heatmap(r.heatmap, f, a.heatmap_dir, names[str(f)]))
+        if a.heatmap_dir:                     # a write that fails (disk full, folder gone) costs this heatmap only
+            try:
+                row["heatmap"] = str(save_heatmap(r.heatmap, f, a.heatmap_dir, names[str(f)]))
+            except OSError as e:
+                failed += 1
+                row["heatmap"] = None
+                row["heatmap_error"] = str(e)
+                print(f"ultrascan-classify: {f}: heatmap not written ({e})", file=sys.stderr)
         results.append(row)
         if not a.json:
             p = r.probabilities
