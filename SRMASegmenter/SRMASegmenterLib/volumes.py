@@ -177,6 +177,17 @@ def _check_slice_positions(files, folder: Path, tol: float = 0.1):
                           "duplicated; load the complete series")
 
 
+def dicom_series_files(folder: os.PathLike) -> list:
+    """The files of the DICOM series that `read_volume` reads from a folder (the first series GDCM finds),
+    in slice order: slice k of the array is file k (used to reference the source images in a DICOM SEG)."""
+    import SimpleITK as sitk
+    r = sitk.ImageSeriesReader()
+    ids = r.GetGDCMSeriesIDs(str(folder))
+    if not ids:
+        raise VolumeError(f"{folder} is a folder without a DICOM series")
+    return list(r.GetGDCMSeriesFileNames(str(folder), ids[0]))
+
+
 def read_volume(path: os.PathLike):
     """NIfTI, NRRD, MHA, or a DICOM series folder -> (array kji, Geometry)."""
     p = Path(path)
@@ -193,10 +204,7 @@ def read_volume(path: os.PathLike):
     try:
         if p.is_dir():
             r = sitk.ImageSeriesReader()
-            ids = r.GetGDCMSeriesIDs(str(p))
-            if not ids:
-                raise VolumeError(f"{p} is a folder without a DICOM series")
-            files = r.GetGDCMSeriesFileNames(str(p), ids[0])
+            files = dicom_series_files(p)
             _check_slice_positions(files, p)
             r.SetFileNames(files)
             img = r.Execute()

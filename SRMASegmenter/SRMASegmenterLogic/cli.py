@@ -2,13 +2,15 @@
 
     srma-segment INPUT -o OUTPUT [--device cpu|cuda] [--weights FILE] [--reference LABELS]
                  [--organs liver,spleen,kidneys] [--tta] [--json]
-    srma-segment INPUT_FOLDER -o OUTPUT_FOLDER [--format nii.gz|nrrd|seg.nrrd]
+    srma-segment INPUT_FOLDER -o OUTPUT_FOLDER [--format nii.gz|nrrd|seg.nrrd] [--dicom-seg]
 
 INPUT: NIfTI, NRRD or MHA file, or a DICOM series folder. OUTPUT ending in .nii.gz / .nii / .nrrd:
 uint8 labelmap (1 = liver; with --organs also 2 = right kidney, 3 = left kidney, 4 = spleen, as in
 CHAOS) with the input's geometry; ending in .seg.nrrd: a Slicer segmentation (one segment per organ,
-SNOMED CT terminology). A JSON report (organ volumes, timing, device, weights) is written beside it
-(OUTPUT stem + .json).
+SNOMED CT terminology); ending in .dcm (DICOM series input only): a DICOM Segmentation object on the
+source images, referencing them (highdicom; one segment per organ, SNOMED CT codes, the algorithm and
+weights id). A JSON report (organ volumes, timing, device, weights) is written beside it (OUTPUT stem +
+.json). In folder mode, --dicom-seg also writes a .dcm SEG for every DICOM series input.
 A folder of volumes in gives a folder of results out, one line of progress per volume.
 
 Safety: an output may never be the input; every output folder is checked for writing before the model
@@ -33,12 +35,12 @@ from pathlib import Path
 from slicer_ai_common.outputs import StagedOutputs, check_writable, console_entry
 
 _VOL_EXT = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-_OUT_EXT = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd")
+_OUT_EXT = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".dcm")
 
 
 def _stem(p: Path) -> str:
     n = p.name
-    for e in (".seg.nrrd",) + _VOL_EXT:
+    for e in (".seg.nrrd",) + _VOL_EXT + (".dcm",):
         if n.endswith(e):
             return n[: -len(e)]
     return p.stem
@@ -83,6 +85,29 @@ def _check_same_grid(ref_arr, ref_geom, arr, geom, name):
         raise VolumeError(f"reference {name} is not on the input's grid (spacing {tuple(ref_geom.spacing)} vs "
                           f"{tuple(geom.spacing)}, origin {tuple(ref_geom.origin)} vs {tuple(geom.origin)}, or the "
                           "direction differs); resample it onto the input first")
+
+
+def _write_seg(path, inp: Path, res, weights_id: str):
+    """The organ masks of one result as a DICOM SEG on the source series `inp`."""
+    from importlib import metadata
+
+    from SRMASegmenterLib.dicom_seg import SegSegment, parse_slicer_terminology, write_dicom_seg
+    from SRMASegmenterLib.volumes import VolumeError, dicom_series_files
+    from SRMASegmenterLogic import LIVER, ORGANS
+
+    if not _is_dicom_folder(inp):
+        raise VolumeError(f"a DICOM SEG (.dcm) needs a DICOM series as input; {inp.name} is not one")
+    segs = []
+    for name, term, color, mask in [(LIVER[0], LIVER[1], LIVER[2], res.mask)] + [
+            (ORGANS[o][0], ORGANS[o][1], ORGANS[o][2], m) for o, m in res.info["organs"].items()]:
+        cat, typ, mod = parse_slicer_terminology(term)
+        segs.append(SegSegment(name, mask, cat, typ, mod, color))
+    try:
+        version = metadata.version("slicer-liver-ultrasound-ai")
+    except metadata.PackageNotFoundError:
+        version = "dev"
+    write_dicom_seg(path, dicom_series_files(inp), segs, algorithm_name="SRMA-Mamba", algorithm_version=version,
+                    weights_id=weights_id)
 
 
 class Runner:
@@ -132,6 +157,8 @@ class Runner:
                         st.SetFileName(str(tmp))
                         if not st.WriteData(res.segmentation_node):
                             raise RuntimeError(f"could not write {out}")
+                    elif out.name.endswith(".dcm"):
+                        _write_seg(tmp, inp, res, self.segmenter.weights_id)
                     else:
                         write_volume(labelmap, geom, tmp)
                 out = outs[0]
@@ -174,6 +201,8 @@ def main(argv=None):
     p.add_argument("--tta", action="store_true", help="mirror test-time augmentation (slower)")
     p.add_argument("--format", default="nii.gz", choices=["nii.gz", "nrrd", "seg.nrrd"],
                    help="output format in folder mode")
+    p.add_argument("--dicom-seg", action="store_true",
+                   help="folder mode: also write a DICOM SEG (.dcm) for every DICOM series input")
     p.add_argument("--json", action="store_true",
                    help="print a JSON list of the reports on stdout instead of progress lines (as ultrascan-classify)")
     a = p.parse_args(argv)
@@ -202,12 +231,26 @@ def main(argv=None):
             print(f"srma-segment: no volumes in {inp}", file=sys.stderr)
             return 2
         jobs = list(zip(inputs, _unique_outputs(inputs, out, a.format)))
+        if a.dicom_seg:                       # a .dcm SEG beside the result of every DICOM series input
+            jobs = [(src, [dst, dst.parent / (_stem(dst) + ".dcm")] if _is_dicom_folder(src) else dst)
+                    for src, dst in jobs]
     else:
         bad = [o for o in outs if not o.name.endswith(_OUT_EXT)]
         if bad:
             print(f"srma-segment: output must end in one of {', '.join(_OUT_EXT)}: {bad[0]}", file=sys.stderr)
             return 2
+        if any(o.name.endswith(".dcm") for o in outs) and not _is_dicom_folder(inp):
+            print(f"srma-segment: a DICOM SEG output (.dcm) needs a DICOM series folder as input; {inp} is not one",
+                  file=sys.stderr)
+            return 2
         jobs = [(inp, outs)]
+    if any(str(o).endswith(".dcm") for _, d in jobs for o in ([d] if isinstance(d, Path) else d)):
+        try:                                  # before the model loads
+            from SRMASegmenterLib.dicom_seg import _need_highdicom
+            _need_highdicom()
+        except RuntimeError as e:
+            print(f"srma-segment: {e}", file=sys.stderr)
+            return 2
     for src, dst in jobs:                     # before any model work: never the input, always writable
         for o in ([dst] if isinstance(dst, Path) else dst):
             if _same_file(o, src) or (src.is_dir() and o.resolve().is_relative_to(src.resolve())
@@ -247,8 +290,9 @@ def main(argv=None):
     t0 = time.perf_counter()
     for i, (src, dst) in enumerate(jobs, 1):
         try:
-            if folder_mode and dst.exists():
-                print(f"[{i}/{len(jobs)}] {src.name}: replacing the earlier result {dst}", file=sys.stderr, flush=True)
+            first = dst if isinstance(dst, Path) else dst[0]
+            if folder_mode and first.exists():
+                print(f"[{i}/{len(jobs)}] {src.name}: replacing the earlier result {first}", file=sys.stderr, flush=True)
             r = runner.segment(src, dst, Path(a.reference) if a.reference and not folder_mode else None, organs)
             reports.append(r)
             if a.json:

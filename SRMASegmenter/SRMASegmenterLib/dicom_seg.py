@@ -1,0 +1,99 @@
+"""DICOM Segmentation (SEG) objects of the organ masks, written with highdicom (the field's library; no
+DICOM is encoded by hand here): one binary segment per organ, on the frames of the source MR series
+(slice k of the mask is source file k, as `volumes.dicom_series_files` orders them), referencing it, with
+each segment's SNOMED CT category, type and modifier, its display colour, and the algorithm's
+identification (name, version, weights id), so that a PACS viewer or Slicer's DICOM module shows it on
+the images it came from.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .volumes import VolumeError
+
+Code3 = tuple  # (value, scheme designator, meaning), e.g. ("10200004", "SCT", "Liver")
+
+
+@dataclass
+class SegSegment:
+    label: str                      # "Liver"
+    mask: np.ndarray                # (k, j, i) in the source series' slice order, nonzero = inside
+    category: Code3                 # ("123037004", "SCT", "Anatomical Structure")
+    type: Code3                     # ("10200004", "SCT", "Liver")
+    modifier: Optional[Code3] = None  # ("24028007", "SCT", "Right") for the right kidney
+    color: Optional[tuple] = None   # RGB in 0..1
+
+
+def parse_slicer_terminology(term: str) -> tuple:
+    """Slicer's terminology string ("list~SCT^123037004^Anatomical Structure~SCT^10200004^Liver~^^~...")
+    -> (category, type, modifier or None) as (value, scheme, meaning) triples."""
+    parts = term.split("~")
+
+    def code(p):
+        f = p.split("^")
+        return (f[1], f[0], f[2]) if len(f) == 3 and f[0] and f[1] else None
+
+    if len(parts) < 4 or code(parts[1]) is None or code(parts[2]) is None:
+        raise ValueError(f"not a Slicer terminology entry: {term!r}")
+    return code(parts[1]), code(parts[2]), code(parts[3])
+
+
+def _need_highdicom():
+    try:
+        import highdicom  # noqa: F401
+        import pydicom  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError("DICOM SEG output needs highdicom: pip install highdicom "
+                           "(or pip install 'slicer-liver-ultrasound-ai[dicom]')") from e
+
+
+def build_dicom_seg(source_files: Sequence[os.PathLike], segments: Sequence[SegSegment], *,
+                    algorithm_name: str, algorithm_version: str, weights_id: str,
+                    series_description: str = "AI segmentation (review before use)"):
+    """-> a highdicom Segmentation dataset (not yet written)."""
+    _need_highdicom()
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    sources = [pydicom.dcmread(str(f)) for f in source_files]
+    if not sources:
+        raise VolumeError("DICOM SEG: no source images")
+    shape = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
+    for s in segments:
+        if tuple(s.mask.shape) != shape:
+            raise VolumeError(f"DICOM SEG: the {s.label} mask is {tuple(s.mask.shape)} (k, j, i), the source series "
+                              f"{shape}: the mask must be on the source images' grid")
+    algo = hd.AlgorithmIdentificationSequence(name=algorithm_name, version=f"{algorithm_version} weights {weights_id}",
+                                              family=codes.cid7162.ArtificialIntelligence)
+    descs = []
+    for n, s in enumerate(segments, start=1):
+        d = hd.seg.SegmentDescription(
+            segment_number=n, segment_label=s.label,
+            segmented_property_category=hd.sr.CodedConcept(*s.category),
+            segmented_property_type=hd.sr.CodedConcept(*s.type),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algo,
+            tracking_uid=hd.UID(), tracking_id=f"{s.label} ({weights_id})",
+            display_color=hd.color.CIELabColor.from_rgb(*[int(round(255 * c)) for c in s.color]) if s.color else None)
+        if s.modifier is not None:
+            d.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                hd.sr.CodedConcept(*s.modifier)]
+        descs.append(d)
+    pixels = np.stack([np.asarray(s.mask) != 0 for s in segments], axis=-1)     # (frames, rows, columns, segments)
+    ref = sources[0]
+    return hd.seg.Segmentation(
+        source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descs, series_instance_uid=hd.UID(),
+        series_number=int(getattr(ref, "SeriesNumber", 0) or 0) + 1000, sop_instance_uid=hd.UID(),
+        instance_number=1, manufacturer="Slicer Liver & Ultrasound AI", manufacturer_model_name=algorithm_name,
+        software_versions=algorithm_version, device_serial_number=weights_id, series_description=series_description,
+        content_label="AI_SEG", omit_empty_frames=False)
+
+
+def write_dicom_seg(path: os.PathLike, source_files, segments, **kw):
+    """build_dicom_seg(...) written to path (callers stage the path; see srma-segment)."""
+    build_dicom_seg(source_files, segments, **kw).save_as(str(path))

@@ -1,0 +1,167 @@
+"""Issue 15 item 2: DICOM SEG out. An MR series is written with pydicom (the tags a real MR series has),
+read through the project's reader, segmented, and the SEG (highdicom) read back with highdicom and with
+pydicom: the same voxels as the labelmap output, on the source frames, referencing them, with SNOMED CT
+codes and the algorithm's identification."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import oblique_geometry
+
+hd = pytest.importorskip("highdicom", reason="DICOM SEG needs highdicom (pip install highdicom)")
+pydicom = pytest.importorskip("pydicom")
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "SRMASegmenter" / "Resources" / "SampleData" / "chaos_case20_t2.nii.gz"
+MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+
+
+def write_mr_series(folder: Path, arr_kji: np.ndarray, geom, series_description="T2 SPIR"):
+    """One MR Image Storage file per slice, shuffled file names (the reader must sort by position)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series, frame_of_ref = generate_uid(), generate_uid(), generate_uid()
+    d = np.asarray(geom.direction, float)
+    sx, sy, sz = (float(v) for v in geom.spacing)
+    order = np.random.default_rng(0).permutation(arr_kji.shape[0])
+    for k in range(arr_kji.shape[0]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MR_STORAGE
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = MR_STORAGE, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame_of_ref
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Liver", "T0001", "19700101", "O"
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20261124", "120000", "1", "A1"
+        ds.ReferringPhysicianName, ds.Modality, ds.Manufacturer = "", "MR", "Test"
+        ds.SeriesNumber, ds.InstanceNumber, ds.SeriesDescription = 5, k + 1, series_description
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+        ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "SE", "NONE", "", "2D"
+        ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength, ds.MagneticFieldStrength = 1500.0, 80.0, 1, 1.5
+        ds.PositionReferenceIndicator = ""
+        ds.ImageOrientationPatient = [float(v) for v in list(d[:, 0]) + list(d[:, 1])]
+        ds.ImagePositionPatient = [float(v) for v in np.asarray(geom.origin) + k * sz * d[:, 2]]
+        ds.PixelSpacing = [sy, sx]                 # row spacing (between rows, j), column spacing (i)
+        ds.SliceThickness = ds.SpacingBetweenSlices = sz
+        ds.Rows, ds.Columns = arr_kji.shape[1], arr_kji.shape[2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.PixelData = np.ascontiguousarray(arr_kji[k].astype("<i2")).tobytes()
+        ds.save_as(str(folder / f"IM{order[k]:04d}"), enforce_file_format=True)
+    return series
+
+
+def right_handed_oblique(spacing=(1.3, 0.9, 5.0)):
+    """DICOM stacks slices along row x column (a right-handed frame): an oblique geometry of that kind."""
+    from SRMASegmenterLib.volumes import Geometry
+    g = oblique_geometry(spacing=spacing)
+    d = np.asarray(g.direction)
+    return Geometry(g.spacing, g.origin, np.column_stack([d[:, 0], d[:, 1], np.cross(d[:, 0], d[:, 1])]))
+
+
+def _blob(shape, c, r):
+    k, j, i = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    return (((k - c[0]) / r[0]) ** 2 + ((j - c[1]) / r[1]) ** 2 + ((i - c[2]) / r[2]) ** 2 <= 1).astype(np.uint8)
+
+
+def test_seg_round_trip_on_the_source_frames(tmp_path):
+    from SRMASegmenterLib.dicom_seg import SegSegment, parse_slicer_terminology, write_dicom_seg
+    from SRMASegmenterLib.volumes import dicom_series_files, read_volume
+    from SRMASegmenterLogic import LIVER, ORGANS
+
+    geom = right_handed_oblique()
+    arr = (np.random.default_rng(1).random((7, 20, 24)) * 900).astype(np.int16)
+    uid = write_mr_series(tmp_path / "mr", arr, geom)
+    got, g2 = read_volume(tmp_path / "mr")
+    assert np.array_equal(got, arr) and g2.equals(geom, tol=1e-4)
+    liver, kidney = _blob(arr.shape, (3, 9, 10), (3, 6, 7)), _blob(arr.shape, (4, 15, 19), (1.5, 3, 3))
+    segs = []
+    for (name, term, color, _), m in [(LIVER, liver), (ORGANS["right_kidney"], kidney)]:
+        segs.append(SegSegment(name, m, *parse_slicer_terminology(term), color))
+    files = dicom_series_files(tmp_path / "mr")
+    write_dicom_seg(tmp_path / "seg.dcm", files, segs, algorithm_name="SRMA-Mamba", algorithm_version="test",
+                    weights_id="tiny@0123")
+
+    seg = hd.seg.segread(str(tmp_path / "seg.dcm"))
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg.Modality == "SEG"
+    sources = [pydicom.dcmread(f) for f in files]
+    assert all(s.SeriesInstanceUID == uid for s in sources)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
+    assert seg.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
+    pix = seg.get_pixels_by_source_instance(source_sop_instance_uids=[s.SOPInstanceUID for s in sources],
+                                            segment_numbers=[1, 2])
+    assert pix.shape == arr.shape + (2,)
+    assert np.array_equal(pix[..., 0], liver) and np.array_equal(pix[..., 1], kidney)
+    # every frame lies exactly on its source image
+    for f, s in zip(seg.PerFrameFunctionalGroupsSequence, sources):
+        ipp = f.PlanePositionSequence[0].ImagePositionPatient
+        src_uid = f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        match = next(x for x in sources if x.SOPInstanceUID == src_uid)
+        assert np.allclose([float(v) for v in ipp], [float(v) for v in match.ImagePositionPatient], atol=1e-4)
+    d1, d2 = seg.SegmentSequence
+    assert d1.SegmentLabel == "Liver" and d1.SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
+    assert d1.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "123037004"
+    assert d1.SegmentAlgorithmType == "AUTOMATIC" and d1.SegmentAlgorithmName == "SRMA-Mamba"
+    assert d2.SegmentedPropertyTypeCodeSequence[0].CodeValue == "64033007"
+    assert d2.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "24028007"
+    assert "tiny@0123" in seg.DeviceSerialNumber
+    raw = pydicom.dcmread(str(tmp_path / "seg.dcm"))      # plain pydicom sees a complete multi-frame SEG
+    assert int(raw.NumberOfFrames) == 2 * arr.shape[0] and raw.Rows == arr.shape[1] and raw.Columns == arr.shape[2]
+
+
+def test_a_mask_off_the_source_grid_is_refused(tmp_path):
+    from SRMASegmenterLib.dicom_seg import SegSegment, build_dicom_seg
+    from SRMASegmenterLib.volumes import VolumeError, dicom_series_files
+
+    arr = np.zeros((4, 10, 12), np.int16)
+    write_mr_series(tmp_path / "mr", arr, right_handed_oblique())
+    seg = SegSegment("Liver", np.zeros((4, 12, 10), np.uint8), ("123037004", "SCT", "Anatomical Structure"),
+                     ("10200004", "SCT", "Liver"))
+    with pytest.raises(VolumeError, match="source images' grid"):
+        build_dicom_seg(dicom_series_files(tmp_path / "mr"), [seg], algorithm_name="x", algorithm_version="1",
+                        weights_id="w")
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "SRMASegmenterLogic.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_cli_writes_a_seg_equal_to_its_labelmap(tmp_path):
+    """The shipped model on the bundled case 20 turned into a DICOM series: -o .nii.gz -o .dcm give the
+    same voxels for every organ."""
+    from SRMASegmenterLib.volumes import dicom_series_files, read_volume
+
+    arr, geom = read_volume(SAMPLE)
+    write_mr_series(tmp_path / "series", arr, geom)
+    out = tmp_path / "out"
+    r = _cli(tmp_path / "series", "-o", out / "case20.nii.gz", "-o", out / "case20.dcm", "--organs",
+             "liver,spleen", "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-1500:]
+    series_arr, series_geom = read_volume(tmp_path / "series")
+    # case 20's NIfTI axes are left-handed; DICOM stacks slices along row x column, so the series reads
+    # with the slice axis reversed: the same voxels in the same places
+    assert np.array_equal(series_arr, arr[::-1]) and np.allclose(np.asarray(series_geom.direction)[:, 2],
+                                                                -np.asarray(geom.direction)[:, 2])
+    lab, g = read_volume(out / "case20.nii.gz")
+    assert g.equals(series_geom, tol=1e-4)
+    seg = hd.seg.segread(str(out / "case20.dcm"))
+    files = dicom_series_files(tmp_path / "series")
+    uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
+    pix = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1, 2])
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Liver", "Spleen"]
+    assert lab.sum() > 0 and np.array_equal(pix[..., 0], lab == 1) and np.array_equal(pix[..., 1], lab == 4)
+    assert (out / "case20.json").is_file() and not [p for p in out.iterdir() if "partial" in p.name]
+
+
+def test_cli_refuses_a_seg_of_a_non_dicom_input_before_the_model_loads(tmp_path):
+    r = _cli(SAMPLE, "-o", tmp_path / "x.dcm", "--weights", tmp_path / "no_such_weights")
+    assert r.returncode == 2 and "needs a DICOM series" in r.stderr and "Traceback" not in r.stderr
+    assert not list(tmp_path.iterdir())
