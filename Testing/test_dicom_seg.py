@@ -165,3 +165,22 @@ def test_cli_refuses_a_seg_of_a_non_dicom_input_before_the_model_loads(tmp_path)
     r = _cli(SAMPLE, "-o", tmp_path / "x.dcm", "--weights", tmp_path / "no_such_weights")
     assert r.returncode == 2 and "needs a DICOM series" in r.stderr and "Traceback" not in r.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_folder_mode_dicom_seg_for_the_dicom_inputs_only(tmp_path):
+    from SRMASegmenterLib.volumes import Geometry, read_volume, write_volume
+
+    arr, geom = read_volume(SAMPLE)
+    crop = arr[:, 48:176, 40:168]
+    g = Geometry(geom.spacing, np.asarray(geom.origin) + np.asarray(geom.direction) @ (np.array([40, 48, 0]) *
+                                                                                        np.asarray(geom.spacing)),
+                 geom.direction)
+    inp = tmp_path / "in"
+    write_mr_series(inp / "patient_a", crop, right_handed_oblique(spacing=tuple(geom.spacing)))
+    write_volume(crop, g, inp / "patient_b.nii.gz")
+    r = _cli(inp, "-o", tmp_path / "out", "--dicom-seg", "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-1500:]
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["patient_a_liver.dcm", "patient_a_liver.json", "patient_a_liver.nii.gz",
+                     "patient_b_liver.json", "patient_b_liver.nii.gz"], names
+    assert hd.seg.segread(str(tmp_path / "out" / "patient_a_liver.dcm")).SegmentSequence[0].SegmentLabel == "Liver"
