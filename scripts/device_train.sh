@@ -28,38 +28,37 @@ setup() {
   export PYTHONPATH=/tmp/site:$W/code/SRMASegmenter:$W/code/UltraScanClassifier:$W/code/SlicerAICommon:$W/code/kernels
 }
 
+# The 5 CV folds of splits/chaos_t2_5fold.json and the shipped model (every case but case_20), side by side
+# on NGPU GPUs (default 2); run i gets the schedule flags ${sched[i]}, every run the extra flags "$@".
+liver_runs() {
+  [ -d "$W/data/chaos-mr-t2" ] || cp -r .carry/chaos "$W/data/chaos-mr-t2"
+  cd "$W/code" || exit 1
+  local i=0 f d extra
+  for f in 0 1 2 3 4 all; do
+    d=$W/runs/liver/fold$f; mkdir -p "$d"
+    extra=(--split splits/chaos_t2_5fold.json --fold "$f")
+    [ "$f" = all ] && extra=(--fold all --hold-out case_20 --export "$W/runs/liver/model")
+    # shellcheck disable=SC2086 # the schedule is a list of flags
+    CUDA_VISIBLE_DEVICES=$((i % ${NGPU:-2})) setsid nohup python3 -m SRMASegmenterLib.train --data "$W/data/chaos-mr-t2" \
+      --out "$d" ${sched[$i]} --batch-size 2 --log-every 25 "${extra[@]}" "$@" > "$d/log.txt" 2>&1 < /dev/null &
+    i=$((i + 1))
+  done
+  sleep 75; tail -n 3 "$W"/runs/liver/fold*/log.txt; nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv
+}
+
 case $mode in
 liver)
   MIN=$2
   setup
-  cp -r .carry/chaos "$W/data/chaos-mr-t2"; mkdir -p "$W/imagenet"; cp .carry/imagenet2/* "$W/imagenet/"
-  cd "$W/code"
-  i=0
-  for f in 0 1 2 3 4 all; do
-    d=$W/runs/liver/fold$f; mkdir -p "$d"
-    extra=(--split splits/chaos_t2_5fold.json --fold "$f")
-    [ "$f" = all ] && extra=(--fold all --hold-out case_20 --export "$W/runs/liver/model")
-    CUDA_VISIBLE_DEVICES=$((i % 2)) setsid nohup python3 -m SRMASegmenterLib.train --data "$W/data/chaos-mr-t2" \
-      --out "$d" --steps 20000 --max-minutes "$MIN" --batch-size 2 --log-every 25 "${extra[@]}" > "$d/log.txt" 2>&1 < /dev/null &
-    i=$((i + 1))
-  done
-  sleep 75; tail -n 3 "$W"/runs/liver/fold*/log.txt; nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv
+  mkdir -p "$W/imagenet"; cp .carry/imagenet2/* "$W/imagenet/"
+  sched=(); for i in 0 1 2 3 4 5; do sched+=("--steps 20000 --max-minutes $MIN"); done
+  liver_runs
   ;;
 liver-steps)   # "S0 S1 S2 S3 S4 SALL" EXTRA...: the 6 liver runs with a fixed step count each (no time budget)
   read -r -a S <<< "$2"; shift 2
   setup
-  [ -d "$W/data/chaos-mr-t2" ] || cp -r .carry/chaos "$W/data/chaos-mr-t2"
-  cd "$W/code"
-  i=0
-  for f in 0 1 2 3 4 all; do
-    d=$W/runs/liver/fold$f; mkdir -p "$d"
-    extra=(--split splits/chaos_t2_5fold.json --fold "$f")
-    [ "$f" = all ] && extra=(--fold all --hold-out case_20 --export "$W/runs/liver/model")
-    CUDA_VISIBLE_DEVICES=$((i % ${NGPU:-2})) setsid nohup python3 -m SRMASegmenterLib.train --data "$W/data/chaos-mr-t2" \
-      --out "$d" --steps "${S[$i]}" --batch-size 2 --log-every 25 "${extra[@]}" "$@" > "$d/log.txt" 2>&1 < /dev/null &
-    i=$((i + 1))
-  done
-  sleep 90; tail -n 2 "$W"/runs/liver/fold*/log.txt; nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv
+  sched=(); for n in "${S[@]}"; do sched+=("--steps $n"); done
+  liver_runs "$@"
   ;;
 us-variants)   # NAME "ARGS" [NAME "ARGS" ...]: Lite0 teacher-recipe variants, 5 folds + all images each, side by side
   shift
