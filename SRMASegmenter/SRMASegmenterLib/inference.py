@@ -156,8 +156,7 @@ def postprocess(mask: np.ndarray, largest_component=True, fill_holes=True) -> np
     out = np.zeros(m.shape, np.uint8)
     if not m.any():
         return out
-    box = tuple(slice(int(ix[0]), int(ix[-1]) + 1) for ix in
-                (np.flatnonzero(m.any(axis=tuple(a for a in range(m.ndim) if a != ax))) for ax in range(m.ndim)))
+    box = ndimage.find_objects(m.view(np.uint8))[0]
     c = m[box]
     if largest_component:
         lab, n = ndimage.label(c)
@@ -301,7 +300,6 @@ class LiverSegmenter:
         sp_ijk_can = np.array([sp_ijk[::-1][p] for p in perm])[::-1]   # spacing of the canonical (i, j, k) axes
         mark("check + orientation")
         raw = can.transpose(2, 1, 0)                       # (i, j, k)
-        x_cpu = []                                         # normalised on the CPU only when the CPU runs
         target = np.array(cfg.spacing, dtype=float)
         resample_needed = bool(np.any(np.abs(sp_ijk_can / target - 1) > cfg.resample_tolerance))
         in_size = list(raw.shape)
@@ -319,9 +317,7 @@ class LiverSegmenter:
                 xd = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32)).to(device)
                 xd = normalize_intensity_tensor(xd)[None, None]
             else:
-                if not x_cpu:
-                    x_cpu.append(torch.from_numpy(np.ascontiguousarray(normalize_intensity(raw)))[None, None])
-                xd = x_cpu[0]
+                xd = torch.from_numpy(np.ascontiguousarray(normalize_intensity(raw)))[None, None]
             mark("normalisation", device)
             if resample_needed:
                 xd = resample(xd, sp_ijk_can, target)
