@@ -42,7 +42,8 @@ def parse_slicer_terminology(term: str) -> tuple:
     return code(parts[1]), code(parts[2]), code(parts[3])
 
 
-def _need_highdicom():
+def require_highdicom():
+    """Raise a one-line RuntimeError saying how to install highdicom when it is missing."""
     try:
         import highdicom  # noqa: F401
         import pydicom  # noqa: F401
@@ -55,7 +56,7 @@ def build_dicom_seg(source_files: Sequence[os.PathLike], segments: Sequence[SegS
                     algorithm_name: str, algorithm_version: str, weights_id: str,
                     series_description: str = "AI segmentation (review before use)"):
     """-> a highdicom Segmentation dataset (not yet written)."""
-    _need_highdicom()
+    require_highdicom()
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes

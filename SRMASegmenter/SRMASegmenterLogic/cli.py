@@ -92,11 +92,9 @@ def _write_seg(path, inp: Path, res, weights_id: str):
     from importlib import metadata
 
     from SRMASegmenterLib.dicom_seg import SegSegment, parse_slicer_terminology, write_dicom_seg
-    from SRMASegmenterLib.volumes import VolumeError, dicom_series_files
+    from SRMASegmenterLib.volumes import dicom_series_files
     from SRMASegmenterLogic import LIVER, ORGANS
 
-    if not _is_dicom_folder(inp):
-        raise VolumeError(f"a DICOM SEG (.dcm) needs a DICOM series as input; {inp.name} is not one")
     segs = []
     for name, term, color, mask in [(LIVER[0], LIVER[1], LIVER[2], res.mask)] + [
             (ORGANS[o][0], ORGANS[o][1], ORGANS[o][2], m) for o, m in res.info["organs"].items()]:
@@ -125,8 +123,7 @@ class Runner:
         self.logic = SRMASegmenterLogic(self.app.scene, self.app.segmentations_logic)
         self.segmenter = self.logic.segmenter(device, weights)
 
-    def segment(self, inp: Path, outs, reference: Path | None = None, organs=None):
-        outs = [outs] if isinstance(outs, Path) else list(outs)
+    def segment(self, inp: Path, outs: list, reference: Path | None = None, organs=None):
         from slicer_ai_mrml.nodes import scalar_volume_from_array
         from SRMASegmenterLogic import LIVER, ORGANS
 
@@ -230,29 +227,28 @@ def main(argv=None):
         if not inputs:
             print(f"srma-segment: no volumes in {inp}", file=sys.stderr)
             return 2
-        jobs = list(zip(inputs, _unique_outputs(inputs, out, a.format)))
-        if a.dicom_seg:                       # a .dcm SEG beside the result of every DICOM series input
-            jobs = [(src, [dst, dst.parent / (_stem(dst) + ".dcm")] if _is_dicom_folder(src) else dst)
-                    for src, dst in jobs]
+        # every folder among the inputs is a DICOM series: --dicom-seg adds a .dcm SEG beside its result
+        jobs = [(src, [dst] + ([dst.parent / (_stem(dst) + ".dcm")] if a.dicom_seg and src.is_dir() else []))
+                for src, dst in zip(inputs, _unique_outputs(inputs, out, a.format))]
     else:
         bad = [o for o in outs if not o.name.endswith(_OUT_EXT)]
         if bad:
             print(f"srma-segment: output must end in one of {', '.join(_OUT_EXT)}: {bad[0]}", file=sys.stderr)
             return 2
-        if any(o.name.endswith(".dcm") for o in outs) and not _is_dicom_folder(inp):
+        if any(o.name.endswith(".dcm") for o in outs) and not inp.is_dir():   # (a folder here is a DICOM series)
             print(f"srma-segment: a DICOM SEG output (.dcm) needs a DICOM series folder as input; {inp} is not one",
                   file=sys.stderr)
             return 2
         jobs = [(inp, outs)]
-    if any(str(o).endswith(".dcm") for _, d in jobs for o in ([d] if isinstance(d, Path) else d)):
+    if any(o.name.endswith(".dcm") for _, d in jobs for o in d):
         try:                                  # before the model loads
-            from SRMASegmenterLib.dicom_seg import _need_highdicom
-            _need_highdicom()
+            from SRMASegmenterLib.dicom_seg import require_highdicom
+            require_highdicom()
         except RuntimeError as e:
             print(f"srma-segment: {e}", file=sys.stderr)
             return 2
     for src, dst in jobs:                     # before any model work: never the input, always writable
-        for o in ([dst] if isinstance(dst, Path) else dst):
+        for o in dst:
             if _same_file(o, src) or (src.is_dir() and o.resolve().is_relative_to(src.resolve())
                                       and not folder_mode):
                 print(f"srma-segment: output {o} would overwrite or write into the input {src}; choose another name",
@@ -263,8 +259,7 @@ def main(argv=None):
                 print(f"srma-segment: the report {json_report} would overwrite the input", file=sys.stderr)
                 return 2
     try:
-        for folder in sorted({(d if isinstance(d, Path) else d[0]).parent for _, d in jobs} |
-                             {o.parent for _, d in jobs if not isinstance(d, Path) for o in d}):
+        for folder in sorted({o.parent for _, d in jobs for o in d}):
             check_writable(folder)
     except ValueError as e:
         print(f"srma-segment: {e}", file=sys.stderr)
@@ -290,9 +285,9 @@ def main(argv=None):
     t0 = time.perf_counter()
     for i, (src, dst) in enumerate(jobs, 1):
         try:
-            first = dst if isinstance(dst, Path) else dst[0]
-            if folder_mode and first.exists():
-                print(f"[{i}/{len(jobs)}] {src.name}: replacing the earlier result {first}", file=sys.stderr, flush=True)
+            if folder_mode and dst[0].exists():
+                print(f"[{i}/{len(jobs)}] {src.name}: replacing the earlier result {dst[0]}", file=sys.stderr,
+                      flush=True)
             r = runner.segment(src, dst, Path(a.reference) if a.reference and not folder_mode else None, organs)
             reports.append(r)
             if a.json:
