@@ -68,7 +68,8 @@ def liver(args, dev, amp=False):
                 totals.append(t3 - t0)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"weights": seg.weights_id, "amp": "bf16" if amp else "fp32", "masks": masks, "cases": [f.name for f in files], "shapes_kji": [list(s) for s in shapes],
+    return {"weights": seg.weights_id, "amp": "bf16" if amp else "fp32", "masks": masks,
+            "cases": [f.name for f in files], "shapes_kji": [list(s) for s in shapes],
             "runs": len(totals), "median_total_s": statistics.median(totals),
             "median_stage_s": {k: statistics.median(v) for k, v in stages.items()},
             "peak_mib": peak, "peak_kind": "torch max allocated" if dev.type == "cuda" else "process max RSS"}
@@ -118,12 +119,11 @@ def main(argv=None):
            "torch": torch.__version__}
     if not a.skip_liver:
         runs = [liver(a, dev)] + ([liver(a, dev, amp=True)] if a.amp else [])
+        ref = runs[0]["masks"]
         for lv in runs:
             masks = lv.pop("masks")
             if lv["amp"] != "fp32":           # agreement with the fp32 masks of the same cases
-                ref = runs[0]["masks_kept"]
                 lv["dice_vs_fp32"] = [float(2 * (m & r).sum() / max(1, m.sum() + r.sum())) for m, r in zip(masks, ref)]
-            lv["masks_kept"] = masks
             print(f"\nSegment Liver ({lv['weights']}, {res['device']}, {lv['amp']}): {len(lv['cases'])} volumes "
                   f"{lv['shapes_kji']}, {lv['runs']} timed runs; median total {lv['median_total_s']:.3f} s; "
                   f"peak {lv['peak_mib']:.0f} MiB ({lv['peak_kind']})"
@@ -132,21 +132,15 @@ def main(argv=None):
             tot = sum(lv["median_stage_s"].values())
             for k, v in lv["median_stage_s"].items():
                 print(f"| {k} | {v:.3f} | {100 * v / tot:.0f}% |")
-        for lv in runs:
-            lv.pop("masks_kept")
         res["liver"] = runs[0]
         if a.amp:
             res["liver_bf16"] = runs[1]
-    if a.skip_ultrasound:
-        if a.json:
-            Path(a.json).write_text(json.dumps(res, indent=1))
-        return
-    us = ultrasound(a, dev)
-    res["ultrasound"] = us
-    print(f"\nUltrasound classification ({res['device']}), median per image over the 3 samples:")
-    print("| model | with heatmap ms | label only ms |\n|---|---|---|")
-    for k, v in us.items():
-        print(f"| {k} | {1000 * v['with heatmap']:.0f} | {1000 * v['label only']:.0f} |")
+    if not a.skip_ultrasound:
+        res["ultrasound"] = us = ultrasound(a, dev)
+        print(f"\nUltrasound classification ({res['device']}), median per image over the 3 samples:")
+        print("| model | with heatmap ms | label only ms |\n|---|---|---|")
+        for k, v in us.items():
+            print(f"| {k} | {1000 * v['with heatmap']:.0f} | {1000 * v['label only']:.0f} |")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
 
