@@ -110,6 +110,24 @@ def test_organ_contrast_darkens_liver_and_spleen_only():
     assert torch.allclose(augment_batch(x, y, 5, off, torch.Generator().manual_seed(0))[0], x, atol=1e-5)
 
 
+def test_contrast_flags_reach_the_augmentation_and_compress_about_the_mean():
+    """--contrast / --p-contrast set nnU-Net's contrast transform; a factor of 0.4 brings every voxel 0.4 as
+    far from the patch mean (within the patch's range), which is what CHAOS case_36 looks like."""
+    from SRMASegmenterLib.augment3d import Augment3DConfig, intensity
+    from SRMASegmenterLib.train import parse_args
+    a = parse_args(["--data", "x", "--contrast", "0.35", "1.5", "--p-contrast", "0.3"])
+    assert a.contrast == [0.35, 1.5] and a.p_contrast == 0.3
+    d = parse_args(["--data", "x"])
+    assert d.contrast == [0.75, 1.25] and d.p_contrast == 0.15          # nnU-Net's
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 8, 8, 4)
+    off = Augment3DConfig.none(p_contrast=1.0, contrast=(0.4, 0.4))
+    y = intensity(x, off, g)
+    m = x.mean(dim=(2, 3, 4), keepdim=True)
+    assert torch.allclose(y, (x - m) * 0.4 + m, atol=1e-6)
+    assert torch.equal(intensity(x, Augment3DConfig.none(p_contrast=0.0, contrast=(0.4, 0.4)), g), x)
+
+
 def test_resample_round_trip_keeps_shape_and_labels():
     from SRMASegmenterLib.inference import resample, resample_labels
     x = torch.zeros(1, 1, 64, 64, 8)
