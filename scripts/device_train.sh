@@ -14,6 +14,9 @@
 # ultrasound: ImageNet EfficientNet-Lite0/1/2 teachers on the 5 folds of splits/busi_5fold.json; the
 # size with the best mean CV accuracy is kept; then UltraScanNet distilled from the fold's teacher with
 # the lesion-outline loss on each fold, and the teacher + student on all 624 images (exported).
+# A lost lease loses every run on it (no checkpoint fits through $OUT): start a CV in one call and poll
+# with calls that follow each other at once (the machine goes back 30 s after a call returns); use
+# --max-minutes so that every run ends inside the lease, whatever its step rate.
 set -uo pipefail
 W=${W:-/root/w}
 mode=$1
