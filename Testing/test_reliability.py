@@ -308,3 +308,62 @@ def test_labelmap_as_mri_small_window_and_blank_ultrasound_are_called_out():
     arr, geom = read_volume(SAMPLE / "chaos_case20_t2.nii.gz")
     _, info = seg.predict(arr[:, ::4, ::4].copy(), geom)
     assert any("much smaller than the (128, 128, 48)" in n for n in info["notes"])
+
+
+def test_library_errors_reach_users_as_reasons_not_source_locations_or_unsafe_advice(tmp_path):
+    """Item 11: an unreadable NRRD / unknown file names what is wrong with it, not ITK's C++ source file; a
+    pickled checkpoint is refused without torch's advice to load it with weights_only=False."""
+    import torch
+    from slicer_ai_common.weights import load_weights_file
+    from UltraScanClassifierLib.images import ImageError, read_image
+    (tmp_path / "bad.nrrd").write_bytes(b"NRRD0004\ntype: float\ndimension: 3\nsizes: 10 10 10\nencoding: raw\n\n"
+                                        + bytes(100))
+    (tmp_path / "junk.nrrd").write_bytes(bytes(range(256)) * 4)
+    for name, reason in [("bad.nrrd", "require endian info"), ("junk.nrrd", "Unable to determine ImageIO reader")]:
+        with pytest.raises(VolumeError) as e:
+            read_volume(tmp_path / name)
+        msg = str(e.value)
+        assert reason in msg and ".cxx" not in msg and "0x" not in msg and "\n" not in msg, msg
+    (tmp_path / "x.mha").write_bytes(b"ObjectType = Image\nNDims = 2\nDimSize = 4 4\nElementType = MET_UCHAR\n"
+                                     b"ElementDataFile = LOCAL\n")
+    with pytest.raises(ImageError) as e:
+        read_image(tmp_path / "x.mha")
+    assert ".cxx" not in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+    torch.save({"w": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(WeightsError) as e:
+        load_weights_file(tmp_path / "evil.pt")
+    msg = str(e.value)
+    assert "weights_only=False" not in msg and "can run code" in msg and "print" in msg and "\n" not in msg, msg
+
+
+def test_gif_is_read_by_pillow_and_a_cine_loop_is_refused(tmp_path):
+    """Item 11: GIFs go to Pillow (SimpleITK cannot read them); an animated GIF asks for one frame."""
+    from PIL import Image
+    from UltraScanClassifierLib.images import ImageError, list_images, read_image
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray((rng.random((40, 50)) * 255).astype(np.uint8)) for _ in range(3)]
+    frames[0].save(tmp_path / "still.gif")
+    frames[0].save(tmp_path / "cine.gif", save_all=True, append_images=frames[1:])
+    arr, spacing = read_image(tmp_path / "still.gif")
+    assert arr.shape[:2] == (40, 50) and spacing == (1.0, 1.0)
+    with pytest.raises(ImageError, match="3 frames"):
+        read_image(tmp_path / "cine.gif")
+    assert {p.name for p in list_images(tmp_path)} == {"still.gif", "cine.gif"}
+
+
+def test_a_missing_gpu_is_a_usage_error_found_before_any_work(small, tmp_path, monkeypatch):
+    """Item 11: --device cuda without a GPU is exit 2 with the reason, in both CLIs, not 'cannot load weights'
+    (3) after the inputs were read."""
+    from PIL import Image
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")              # no GPU for the child, on any machine
+    img = tmp_path / "i.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64), dtype=np.uint8)).save(img)
+    r = run_us(img, "--device", "cuda")
+    assert r.returncode == 2 and "no CUDA device" in r.stderr and "weights" not in r.stderr, r.stderr[-500:]
+    r = run_cli(small / "small.nii.gz", "-o", tmp_path / "liver.nii.gz", "--device", "gpu")
+    assert r.returncode == 2 and "no CUDA device" in r.stderr and "Traceback" not in r.stderr, r.stderr[-500:]
+    assert not (tmp_path / "liver.nii.gz").exists()

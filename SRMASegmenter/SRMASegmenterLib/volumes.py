@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from slicer_ai_common.geometry import Geometry  # noqa: F401 - the shared record; imported here for callers
+from slicer_ai_common.messages import itk_error_text
 
 # orientation of the training data (CHAOS T2 as distributed), LPS direction cosines
 TRAIN_DIRECTION = np.diag([1.0, -1.0, 1.0])
@@ -214,7 +215,7 @@ def read_volume(path: os.PathLike):
     except VolumeError:
         raise
     except Exception as e:  # truncated / not an image
-        raise VolumeError(f"could not read {p.name}: {str(e).strip().splitlines()[0] if str(e).strip() else e}") from e
+        raise VolumeError(f"could not read {p.name}: {itk_error_text(e)}") from e
     if img.GetDimension() != 3:
         raise VolumeError(f"{p.name} is {img.GetDimension()}D; a 3D volume is needed")
     arr = sitk.GetArrayFromImage(img)

@@ -204,6 +204,7 @@ def main(argv=None):
                    help="print a JSON list of the reports on stdout instead of progress lines (as ultrascan-classify)")
     a = p.parse_args(argv)
 
+    from slicer_ai_common.devices import DeviceError, resolve_device
     from slicer_ai_common.weights import WeightsError
 
     from SRMASegmenterLib.inference import NoWeightsError
@@ -258,6 +259,11 @@ def main(argv=None):
             if _same_file(json_report, src):
                 print(f"srma-segment: the report {json_report} would overwrite the input", file=sys.stderr)
                 return 2
+    try:
+        resolve_device(a.device)                 # a missing GPU is a usage error (2), found before any work
+    except DeviceError as e:
+        print(f"srma-segment: {e}", file=sys.stderr)
+        return 2
     try:
         for folder in sorted({o.parent for _, d in jobs for o in d}):
             check_writable(folder)

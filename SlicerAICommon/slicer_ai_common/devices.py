@@ -6,6 +6,10 @@ import logging
 log = logging.getLogger(__name__)
 
 
+class DeviceError(RuntimeError):
+    """The requested device does not exist here (a usage error, not a weights or model failure)."""
+
+
 def resolve_device(choice: str = "auto"):
     """'auto' -> CUDA when available, else CPU; 'cuda'/'gpu' without a GPU is an error, not a silent CPU run."""
     import torch
@@ -13,12 +17,12 @@ def resolve_device(choice: str = "auto"):
     choice = (choice or "auto").lower()
     if choice in ("gpu", "cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError("GPU requested but PyTorch sees no CUDA device; choose CPU or auto")
+            raise DeviceError("GPU requested but PyTorch sees no CUDA device; choose CPU or auto")
         return torch.device("cuda")
     if choice == "cpu":
         return torch.device("cpu")
     if choice != "auto":
-        raise ValueError(f"device must be auto, gpu/cuda or cpu, got {choice!r}")
+        raise DeviceError(f"device must be auto, gpu/cuda or cpu, got {choice!r}")
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

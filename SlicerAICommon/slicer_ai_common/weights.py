@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .messages import torch_load_error_text
+
 MANIFEST = "model.json"
 
 
@@ -143,7 +145,7 @@ def load_weights_file(path: os.PathLike, expected_sha256: str | None = None):
     except WeightsError:
         raise
     except Exception as e:  # truncated, wrong format, pickled code refused by weights_only
-        raise WeightsError(f"could not read weights from {p.name}: {e}") from e
+        raise WeightsError(f"could not read weights from {p.name}: {torch_load_error_text(e)}") from e
     if not isinstance(sd, dict) or not sd:
         raise WeightsError(f"{p.name} holds no state dict")
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}

@@ -75,10 +75,17 @@ def main(argv=None):
     if a.model and a.weights:
         ap.error("give --model (a shipped model) or --weights (your own), not both")
 
+    from slicer_ai_common.devices import DeviceError, resolve_device
+
     from .inference import UltrasoundClassifier
     files = expand(a.images)
     if not files:
         print("ultrascan-classify: no images found", file=sys.stderr)
+        return 2
+    try:
+        resolve_device(a.device)                 # a missing GPU is a usage error (2), not a weights failure
+    except DeviceError as e:
+        print(f"ultrascan-classify: {e}", file=sys.stderr)
         return 2
     if a.heatmap_dir:                         # before the model loads: a folder we cannot write loses nothing
         try:

@@ -1,7 +1,7 @@
 """Reading ultrasound images and checking them before they reach the model.
 
-PNG / JPEG / BMP / TIFF through Pillow (8- and 16-bit, grayscale, palette, RGB, RGBA); DICOM and
-other formats through SimpleITK. Every failure is an ImageError naming the file and what is wrong.
+PNG / JPEG / BMP / TIFF / GIF / WebP through Pillow (8- and 16-bit, grayscale, palette, RGB, RGBA; one frame);
+DICOM and other formats through SimpleITK. Every failure is an ImageError naming the file and what is wrong.
 """
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
+from slicer_ai_common.messages import itk_error_text
+
+PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+IMAGE_SUFFIXES = PILLOW_SUFFIXES + (".dcm",)
 
 
 class ImageError(ValueError):
@@ -38,11 +41,13 @@ def read_image(path: os.PathLike) -> tuple[np.ndarray, tuple[float, float]]:
         raise ImageError(f"{p}: not a regular file")
     if p.stat().st_size == 0:
         raise ImageError(f"{p}: empty file")
-    if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
+    if p.suffix.lower() in PILLOW_SUFFIXES:
         try:
             from PIL import Image
             with Image.open(p) as im:
                 _check_size(p, im.width, im.height)     # refused before decoding: no gigabytes for one image
+                if getattr(im, "n_frames", 1) > 1:      # a cine loop (animated GIF / WebP, multi-page TIFF)
+                    raise ImageError(f"{p.name}: {im.n_frames} frames (a cine loop); choose one frame")
                 im.load()
                 if im.mode == "P":
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -66,7 +71,7 @@ def read_image(path: os.PathLike) -> tuple[np.ndarray, tuple[float, float]]:
     except ImageError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise ImageError(f"{p.name}: not a readable image ({str(e).strip().splitlines()[-1] if str(e) else e})") from e
+        raise ImageError(f"{p.name}: not a readable image ({itk_error_text(e)})") from e
     arr = sitk.GetArrayFromImage(img)          # (z, y, x[, c]) or (y, x[, c])
     sp = img.GetSpacing()
     if img.GetDimension() == 3:
