@@ -367,3 +367,49 @@ def test_a_missing_gpu_is_a_usage_error_found_before_any_work(small, tmp_path, m
     r = run_cli(small / "small.nii.gz", "-o", tmp_path / "liver.nii.gz", "--device", "gpu")
     assert r.returncode == 2 and "no CUDA device" in r.stderr and "Traceback" not in r.stderr, r.stderr[-500:]
     assert not (tmp_path / "liver.nii.gz").exists()
+
+
+def test_a_rerun_into_the_input_folder_skips_the_earlier_results(small, tmp_path):
+    """Item 12: a folder that holds an earlier run's outputs (NAME_liver.nii.gz with its report) segments only
+    the MRIs and says what it skipped; no ITK warning about DICOM series on stderr."""
+    pytest.importorskip("trame_slicer.core")
+    import shutil
+    d = tmp_path / "in"
+    d.mkdir()
+    shutil.copy(small / "small.nii.gz", d / "small.nii.gz")
+    r = run_cli(d, "-o", d, "--device", "cpu")
+    assert r.returncode == 0 and (d / "small_liver.json").is_file(), r.stderr[-500:]
+    r = run_cli(d, "-o", d, "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-800:]
+    assert "skipping small_liver.nii.gz" in r.stderr and "labelmap" not in r.stderr
+    assert "WARNING" not in r.stderr and "GDCM" not in r.stderr and ".cxx" not in r.stderr, r.stderr
+    assert not (d / "small_liver_liver.nii.gz").exists()
+
+
+def test_ctrl_c_mid_run_ends_with_130_and_whole_results_only(tmp_path):
+    """Item 11: Ctrl-C during a folder run: status 130, one line, no traceback; the results finished before
+    it are whole (mask with its report), nothing half-written or temporary is left."""
+    pytest.importorskip("trame_slicer.core")
+    import shutil
+    import signal
+    import time
+    from conftest import SAMPLE
+    d, o = tmp_path / "in", tmp_path / "out"
+    d.mkdir()
+    for n in "abc":
+        shutil.copy(SAMPLE / "chaos_case20_t2.nii.gz", d / f"{n}.nii.gz")
+    p = subprocess.Popen([sys.executable, "-m", "SRMASegmenterLogic.cli", str(d), "-o", str(o), "--device", "cpu"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (o / "a_liver.json").exists() and p.poll() is None and time.time() - t0 < 600:
+        time.sleep(0.05)                                 # the first result is written: the second is running
+    assert p.poll() is None, "the run ended before it could be interrupted"
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 130, err[-800:]
+    assert "interrupted" in err and "Traceback" not in err and "KeyboardInterrupt" not in err, err[-800:]
+    left = sorted(f.name for f in o.iterdir())
+    assert "a_liver.nii.gz" in left and "a_liver.json" in left, left
+    assert not any("partial" in n or n.startswith(".") for n in left), left
+    assert all(n.startswith("a_liver") or (n.replace(".nii.gz", ".json") in left) for n in left), left
+    assert digest(d / "b.nii.gz") == digest(SAMPLE / "chaos_case20_t2.nii.gz")

@@ -178,12 +178,35 @@ def _check_slice_positions(files, folder: Path, tol: float = 0.1):
                           "duplicated; load the complete series")
 
 
+def _series_ids(folder) -> list:
+    """GDCM's series IDs in a folder, without the ITK warning ("No Series were found", with its C++ source
+    location) that GDCM prints on stderr for a folder that holds none."""
+    import SimpleITK as sitk
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def is_dicom_series_folder(path: os.PathLike) -> bool:
+    """A folder in which GDCM finds a DICOM series (False for files, and where SimpleITK is missing)."""
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    try:
+        return bool(_series_ids(p))
+    except Exception:  # noqa: BLE001 - unreadable folder, no SimpleITK: not a series
+        return False
+
+
 def dicom_series_files(folder: os.PathLike) -> list:
     """The files of the DICOM series that `read_volume` reads from a folder (the first series GDCM finds),
     in slice order: slice k of the array is file k (used to reference the source images in a DICOM SEG)."""
     import SimpleITK as sitk
     r = sitk.ImageSeriesReader()
-    ids = r.GetGDCMSeriesIDs(str(folder))
+    ids = _series_ids(folder)
     if not ids:
         raise VolumeError(f"{folder} is a folder without a DICOM series")
     return list(r.GetGDCMSeriesFileNames(str(folder), ids[0]))

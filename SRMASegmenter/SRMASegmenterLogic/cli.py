@@ -46,13 +46,15 @@ def _stem(p: Path) -> str:
     return p.stem
 
 
-def _is_dicom_folder(p: Path) -> bool:
-    if not p.is_dir():
+def _earlier_output(f: Path) -> bool:
+    """A result of an earlier srma-segment run: NAME_liver.EXT with its report NAME_liver.json beside it."""
+    st = _stem(f)
+    rep = f.parent / (st + ".json")
+    if not st.endswith("_liver") or not rep.is_file():
         return False
     try:
-        import SimpleITK as sitk
-        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
-    except Exception:  # noqa: BLE001
+        return "liver_volume_ml" in json.loads(rep.read_text())
+    except (OSError, ValueError, TypeError):
         return False
 
 
@@ -208,7 +210,7 @@ def main(argv=None):
     from slicer_ai_common.weights import WeightsError
 
     from SRMASegmenterLib.inference import NoWeightsError
-    from SRMASegmenterLib.volumes import VolumeError
+    from SRMASegmenterLib.volumes import VolumeError, is_dicom_series_folder
 
     from SRMASegmenterLogic import parse_organs
     try:
@@ -221,10 +223,14 @@ def main(argv=None):
     if not inp.exists():
         print(f"srma-segment: input not found: {inp}", file=sys.stderr)
         return 2
-    folder_mode = inp.is_dir() and not _is_dicom_folder(inp)
+    folder_mode = inp.is_dir() and not is_dicom_series_folder(inp)
     if folder_mode:
         inputs = sorted([f for f in inp.iterdir() if f.is_file() and f.name.endswith(_VOL_EXT)] +
-                        [d for d in inp.iterdir() if _is_dicom_folder(d)])
+                        [d for d in inp.iterdir() if is_dicom_series_folder(d)])
+        for f in [f for f in inputs if _earlier_output(f)]:   # a re-run into the input folder: not MRIs
+            print(f"srma-segment: skipping {f.name}: a result of an earlier run (its report {_stem(f)}.json is "
+                  "beside it)", file=sys.stderr)
+            inputs.remove(f)
         if not inputs:
             print(f"srma-segment: no volumes in {inp}", file=sys.stderr)
             return 2
