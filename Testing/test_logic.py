@@ -143,3 +143,27 @@ def test_wrong_weights_change_nothing(scene_bits, tmp_path):
     with pytest.raises(WeightsError):
         logic.run(vol, weights=bad, device="cpu")
     assert n_nodes(app) == before
+
+
+def test_reference_segmentation_on_another_grid_is_compared_in_space(scene_bits, tiny_segmenter):
+    """Issue 17 item 3 in the module: a reference segmentation drawn on another volume's grid (here shifted
+    by 3 voxels along i) is brought onto the input's grid before the metrics, not compared voxel by voxel."""
+    from SRMASegmenterLib.volumes import Geometry
+    from slicer_ai_mrml.nodes import import_mask_as_segment, mask_from_segmentation, scalar_volume_from_array
+    app, logic, vol, arr, lab, geom = scene_bits
+    liver = lab == 1
+    d = np.asarray(geom.direction)
+    shifted = Geometry(geom.spacing, tuple(np.asarray(geom.origin) + d[:, 0] * 3 * geom.spacing[0]), d)
+    other = scalar_volume_from_array(app.scene, arr, geom=shifted, name="other")
+    ref = np.zeros_like(liver)
+    ref[:, :, :-3] = liver[:, :, 3:]                  # ref voxel i lies where the input's voxel i + 3 does
+    ref_node, _, _ = import_mask_as_segment(app.scene, app.segmentations_logic, ref, other, name="Reference",
+                                            color=(0.2, 0.8, 0.2), show_3d=False)
+    expected = np.zeros_like(liver)
+    expected[:, :, 3:] = liver[:, :, 3:]
+    got = mask_from_segmentation(app.scene, app.segmentations_logic, ref_node, vol)
+    assert got.shape == liver.shape and np.array_equal(got, expected)
+    res = logic.run(vol, reference_segmentation=ref_node, segmenter=tiny_segmenter)
+    p = res.mask > 0
+    dice = 2 * (p & expected).sum() / max(1, p.sum() + expected.sum())
+    assert float(_table(res)["Dice"]) == pytest.approx(dice, rel=1e-5, abs=1e-9)
