@@ -61,3 +61,60 @@ def oblique_geometry(spacing=(1.1, 0.7, 4.5), origin=(12.5, -30.25, 101.0), angl
     rz = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
     rx = np.array([[1, 0, 0], [0, np.cos(0.2), -np.sin(0.2)], [0, np.sin(0.2), np.cos(0.2)]])
     return Geometry(spacing, origin, rx @ rz @ np.diag([1.0, -1.0, 1.0]))
+
+
+MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+
+
+def write_mr_series(folder: Path, arr_kji: np.ndarray, geom, series_description="T2 SPIR", *, study=None,
+                    number=5, image_type=("ORIGINAL", "PRIMARY", "M", "NONE"), transfer_syntax=None, tilt_slice=None):
+    """One MR Image Storage file per slice, with the tags a real MR series has, shuffled file names (the
+    reader must sort by position). `study`: a StudyInstanceUID to share with other series; `transfer_syntax`:
+    e.g. pydicom's RLELossless to compress; `tilt_slice`: a slice index given another orientation (a
+    series that mixes orientations). Returns the SeriesInstanceUID."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series, frame_of_ref = study or generate_uid(), generate_uid(), generate_uid()
+    d = np.asarray(geom.direction, float)
+    sx, sy, sz = (float(v) for v in geom.spacing)
+    order = np.random.default_rng(0).permutation(arr_kji.shape[0])
+    for k in range(arr_kji.shape[0]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MR_STORAGE
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = MR_STORAGE, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame_of_ref
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Liver", "T0001", "19700101", "O"
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20261124", "120000", "1", "A1"
+        ds.ReferringPhysicianName, ds.Modality, ds.Manufacturer = "", "MR", "Test"
+        ds.SeriesNumber, ds.InstanceNumber, ds.SeriesDescription = number, k + 1, series_description
+        ds.ImageType = list(image_type)
+        ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "SE", "NONE", "", "2D"
+        ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength, ds.MagneticFieldStrength = 1500.0, 80.0, 1, 1.5
+        ds.PositionReferenceIndicator = ""
+        dk = d if k != tilt_slice else d @ np.array([[1, 0, 0], [0, np.cos(0.3), -np.sin(0.3)], [0, np.sin(0.3), np.cos(0.3)]])
+        ds.ImageOrientationPatient = [float(v) for v in list(dk[:, 0]) + list(dk[:, 1])]
+        ds.ImagePositionPatient = [float(v) for v in np.asarray(geom.origin) + k * sz * d[:, 2]]
+        ds.PixelSpacing = [sy, sx]                 # row spacing (between rows, j), column spacing (i)
+        ds.SliceThickness = ds.SpacingBetweenSlices = sz
+        ds.Rows, ds.Columns = arr_kji.shape[1], arr_kji.shape[2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.PixelData = np.ascontiguousarray(arr_kji[k].astype("<i2")).tobytes()
+        if transfer_syntax is not None:
+            ds.compress(transfer_syntax)
+        ds.save_as(str(folder / f"IM{order[k]:04d}"), enforce_file_format=True)
+    return series
+
+
+def right_handed_oblique(spacing=(1.3, 0.9, 5.0)):
+    """DICOM stacks slices along row x column (a right-handed frame): an oblique geometry of that kind."""
+    from SRMASegmenterLib.volumes import Geometry
+    g = oblique_geometry(spacing=spacing)
+    d = np.asarray(g.direction)
+    return Geometry(g.spacing, g.origin, np.column_stack([d[:, 0], d[:, 1], np.cross(d[:, 0], d[:, 1])]))

@@ -6,6 +6,8 @@ ITK's LPS: spacing (i, j, k), origin, direction (3x3, column n = direction of ax
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +160,7 @@ def _check_slice_positions(files, folder: Path, tol: float = 0.1):
     import SimpleITK as sitk
     if len(files) < 3:
         return
-    pos = []
+    pos, iops = [], []
     for f in files:
         rd = sitk.ImageFileReader()
         rd.SetFileName(f)
@@ -168,7 +170,14 @@ def _check_slice_positions(files, folder: Path, tol: float = 0.1):
             iop = [float(v) for v in rd.GetMetaData("0020|0037").split("\\")]
         except (RuntimeError, ValueError):
             return                                   # no positions to check (not a classic slice series)
+        iops.append(iop)
         pos.append(float(np.dot(np.cross(iop[:3], iop[3:6]), ipp)))
+    iops = np.asarray(iops)
+    odd = np.flatnonzero(np.abs(iops - iops[0]).max(1) > 1e-3)
+    if odd.size:                                     # ITK would stack them as if parallel
+        raise VolumeError(f"{folder.name}: the DICOM series mixes slice orientations ({odd.size} of {len(files)} "
+                          f"slices differ from the first, e.g. {Path(files[odd[0]]).name}): a localizer or "
+                          "reformat mixed in; select a series of parallel slices")
     gaps = np.diff(np.sort(pos))
     step = float(np.median(gaps))
     if step <= 0 or np.any(gaps < (1 - tol) * step) or np.any(gaps > (1 + tol) * step):
@@ -190,30 +199,126 @@ def _series_ids(folder) -> list:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
-def is_dicom_series_folder(path: os.PathLike) -> bool:
-    """A folder in which GDCM finds a DICOM series (False for files, and where SimpleITK is missing)."""
-    p = Path(path)
-    if not p.is_dir():
-        return False
+ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
+_LOCALIZER = re.compile(r"locali[sz]er|\bloc\b|scout|survey|3.?plane|tri.?pilot|\bplan", re.I)
+
+
+@dataclass
+class DicomSeries:
+    """One DICOM series found in a folder tree: what a user needs to tell it from the others, and its files
+    in slice order (GDCM's sort by position: slice k of the volume is file k)."""
+    uid: str
+    study_uid: str
+    number: str
+    description: str
+    modality: str
+    image_type: str
+    sop_class: str
+    frames: int
+    rows: int
+    columns: int
+    files: list = field(repr=False)
+
+    @property
+    def is_localizer(self) -> bool:
+        return "LOCALIZER" in self.image_type.upper() or bool(_LOCALIZER.search(self.description))
+
+    def label(self) -> str:
+        n = f"{self.frames} frames" if self.frames > 1 else f"{len(self.files)} images"
+        return (f"#{self.number or '?'} '{self.description}' {self.modality} {n} of {self.rows} x {self.columns}"
+                f"{' (localizer)' if self.is_localizer else ''} [{self.uid}]")
+
+
+def _tag(reader, key: str) -> str:
     try:
-        return bool(_series_ids(p))
-    except Exception:  # noqa: BLE001 - unreadable folder, no SimpleITK: not a series
-        return False
+        return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+    except RuntimeError:
+        return ""
 
 
-def dicom_series_files(folder: os.PathLike) -> list:
-    """The files of the DICOM series that `read_volume` reads from a folder (the first series GDCM finds),
-    in slice order: slice k of the array is file k (used to reference the source images in a DICOM SEG)."""
+def find_dicom_series(root: os.PathLike) -> list:
+    """Every DICOM series under `root` (recursively; a series is looked for in each folder), ordered by
+    study, series number and description. Headers only: no pixel data is read."""
     import SimpleITK as sitk
-    r = sitk.ImageSeriesReader()
-    ids = _series_ids(folder)
-    if not ids:
-        raise VolumeError(f"{folder} is a folder without a DICOM series")
-    return list(r.GetGDCMSeriesFileNames(str(folder), ids[0]))
+    out = []
+    for d, _, names in sorted(os.walk(root)):
+        if not names:
+            continue
+        try:
+            ids = _series_ids(d)
+        except RuntimeError:
+            continue
+        for uid in ids:
+            files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(d, uid))
+            if not files:
+                continue
+            rd = sitk.ImageFileReader()
+            rd.SetFileName(files[0])
+            try:
+                rd.ReadImageInformation()
+            except RuntimeError:
+                continue
+            frames = _tag(rd, "0028|0008")
+            out.append(DicomSeries(
+                uid=_tag(rd, "0020|000e") or uid, study_uid=_tag(rd, "0020|000d"), number=_tag(rd, "0020|0011"),
+                description=_tag(rd, "0008|103e"), modality=_tag(rd, "0008|0060"), image_type=_tag(rd, "0008|0008"),
+                sop_class=_tag(rd, "0008|0016"), frames=int(frames) if frames.isdigit() else 1,
+                rows=int(_tag(rd, "0028|0010") or 0), columns=int(_tag(rd, "0028|0011") or 0), files=files))
+    key = (lambda s: (s.study_uid, int(s.number) if s.number.isdigit() else 1 << 30, s.description, s.uid))
+    return sorted(out, key=key)
 
 
-def read_volume(path: os.PathLike):
-    """NIfTI, NRRD, MHA, or a DICOM series folder -> (array kji, Geometry)."""
+def choose_series(series: list, choice: str | None = None, prefer: str | None = "t2", where: str = "") -> DicomSeries:
+    """The series to segment. `choice`: a SeriesInstanceUID, a series number, or a pattern (case-insensitive
+    regular expression) of the description, which must pick exactly one. Without it: the only series; else
+    the only one that is not a localizer and has at least 5 slices; else, among those, the only one whose
+    description matches `prefer` (the model's sequence, T2). Anything else is refused with the list, so that
+    the user picks."""
+    where = f" in {where}" if where else ""
+    if not series:
+        raise VolumeError(f"no DICOM series{where}")
+    listing = "; ".join(s.label() for s in series)
+    if choice:
+        hit = [s for s in series if s.uid == choice] or [s for s in series if s.number == choice]
+        if not hit:
+            try:
+                rx = re.compile(choice, re.I)
+            except re.error as e:
+                raise VolumeError(f"--series {choice!r} is neither a series UID, a number nor a valid pattern ({e})")
+            hit = [s for s in series if rx.search(s.description)]
+        if len(hit) != 1:
+            raise VolumeError(f"--series {choice!r} matches {len(hit)} of the {len(series)} series{where}: {listing}")
+        return hit[0]
+    if len(series) == 1:
+        return series[0]
+    volumes = [s for s in series if not s.is_localizer and (len(s.files) >= 5 or s.frames >= 5)]
+    if len(volumes) == 1:
+        return volumes[0]
+    if prefer and len(volumes) > 1:
+        rx = re.compile(prefer, re.I)
+        pref = [s for s in volumes if rx.search(s.description)]
+        if len(pref) == 1:
+            return pref[0]
+    raise VolumeError(f"{len(series)} DICOM series{where} and no single {prefer.upper() if prefer else ''} volume "
+                      f"among them: {listing}; choose one with --series (UID, number or description pattern)")
+
+
+def dicom_series_files(folder: os.PathLike, series: str | None = None) -> list:
+    """The files of the DICOM series that `read_volume(folder, series)` reads, in slice order: slice k of the
+    array is file k (used to reference the source images in a DICOM SEG)."""
+    return choose_series(find_dicom_series(folder), series, where=Path(folder).name).files
+
+
+def _check_series_readable(s: DicomSeries, where: str):
+    """Refuse what the classic series reader would get wrong, with the reason."""
+    if s.sop_class == ENHANCED_MR or s.frames > 1:
+        raise VolumeError(f"{where}: series {s.label()} is multi-frame (enhanced) MR, whose per-frame geometry "
+                          "the series reader would not apply; export it as classic MR images (one file per slice)")
+
+
+def read_volume(path: os.PathLike, series: str | None = None):
+    """NIfTI, NRRD, MHA, or a folder of DICOM (one series, or a study: `choose_series` picks, `series`
+    overrides) -> (array kji, Geometry)."""
     p = Path(path)
     if not p.exists():
         raise VolumeError(f"input not found: {p}")
@@ -225,20 +330,36 @@ def read_volume(path: os.PathLike):
         if p.name.endswith((".nii", ".nii.gz")):
             return _read_nifti_nibabel(p)
         raise
+    if p.is_dir():
+        return read_dicom_series(choose_series(find_dicom_series(p), series, where=p.name), p)
     try:
-        if p.is_dir():
-            r = sitk.ImageSeriesReader()
-            files = dicom_series_files(p)
-            _check_slice_positions(files, p)
-            r.SetFileNames(files)
-            img = r.Execute()
-        else:
-            img = sitk.ReadImage(str(p))
-            _check_complete(p, img)
+        img = sitk.ReadImage(str(p))
+        _check_complete(p, img)
     except VolumeError:
         raise
     except Exception as e:  # truncated / not an image
         raise VolumeError(f"could not read {p.name}: {itk_error_text(e)}") from e
+    return _from_sitk(img, p)
+
+
+def read_dicom_series(chosen: DicomSeries, folder: os.PathLike):
+    """One series found by `find_dicom_series` -> (array kji, Geometry); slice k is chosen.files[k]. Refuses
+    multi-frame (enhanced) MR, mixed slice orientations and uneven slice positions, with the reason."""
+    import SimpleITK as sitk
+    p = Path(folder)
+    _check_series_readable(chosen, p.name)
+    _check_slice_positions(chosen.files, p)
+    try:
+        r = sitk.ImageSeriesReader()
+        r.SetFileNames(chosen.files)
+        img = r.Execute()
+    except Exception as e:  # noqa: BLE001 - unreadable pixel data: ITK's reason
+        raise VolumeError(f"could not read {p.name}: {itk_error_text(e)}") from e
+    return _from_sitk(img, p)
+
+
+def _from_sitk(img, p: Path):
+    import SimpleITK as sitk
     if img.GetDimension() != 3:
         raise VolumeError(f"{p.name} is {img.GetDimension()}D; a 3D volume is needed")
     arr = sitk.GetArrayFromImage(img)

@@ -3,8 +3,13 @@
     srma-segment INPUT -o OUTPUT [--device cpu|cuda] [--weights FILE] [--reference LABELS]
                  [--organs liver,spleen,kidneys] [--tta] [--json]
     srma-segment INPUT_FOLDER -o OUTPUT_FOLDER [--format nii.gz|nrrd|seg.nrrd] [--dicom-seg]
+    srma-segment DICOM_STUDY_FOLDER --list-series
 
-INPUT: NIfTI, NRRD or MHA file, or a DICOM series folder. OUTPUT ending in .nii.gz / .nii / .nrrd:
+INPUT: NIfTI, NRRD or MHA file, or a DICOM folder: one series, or a whole study (searched recursively;
+the series to segment is the only one, else the only non-localizer volume, else the only one whose
+description says T2; otherwise the run stops with the list and --series UID|NUMBER|PATTERN picks one;
+the chosen series is named on stderr and in the JSON report). Multi-frame (enhanced) MR, series that
+mix slice orientations and series with a missing slice are refused with the reason. OUTPUT ending in .nii.gz / .nii / .nrrd:
 uint8 labelmap (1 = liver; with --organs also 2 = right kidney, 3 = left kidney, 4 = spleen, as in
 CHAOS) with the input's geometry; ending in .seg.nrrd: a Slicer segmentation (one segment per organ,
 SNOMED CT terminology); ending in .dcm (DICOM series input only): a DICOM Segmentation object on the
@@ -89,12 +94,11 @@ def _check_same_grid(ref_arr, ref_geom, arr, geom, name):
                           "direction differs); resample it onto the input first")
 
 
-def _write_seg(path, inp: Path, res, weights_id: str):
-    """The organ masks of one result as a DICOM SEG on the source series `inp`."""
+def _write_seg(path, source_files: list, res, weights_id: str):
+    """The organ masks of one result as a DICOM SEG on the source series (its files in slice order)."""
     from importlib import metadata
 
     from SRMASegmenterLib.dicom_seg import SegSegment, parse_slicer_terminology, write_dicom_seg
-    from SRMASegmenterLib.volumes import dicom_series_files
     from SRMASegmenterLogic import LIVER, ORGANS
 
     segs = []
@@ -106,7 +110,7 @@ def _write_seg(path, inp: Path, res, weights_id: str):
         version = metadata.version("slicer-liver-ultrasound-ai")
     except metadata.PackageNotFoundError:
         version = "dev"
-    write_dicom_seg(path, dicom_series_files(inp), segs, algorithm_name="SRMA-Mamba", algorithm_version=version,
+    write_dicom_seg(path, source_files, segs, algorithm_name="SRMA-Mamba", algorithm_version=version,
                     weights_id=weights_id)
 
 
@@ -125,13 +129,19 @@ class Runner:
         self.logic = SRMASegmenterLogic(self.app.scene, self.app.segmentations_logic)
         self.segmenter = self.logic.segmenter(device, weights)
 
-    def segment(self, inp: Path, outs: list, reference: Path | None = None, organs=None):
+    def segment(self, inp: Path, outs: list, reference: Path | None = None, organs=None, series=None):
         from slicer_ai_mrml.nodes import scalar_volume_from_array
         from SRMASegmenterLogic import LIVER, ORGANS
 
         from SRMASegmenterLib.volumes import read_volume, write_volume
 
-        arr, geom = read_volume(inp)
+        chosen = None
+        if inp.is_dir():                              # DICOM: the series chosen once, read, and referenced by a SEG
+            from SRMASegmenterLib.volumes import choose_series, find_dicom_series, read_dicom_series
+            chosen = choose_series(find_dicom_series(inp), series, where=inp.name)
+            arr, geom = read_dicom_series(chosen, inp)
+        else:
+            arr, geom = read_volume(inp)
         scene = self.app.scene
         vol = scalar_volume_from_array(scene, arr, geom=geom, name=_stem(inp))
         ref_node = res = None
@@ -157,7 +167,7 @@ class Runner:
                         if not st.WriteData(res.segmentation_node):
                             raise RuntimeError(f"could not write {out}")
                     elif out.name.endswith(".dcm"):
-                        _write_seg(tmp, inp, res, self.segmenter.weights_id)
+                        _write_seg(tmp, chosen.files, res, self.segmenter.weights_id)
                     else:
                         write_volume(labelmap, geom, tmp)
                 out = outs[0]
@@ -167,6 +177,9 @@ class Runner:
                               resampled=res.info["resampled"], notes=res.info["notes"],
                               geometry=dict(spacing=list(geom.spacing), origin=list(geom.origin),
                                             direction=[list(r) for r in geom.direction]))
+                if chosen is not None:
+                    report["series"] = dict(uid=chosen.uid, number=chosen.number, description=chosen.description,
+                                            study_uid=chosen.study_uid, images=len(chosen.files))
                 if res.metrics:
                     report["metrics"] = res.metrics
                 json_path = out.parent / (_stem(out) + ".json")
@@ -187,7 +200,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="srma-segment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="volume file, DICOM series folder, or a folder of volumes")
-    p.add_argument("-o", "--output", required=True, action="append",
+    p.add_argument("-o", "--output", action="append",
                    help="output file (repeat for several formats), or folder for a folder input")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "gpu"])
     p.add_argument("--weights", help="model folder (with model.json), .safetensors or .pth")
@@ -202,6 +215,9 @@ def main(argv=None):
                    help="output format in folder mode")
     p.add_argument("--dicom-seg", action="store_true",
                    help="folder mode: also write a DICOM SEG (.dcm) for every DICOM series input")
+    p.add_argument("--series", help="DICOM: the series to segment (SeriesInstanceUID, series number, or a "
+                                     "case-insensitive pattern of the series description)")
+    p.add_argument("--list-series", action="store_true", help="DICOM: list the series under INPUT and exit")
     p.add_argument("--json", action="store_true",
                    help="print a JSON list of the reports on stdout instead of progress lines (as ultrascan-classify)")
     a = p.parse_args(argv)
@@ -210,7 +226,7 @@ def main(argv=None):
     from slicer_ai_common.weights import WeightsError
 
     from SRMASegmenterLib.inference import NoWeightsError
-    from SRMASegmenterLib.volumes import VolumeError, is_dicom_series_folder
+    from SRMASegmenterLib.volumes import VolumeError, choose_series, find_dicom_series
 
     from SRMASegmenterLogic import parse_organs
     try:
@@ -218,15 +234,40 @@ def main(argv=None):
     except ValueError as e:
         print(f"srma-segment: {e}", file=sys.stderr)
         return 2
-    inp, outs = Path(a.input), [Path(o) for o in a.output]
-    out = outs[0]
+    inp = Path(a.input)
     if not inp.exists():
         print(f"srma-segment: input not found: {inp}", file=sys.stderr)
         return 2
-    folder_mode = inp.is_dir() and not is_dicom_series_folder(inp)
+    series = find_dicom_series(inp) if inp.is_dir() else []
+    if a.list_series:
+        if not series:
+            print(f"srma-segment: no DICOM series under {inp}", file=sys.stderr)
+            return 2
+        rows = [dict(uid=s.uid, number=s.number, description=s.description, modality=s.modality,
+                     images=len(s.files), frames=s.frames, rows=s.rows, columns=s.columns,
+                     localizer=s.is_localizer, study_uid=s.study_uid, folder=str(Path(s.files[0]).parent))
+                for s in series]
+        print(json.dumps(rows, indent=1) if a.json else "\n".join(s.label() for s in series))
+        return 0
+    if not a.output:
+        p.error("the following arguments are required: -o/--output")
+    outs = [Path(o) for o in a.output]
+    out = outs[0]
+    # one study (all its DICOM series share a StudyInstanceUID, no volume files beside them) is one input
+    study = bool(series) and len({s.study_uid for s in series}) == 1 and not any(
+        f.is_file() and f.name.endswith(_VOL_EXT) for f in inp.iterdir())
+    folder_mode = inp.is_dir() and not study
+    if study:
+        try:
+            chosen = choose_series(series, a.series, where=inp.name)
+        except VolumeError as e:
+            print(f"srma-segment: {e}", file=sys.stderr)
+            return 2
+        if len(series) > 1:
+            print(f"srma-segment: {len(series)} series in {inp.name}; segmenting {chosen.label()}", file=sys.stderr)
     if folder_mode:
         inputs = sorted([f for f in inp.iterdir() if f.is_file() and f.name.endswith(_VOL_EXT)] +
-                        [d for d in inp.iterdir() if is_dicom_series_folder(d)])
+                        [d for d in inp.iterdir() if d.is_dir() and find_dicom_series(d)])
         for f in [f for f in inputs if _earlier_output(f)]:   # a re-run into the input folder: not MRIs
             print(f"srma-segment: skipping {f.name}: a result of an earlier run (its report {_stem(f)}.json is "
                   "beside it)", file=sys.stderr)
@@ -300,7 +341,8 @@ def main(argv=None):
             if folder_mode and dst[0].exists():
                 print(f"[{i}/{len(jobs)}] {src.name}: replacing the earlier result {dst[0]}", file=sys.stderr,
                       flush=True)
-            r = runner.segment(src, dst, Path(a.reference) if a.reference and not folder_mode else None, organs)
+            r = runner.segment(src, dst, Path(a.reference) if a.reference and not folder_mode else None, organs,
+                               series=a.series)
             reports.append(r)
             if a.json:
                 continue
