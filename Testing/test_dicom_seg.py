@@ -2,6 +2,7 @@
 read through the project's reader, segmented, and the SEG (highdicom) read back with highdicom and with
 pydicom: the same voxels as the labelmap output, on the source frames, referencing them, with SNOMED CT
 codes and the algorithm's identification."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -86,16 +87,17 @@ def _cli(*args):
                           text=True, timeout=900)
 
 
-def test_cli_writes_a_seg_equal_to_its_labelmap(tmp_path):
+def test_cli_writes_a_seg_equal_to_its_labelmap_and_a_volume_report(tmp_path):
     """The shipped model on the bundled case 20 turned into a DICOM series: -o .nii.gz -o .dcm give the
-    same voxels for every organ."""
+    same voxels for every organ; -o .sr.dcm a TID 1500 report whose volumes are the JSON report's, each
+    referencing its segment of that SEG."""
     from SRMASegmenterLib.volumes import dicom_series_files, read_volume
 
     arr, geom = read_volume(SAMPLE)
     write_mr_series(tmp_path / "series", arr, geom)
     out = tmp_path / "out"
-    r = _cli(tmp_path / "series", "-o", out / "case20.nii.gz", "-o", out / "case20.dcm", "--organs",
-             "liver,spleen", "--device", "cpu")
+    r = _cli(tmp_path / "series", "-o", out / "case20.nii.gz", "-o", out / "case20.sr.dcm", "-o", out / "case20.dcm",
+             "--organs", "liver,spleen", "--device", "cpu")
     assert r.returncode == 0, r.stderr[-1500:]
     series_arr, series_geom = read_volume(tmp_path / "series")
     # case 20's NIfTI axes are left-handed; DICOM stacks slices along row x column, so the series reads
@@ -111,6 +113,31 @@ def test_cli_writes_a_seg_equal_to_its_labelmap(tmp_path):
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Liver", "Spleen"]
     assert lab.sum() > 0 and np.array_equal(pix[..., 0], lab == 1) and np.array_equal(pix[..., 1], lab == 4)
     assert (out / "case20.json").is_file() and not [p for p in out.iterdir() if "partial" in p.name]
+    rep = json.loads((out / "case20.json").read_text())
+    sr = hd.sr.srread(str(out / "case20.sr.dcm"))
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"                      # Comprehensive 3D SR
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    assert [g.finding_sites[0].value.meaning for g in groups] == ["Liver", "Spleen"]
+    vols = [g.get_measurements()[0] for g in groups]
+    assert all(v.name.meaning == "Volume" and v.unit.value == "mL" for v in vols)
+    assert vols[0].value == pytest.approx(rep["liver_volume_ml"], rel=1e-6)
+    assert vols[1].value == pytest.approx(rep["organ_volumes_ml"]["spleen"], rel=1e-6)
+    for n, g in enumerate(groups, start=1):
+        ref = g.referenced_segment
+        assert ref.referenced_sop_instance_uid == seg.SOPInstanceUID and list(ref.referenced_segment_numbers) == [n]
+        assert len(ref.referenced_frame_numbers) == len(uids)
+    evidence = {i.ReferencedSOPInstanceUID for st in sr.CurrentRequestedProcedureEvidenceSequence
+                for se in st.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
+    assert seg.SOPInstanceUID in evidence and set(uids) <= evidence
+
+
+def test_a_report_without_its_seg_is_refused_before_the_model_loads(tmp_path):
+    from SRMASegmenterLib.volumes import read_volume
+    arr, geom = read_volume(SAMPLE)
+    write_mr_series(tmp_path / "series", arr[:4], geom)
+    r = _cli(tmp_path / "series", "-o", tmp_path / "x.nii.gz", "-o", tmp_path / "x.sr.dcm", "--weights",
+             tmp_path / "none")
+    assert r.returncode == 2 and "references the DICOM SEG of the same run" in r.stderr, r.stderr[-500:]
 
 
 def test_cli_refuses_a_seg_of_a_non_dicom_input_before_the_model_loads(tmp_path):
@@ -136,3 +163,31 @@ def test_folder_mode_dicom_seg_for_the_dicom_inputs_only(tmp_path):
     assert names == ["patient_a_liver.dcm", "patient_a_liver.json", "patient_a_liver.nii.gz",
                      "patient_b_liver.json", "patient_b_liver.nii.gz"], names
     assert hd.seg.segread(str(tmp_path / "out" / "patient_a_liver.dcm")).SegmentSequence[0].SegmentLabel == "Liver"
+
+
+def test_volume_report_of_a_one_segment_seg_and_of_a_lateral_organ(tmp_path):
+    """highdicom keeps a one-segment SEG's segment in the shared functional group (its own
+    ReferencedSegment.from_segmentation fails there): the report still references every frame; a right
+    kidney's finding site carries its laterality."""
+    from SRMASegmenterLib.dicom_seg import SegSegment, build_dicom_seg, build_volume_report
+    from SRMASegmenterLib.volumes import dicom_series_files
+    v = (np.random.default_rng(0).random((6, 20, 24)) * 900).astype(np.int16)
+    write_mr_series(tmp_path / "mr", v, right_handed_oblique())
+    files = dicom_series_files(tmp_path / "mr")
+    m = np.zeros(v.shape, bool)
+    m[2:4, 5:10, 5:12] = True
+    anat = ("123037004", "SCT", "Anatomical Structure")
+    kw = dict(algorithm_name="SRMA-Mamba", algorithm_version="0.1", weights_id="w@1")
+    for segs, vols in [([SegSegment("Liver", m, anat, ("10200004", "SCT", "Liver"))], [12.5]),
+                       ([SegSegment("Liver", m, anat, ("10200004", "SCT", "Liver")),
+                         SegSegment("Right kidney", ~m, anat, ("64033007", "SCT", "Kidney"),
+                                    modifier=("24028007", "SCT", "Right"))], [12.5, 3.25])]:
+        seg = build_dicom_seg(files, segs, **kw)
+        build_volume_report(seg, files, vols, **kw).save_as(str(tmp_path / "sr.dcm"))
+        groups = hd.sr.srread(str(tmp_path / "sr.dcm")).content.get_volumetric_roi_measurement_groups()
+        assert [g.get_measurements()[0].value for g in groups] == vols
+        assert all(len(g.referenced_segment.referenced_frame_numbers) == 6 for g in groups)
+    site = groups[1].finding_sites[0]
+    assert site.value.meaning == "Kidney" and site.laterality.meaning == "Right"
+    with pytest.raises(ValueError, match="1 volumes for a SEG of 2 segments"):
+        build_volume_report(seg, files, [1.0], **kw)

@@ -3,7 +3,8 @@ DICOM is encoded by hand here): one binary segment per organ, on the frames of t
 (slice k of the mask is source file k, as `volumes.dicom_series_files` orders them), referencing it, with
 each segment's SNOMED CT category, type and modifier, its display colour, and the algorithm's
 identification (name, version, weights id), so that a PACS viewer or Slicer's DICOM module shows it on
-the images it came from.
+the images it came from. `build_volume_report` adds the organs' volumes as a TID 1500 measurement report
+(Comprehensive 3D SR) that references the SEG's segments.
 """
 from __future__ import annotations
 
@@ -98,3 +99,68 @@ def build_dicom_seg(source_files: Sequence[os.PathLike], segments: Sequence[SegS
 def write_dicom_seg(path: os.PathLike, source_files, segments, **kw):
     """build_dicom_seg(...) written to path (callers stage the path; see srma-segment)."""
     build_dicom_seg(source_files, segments, **kw).save_as(str(path))
+
+
+def _segment_frames(seg, number: int) -> list:
+    """The SEG's frame numbers (1-based) of one segment. highdicom's ReferencedSegment.from_segmentation
+    looks for the segment in every frame's own functional groups and fails on a one-segment SEG, where
+    highdicom itself puts it in the shared group; this reads either."""
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    frames = []
+    for i, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
+        ident = getattr(item, "SegmentIdentificationSequence", None) or shared.SegmentIdentificationSequence
+        if int(ident[0].ReferencedSegmentNumber) == number:
+            frames.append(i)
+    return frames
+
+
+def build_volume_report(seg, source_files: Sequence[os.PathLike], volumes_ml: Sequence[float], *,
+                        algorithm_name: str, algorithm_version: str, weights_id: str,
+                        series_description: str = "AI organ volumes (review before use)"):
+    """A TID 1500 Measurement Report (Comprehensive 3D SR, highdicom) of the organ volumes of a SEG built
+    by `build_dicom_seg`: one volumetric ROI group per segment, which references that segment of the SEG
+    and its source series, names the organ (SNOMED CT finding site, as the segment's property type) and holds
+    one measurement, Volume in mL (UCUM), with the algorithm's identification. `volumes_ml[n - 1]` is segment
+    n's volume. -> the SR dataset (not yet written)."""
+    require_highdicom()
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    n_seg = len(seg.SegmentSequence)
+    if len(volumes_ml) != n_seg:
+        raise ValueError(f"{len(volumes_ml)} volumes for a SEG of {n_seg} segments")
+    sources = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in source_files]
+    algo = hd.sr.AlgorithmIdentification(name=algorithm_name, version=f"{algorithm_version} weights {weights_id}")
+    groups = []
+    for n, (item, ml) in enumerate(zip(seg.SegmentSequence, volumes_ml), start=1):
+        organ = item.SegmentedPropertyTypeCodeSequence[0]
+        site = hd.sr.CodedConcept(organ.CodeValue, organ.CodingSchemeDesignator, organ.CodeMeaning)
+        modifier = getattr(organ, "SegmentedPropertyTypeModifierCodeSequence", None)
+        laterality = (hd.sr.CodedConcept(modifier[0].CodeValue, modifier[0].CodingSchemeDesignator,
+                                         modifier[0].CodeMeaning) if modifier else None)
+        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{item.SegmentLabel} volume"),
+            referenced_segment=hd.sr.ReferencedSegment(
+                sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=n,
+                frame_numbers=_segment_frames(seg, n),
+                source_series=hd.sr.SourceSeriesForSegmentation(sources[0].SeriesInstanceUID)),
+            finding_type=site, algorithm_id=algo,
+            finding_sites=[hd.sr.FindingSite(site, laterality=laterality)],
+            measurements=[hd.sr.Measurement(name=codes.SCT.Volume, value=float(ml),
+                                            unit=hd.sr.CodedConcept("mL", "UCUM", "milliliter"),
+                                            algorithm_id=algo)]))
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=hd.UID(), name=algorithm_name, model_name=weights_id, manufacturer_name="Slicer Liver & Ultrasound AI"))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=hd.sr.CodedConcept("113091000", "SCT", "Magnetic resonance imaging"),
+        imaging_measurements=groups)
+    ref = sources[0]
+    return hd.sr.Comprehensive3DSR(
+        evidence=sources + [seg], content=report[0], series_instance_uid=hd.UID(),
+        series_number=int(getattr(ref, "SeriesNumber", 0) or 0) + 1001, sop_instance_uid=hd.UID(),
+        instance_number=1, manufacturer="Slicer Liver & Ultrasound AI", is_complete=True, is_final=False,
+        is_verified=False, series_description=series_description)

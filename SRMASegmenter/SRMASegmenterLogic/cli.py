@@ -15,7 +15,10 @@ CHAOS) with the input's geometry; ending in .seg.nrrd: a Slicer segmentation (on
 SNOMED CT terminology); ending in .dcm (DICOM series input only): a DICOM Segmentation object on the
 source images, referencing them (highdicom; one segment per organ, SNOMED CT codes, the algorithm and
 weights id). A JSON report (organ volumes, timing, device, weights) is written beside it (OUTPUT stem +
-.json). In folder mode, --dicom-seg also writes a .dcm SEG for every DICOM series input.
+.json). Ending in .sr.dcm (with a .dcm SEG output in the same run): a DICOM structured report (TID 1500
+measurement report, highdicom) of each organ's volume in mL, referencing its segment in the SEG and the
+source series. In folder mode, --dicom-seg also writes a .dcm SEG for every DICOM series input, and
+--dicom-sr a SEG and its .sr.dcm report.
 A folder of volumes in gives a folder of results out, one line of progress per volume.
 
 Safety: an output may never be the input; every output folder is checked for writing before the model
@@ -45,7 +48,7 @@ _OUT_EXT = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".dcm")
 
 def _stem(p: Path) -> str:
     n = p.name
-    for e in (".seg.nrrd",) + _VOL_EXT + (".dcm",):
+    for e in (".seg.nrrd",) + _VOL_EXT + (".sr.dcm", ".dcm"):
         if n.endswith(e):
             return n[: -len(e)]
     return p.stem
@@ -94,11 +97,18 @@ def _check_same_grid(ref_arr, ref_geom, arr, geom, name):
                           "direction differs); resample it onto the input first")
 
 
-def _write_seg(path, source_files: list, res, weights_id: str):
-    """The organ masks of one result as a DICOM SEG on the source series (its files in slice order)."""
+def _version():
     from importlib import metadata
+    try:
+        return metadata.version("slicer-liver-ultrasound-ai")
+    except metadata.PackageNotFoundError:
+        return "dev"
 
-    from SRMASegmenterLib.dicom_seg import SegSegment, parse_slicer_terminology, write_dicom_seg
+
+def _write_seg(path, source_files: list, res, weights_id: str):
+    """The organ masks of one result as a DICOM SEG on the source series (its files in slice order);
+    returns the SEG dataset (a report references it)."""
+    from SRMASegmenterLib.dicom_seg import SegSegment, build_dicom_seg, parse_slicer_terminology
     from SRMASegmenterLogic import LIVER, ORGANS
 
     segs = []
@@ -106,12 +116,19 @@ def _write_seg(path, source_files: list, res, weights_id: str):
             (ORGANS[o][0], ORGANS[o][1], ORGANS[o][2], m) for o, m in res.info["organs"].items()]:
         cat, typ, mod = parse_slicer_terminology(term)
         segs.append(SegSegment(name, mask, cat, typ, mod, color))
-    try:
-        version = metadata.version("slicer-liver-ultrasound-ai")
-    except metadata.PackageNotFoundError:
-        version = "dev"
-    write_dicom_seg(path, source_files, segs, algorithm_name="SRMA-Mamba", algorithm_version=version,
-                    weights_id=weights_id)
+    seg = build_dicom_seg(source_files, segs, algorithm_name="SRMA-Mamba", algorithm_version=_version(),
+                          weights_id=weights_id)
+    seg.save_as(str(path))
+    return seg
+
+
+def _write_sr(path, seg, source_files: list, res, weights_id: str):
+    """The organ volumes (mL) of one result as a TID 1500 report referencing the SEG's segments, in the
+    SEG's segment order (liver, then the other organs asked for)."""
+    from SRMASegmenterLib.dicom_seg import build_volume_report
+    volumes = [res.info["volume_ml"]] + [res.info["organ_volumes_ml"][o] for o in res.info["organs"]]
+    build_volume_report(seg, source_files, volumes, algorithm_name="SRMA-Mamba", algorithm_version=_version(),
+                        weights_id=weights_id).save_as(str(path))
 
 
 class Runner:
@@ -158,7 +175,7 @@ class Runner:
             for o, m in res.info["organs"].items():
                 labelmap[(m > 0) & (labelmap == 0)] = ORGANS[o][3]
             with StagedOutputs(_OUT_EXT) as staged:   # all outputs of this input appear together or not at all
-                for out in outs:
+                for out in sorted(outs, key=lambda o: o.name.endswith(".sr.dcm")):   # a report after its SEG
                     out.parent.mkdir(parents=True, exist_ok=True)
                     tmp = staged.temp(out)
                     if out.name.endswith(".seg.nrrd"):
@@ -166,8 +183,10 @@ class Runner:
                         st.SetFileName(str(tmp))
                         if not st.WriteData(res.segmentation_node):
                             raise RuntimeError(f"could not write {out}")
+                    elif out.name.endswith(".sr.dcm"):
+                        _write_sr(tmp, seg, chosen.files, res, self.segmenter.weights_id)
                     elif out.name.endswith(".dcm"):
-                        _write_seg(tmp, chosen.files, res, self.segmenter.weights_id)
+                        seg = _write_seg(tmp, chosen.files, res, self.segmenter.weights_id)
                     else:
                         write_volume(labelmap, geom, tmp)
                 out = outs[0]
@@ -215,6 +234,8 @@ def main(argv=None):
                    help="output format in folder mode")
     p.add_argument("--dicom-seg", action="store_true",
                    help="folder mode: also write a DICOM SEG (.dcm) for every DICOM series input")
+    p.add_argument("--dicom-sr", action="store_true",
+                   help="folder mode: also write a DICOM SEG and its volume report (.sr.dcm) for every DICOM input")
     p.add_argument("--series", help="DICOM: the series to segment (SeriesInstanceUID, series number, or a "
                                      "case-insensitive pattern of the series description)")
     p.add_argument("--list-series", action="store_true", help="DICOM: list the series under INPUT and exit")
@@ -276,12 +297,22 @@ def main(argv=None):
             print(f"srma-segment: no volumes in {inp}", file=sys.stderr)
             return 2
         # every folder among the inputs is a DICOM series: --dicom-seg adds a .dcm SEG beside its result
-        jobs = [(src, [dst] + ([dst.parent / (_stem(dst) + ".dcm")] if a.dicom_seg and src.is_dir() else []))
+        def dicom_outs(src, dst):
+            if not src.is_dir():
+                return []
+            return ([dst.parent / (_stem(dst) + ".dcm")] if a.dicom_seg or a.dicom_sr else []) + (
+                [dst.parent / (_stem(dst) + ".sr.dcm")] if a.dicom_sr else [])
+        jobs = [(src, [dst] + dicom_outs(src, dst))
                 for src, dst in zip(inputs, _unique_outputs(inputs, out, a.format))]
     else:
         bad = [o for o in outs if not o.name.endswith(_OUT_EXT)]
         if bad:
             print(f"srma-segment: output must end in one of {', '.join(_OUT_EXT)}: {bad[0]}", file=sys.stderr)
+            return 2
+        srs = [o for o in outs if o.name.endswith(".sr.dcm")]
+        if srs and not any(o.name.endswith(".dcm") and not o.name.endswith(".sr.dcm") for o in outs):
+            print(f"srma-segment: a DICOM report ({srs[0].name}) references the DICOM SEG of the same run: add a "
+                  "-o NAME.dcm output", file=sys.stderr)
             return 2
         if any(o.name.endswith(".dcm") for o in outs) and not inp.is_dir():   # (a folder here is a DICOM series)
             print(f"srma-segment: a DICOM SEG output (.dcm) needs a DICOM series folder as input; {inp} is not one",
