@@ -66,6 +66,12 @@ def oblique_geometry(spacing=(1.1, 0.7, 4.5), origin=(12.5, -30.25, 101.0), angl
 MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 
 
+def _ds(v) -> str:
+    """A decimal string of at most 16 characters (the DS limit; dciodvfy checks it)."""
+    from pydicom.valuerep import format_number_as_ds
+    return format_number_as_ds(float(v))
+
+
 def write_mr_series(folder: Path, arr_kji: np.ndarray, geom, series_description="T2 SPIR", *, study=None,
                     number=5, image_type=("ORIGINAL", "PRIMARY", "M", "NONE"), transfer_syntax=None, tilt_slice=None):
     """One MR Image Storage file per slice, with the tags a real MR series has, shuffled file names (the
@@ -98,8 +104,9 @@ def write_mr_series(folder: Path, arr_kji: np.ndarray, geom, series_description=
         ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength, ds.MagneticFieldStrength = 1500.0, 80.0, 1, 1.5
         ds.PositionReferenceIndicator = ""
         dk = d if k != tilt_slice else d @ np.array([[1, 0, 0], [0, np.cos(0.3), -np.sin(0.3)], [0, np.sin(0.3), np.cos(0.3)]])
-        ds.ImageOrientationPatient = [float(v) for v in list(dk[:, 0]) + list(dk[:, 1])]
-        ds.ImagePositionPatient = [float(v) for v in np.asarray(geom.origin) + k * sz * d[:, 2]]
+        ds.ImageOrientationPatient = [_ds(v) for v in list(dk[:, 0]) + list(dk[:, 1])]
+        ds.ImagePositionPatient = [_ds(v) for v in np.asarray(geom.origin) + k * sz * d[:, 2]]
+        ds.PatientPosition, ds.BodyPartExamined = "HFS", "ABDOMEN"
         ds.PixelSpacing = [sy, sx]                 # row spacing (between rows, j), column spacing (i)
         ds.SliceThickness = ds.SpacingBetweenSlices = sz
         ds.Rows, ds.Columns = arr_kji.shape[1], arr_kji.shape[2]

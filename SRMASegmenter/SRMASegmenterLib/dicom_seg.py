@@ -101,19 +101,6 @@ def write_dicom_seg(path: os.PathLike, source_files, segments, **kw):
     build_dicom_seg(source_files, segments, **kw).save_as(str(path))
 
 
-def _segment_frames(seg, number: int) -> list:
-    """The SEG's frame numbers (1-based) of one segment. highdicom's ReferencedSegment.from_segmentation
-    looks for the segment in every frame's own functional groups and fails on a one-segment SEG, where
-    highdicom itself puts it in the shared group; this reads either."""
-    shared = seg.SharedFunctionalGroupsSequence[0]
-    frames = []
-    for i, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
-        ident = getattr(item, "SegmentIdentificationSequence", None) or shared.SegmentIdentificationSequence
-        if int(ident[0].ReferencedSegmentNumber) == number:
-            frames.append(i)
-    return frames
-
-
 def build_volume_report(seg, source_files: Sequence[os.PathLike], volumes_ml: Sequence[float], *,
                         algorithm_name: str, algorithm_version: str, weights_id: str,
                         series_description: str = "AI organ volumes (review before use)"):
@@ -141,9 +128,11 @@ def build_volume_report(seg, source_files: Sequence[os.PathLike], volumes_ml: Se
                                          modifier[0].CodeMeaning) if modifier else None)
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{item.SegmentLabel} volume"),
+            # the segment by number, without frame numbers: the standard allows one or the other (dciodvfy:
+            # "shall not be present when ReferencedFrameNumber is present"); highdicom's from_segmentation
+            # gives both, and fails on a one-segment SEG
             referenced_segment=hd.sr.ReferencedSegment(
                 sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=n,
-                frame_numbers=_segment_frames(seg, n),
                 source_series=hd.sr.SourceSeriesForSegmentation(sources[0].SeriesInstanceUID)),
             finding_type=site, algorithm_id=algo,
             finding_sites=[hd.sr.FindingSite(site, laterality=laterality)],
