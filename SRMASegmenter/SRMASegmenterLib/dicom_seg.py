@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from slicer_ai_common.dependencies import require_highdicom as _require
+
 from .volumes import VolumeError
 
 Code3 = tuple  # (value, scheme designator, meaning), e.g. ("10200004", "SCT", "Liver")
@@ -45,12 +47,7 @@ def parse_slicer_terminology(term: str) -> tuple:
 
 def require_highdicom():
     """Raise a one-line RuntimeError saying how to install highdicom when it is missing."""
-    try:
-        import highdicom  # noqa: F401
-        import pydicom  # noqa: F401
-    except ImportError as e:
-        raise RuntimeError("DICOM SEG output needs highdicom: pip install highdicom "
-                           "(or pip install 'slicer-liver-ultrasound-ai[dicom]')") from e
+    _require("DICOM SEG output")
 
 
 def build_dicom_seg(source_files: Sequence[os.PathLike], segments: Sequence[SegSegment], *,

@@ -30,3 +30,13 @@ def missing_packages(include_gpu: bool | None = None) -> list[str]:
     if include_gpu:
         need.update(OPTIONAL_GPU)
     return [req for mod, req in need.items() if importlib.util.find_spec(mod) is None]
+
+
+def require_highdicom(purpose: str = "DICOM SEG / SR output"):
+    """Raise a one-line RuntimeError saying how to install highdicom (and pydicom) when they are missing."""
+    try:
+        import highdicom  # noqa: F401
+        import pydicom  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(f"{purpose} needs highdicom: pip install highdicom "
+                           "(or pip install 'slicer-liver-ultrasound-ai[dicom]')") from e

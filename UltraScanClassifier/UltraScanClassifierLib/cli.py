@@ -1,11 +1,15 @@
 """ultrascan-classify: label and calibrated probabilities for breast-ultrasound images.
 
-    ultrascan-classify IMAGE [IMAGE ...] [--json] [--heatmap-dir DIR] [--device cpu|cuda] [--weights FILE]
+    ultrascan-classify IMAGE [IMAGE ...] [--json] [--heatmap-dir DIR] [--dicom-sr DIR] [--device cpu|cuda]
+                       [--weights FILE]
 
 A folder argument means every image in it (BUSI `*_mask.png` files skipped). Each unreadable, empty,
 constant or non-image file is reported on stderr and skipped; the batch goes on. Heatmaps of inputs
 that share a file name (a/scan.png, b/scan.png, scan.jpg) get distinct names; each is written under a
 temporary name and renamed, and the heatmap folder is checked for writing before the model loads.
+--dicom-sr writes, for each DICOM input, a DICOM structured report of its classification (the finding
+in SNOMED CT, each class's probability, the model and weights id) referencing the source image, the
+same way; other inputs get none.
 Exit status: 0 every file classified, 1 some failed, 2 none could be (or bad arguments), 3 the weights
 could not be loaded, 130 interrupted (Ctrl-C). Decision support only, not a diagnosis.
 """
@@ -49,6 +53,33 @@ def save_heatmap(heat, image_path, folder, name=None):
     return out
 
 
+def save_report(r, image_path, folder, name: str) -> Path:
+    """The classification of a DICOM image as a DICOM SR (`dicom_sr`) in folder, staged like a heatmap."""
+    from importlib import metadata
+
+    from .dicom_sr import build_classification_report
+    try:
+        version = metadata.version("slicer-liver-ultrasound-ai")
+    except metadata.PackageNotFoundError:
+        version = "dev"
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / name
+    with StagedOutputs((".sr.dcm",)) as staged:
+        build_classification_report(image_path, r.label, r.probabilities, algorithm_name=r.weights_id.split("@")[0],
+                                    algorithm_version=version, weights_id=r.weights_id).save_as(str(staged.temp(out)))
+    return out
+
+
+def is_dicom(path) -> bool:
+    """A DICOM Part 10 file (the 'DICM' preamble), whatever its name."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
 def expand(paths):
     files = []
     for p in paths:
@@ -66,6 +97,9 @@ def main(argv=None):
     ap.add_argument("images", nargs="+", help="image files (PNG, JPEG, BMP, TIFF, DICOM) or folders")
     ap.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     ap.add_argument("--heatmap-dir", default=None, help="write a Grad-CAM heatmap PNG per image here")
+    ap.add_argument("--dicom-sr", default=None, metavar="DIR",
+                    help="for each DICOM input, write its classification as a DICOM SR (<name>.sr.dcm) here "
+                         "(highdicom; references the source image)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "gpu"])
     ap.add_argument("--model", default=None,
                     help="a shipped model by name: ultrascannet_busi (default) or efficientnet_lite0_busi (more accurate "
@@ -93,6 +127,14 @@ def main(argv=None):
         except ValueError as e:
             print(f"ultrascan-classify: cannot write heatmaps ({e})", file=sys.stderr)
             return 2
+    if a.dicom_sr:
+        try:
+            from slicer_ai_common.dependencies import require_highdicom
+            require_highdicom("--dicom-sr")
+            check_writable(a.dicom_sr)
+        except (RuntimeError, ValueError) as e:
+            print(f"ultrascan-classify: cannot write DICOM reports ({e})", file=sys.stderr)
+            return 2
     names = heatmap_names(files)
     try:
         clf = UltrasoundClassifier.load(a.weights or a.model, device=a.device)
@@ -116,6 +158,14 @@ def main(argv=None):
                 row["heatmap"] = None
                 row["heatmap_error"] = str(e)
                 print(f"ultrascan-classify: {f}: heatmap not written ({e})", file=sys.stderr)
+        if a.dicom_sr and is_dicom(f):          # reports for DICOM inputs only: they reference the source image
+            try:
+                row["dicom_sr"] = str(save_report(r, f, a.dicom_sr, names[str(f)].replace("_heatmap.png", ".sr.dcm")))
+            except (OSError, ValueError) as e:
+                failed += 1
+                row["dicom_sr"] = None
+                row["dicom_sr_error"] = str(e)
+                print(f"ultrascan-classify: {f}: DICOM report not written ({e})", file=sys.stderr)
         results.append(row)
         if not a.json:
             p = r.probabilities
