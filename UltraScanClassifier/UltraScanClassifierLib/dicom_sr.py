@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 
 from slicer_ai_common.dependencies import require_highdicom
+from slicer_ai_common.dicom_sr import measurement_report_sr
 
 # class -> SNOMED CT concept of the finding
 FINDINGS = {"benign": ("3898006", "SCT", "Neoplasm, benign"),
@@ -51,16 +52,7 @@ def build_classification_report(source: os.PathLike, label: str, probabilities: 
         measurements=measurements, algorithm_id=algo,
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src)],
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=finding)])
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(), name=algorithm_name, model_name=weights_id, manufacturer_name="Slicer Liver & Ultrasound AI"))
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=hd.sr.CodedConcept("47079000", "SCT", "Ultrasonography of breast"),
-        imaging_measurements=[group])
-    return hd.sr.ComprehensiveSR(
-        evidence=[src], content=report[0], series_instance_uid=hd.UID(),
-        series_number=int(getattr(src, "SeriesNumber", 0) or 0) + 1001, sop_instance_uid=hd.UID(),
-        instance_number=1, manufacturer="Slicer Liver & Ultrasound AI", is_complete=True, is_final=False,
-        is_verified=False, series_description=series_description)
+    return measurement_report_sr(
+        [group], evidence=[src], procedure=("47079000", "SCT", "Ultrasonography of breast"),
+        device_name=algorithm_name, model_name=weights_id,
+        series_number=int(getattr(src, "SeriesNumber", 0) or 0) + 1001, series_description=series_description)
