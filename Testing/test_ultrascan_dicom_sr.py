@@ -90,3 +90,35 @@ def test_an_unwritable_report_folder_costs_nothing(tmp_path):
                         "--device", "cpu", "--dicom-sr", str(tmp_path / "file" / "sr")], capture_output=True, text=True,
                        timeout=900)
     assert r.returncode == 2 and "cannot write DICOM reports" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_cine_loop_needs_a_frame_and_its_report_references_it(tmp_path):
+    """A multi-frame US DICOM (cine) is refused without --frame; with --frame 2 the second frame is
+    classified (as the same frame given alone would be) and the report references frame 2."""
+    from PIL import Image
+    from UltraScanClassifierLib.images import ImageError, read_image
+    pngs = [SAMPLES / "busi_benign_3.png", SAMPLES / "busi_malignant_12.png", SAMPLES / "busi_normal_5.png"]
+    frames = [np.asarray(Image.open(p).convert("L").resize((200, 160))) for p in pngs]
+    ds = write_us_image(tmp_path / "cine" / "cine.dcm", pngs[0])
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"   # US Multi-frame
+    ds.NumberOfFrames, ds.FrameIncrementPointer = 3, (0x0018, 0x1063)
+    ds.FrameTime, (ds.Rows, ds.Columns) = 33.3, frames[0].shape
+    ds.PixelData = np.stack(frames).tobytes()
+    ds.save_as(str(tmp_path / "cine" / "cine.dcm"), enforce_file_format=True)
+    with pytest.raises(ImageError, match=r"3 frames \(a cine loop\); choose one frame \(--frame 1..3\)"):
+        read_image(tmp_path / "cine" / "cine.dcm")
+    arr, _ = read_image(tmp_path / "cine" / "cine.dcm", 2)
+    assert np.array_equal(arr, frames[1])
+    Image.fromarray(frames[1]).save(tmp_path / "frame2.png")
+    cmd = [sys.executable, "-m", "UltraScanClassifierLib.cli", "--json", "--device", "cpu"]
+    r = subprocess.run(cmd + [str(tmp_path / "cine" / "cine.dcm"), str(tmp_path / "frame2.png"), "--frame", "2",
+                              "--dicom-sr", str(tmp_path / "sr")], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-800:]
+    cine, single = json.loads(r.stdout)
+    assert cine["probabilities"] == pytest.approx(single["probabilities"], abs=1e-5)
+    assert "frame 2 of a multi-frame file" in cine["notes"] and not single["notes"]
+    sr = pydicom.dcmread(tmp_path / "sr" / "cine.sr.dcm")
+    refs = [i.ReferencedSOPSequence[0] for i in _items(sr.ContentSequence) if i.ValueType == "IMAGE"]
+    assert refs and all(int(ref.ReferencedFrameNumber) == 2 for ref in refs)
+    r = subprocess.run(cmd + [str(tmp_path / "cine" / "cine.dcm")], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 2 and "choose one frame" in r.stderr

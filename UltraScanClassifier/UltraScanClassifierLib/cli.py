@@ -53,7 +53,7 @@ def save_heatmap(heat, image_path, folder, name=None):
     return out
 
 
-def save_report(r, image_path, folder, name: str) -> Path:
+def save_report(r, image_path, folder, name: str, frame: int | None = None) -> Path:
     """The classification of a DICOM image as a DICOM SR (`dicom_sr`) in folder, staged like a heatmap."""
     from importlib import metadata
 
@@ -67,7 +67,8 @@ def save_report(r, image_path, folder, name: str) -> Path:
     out = folder / name
     with StagedOutputs((".sr.dcm",)) as staged:
         build_classification_report(image_path, r.label, r.probabilities, algorithm_name=r.weights_id.split("@")[0],
-                                    algorithm_version=version, weights_id=r.weights_id).save_as(str(staged.temp(out)))
+                                    algorithm_version=version, weights_id=r.weights_id,
+                                    frame=frame).save_as(str(staged.temp(out)))
     return out
 
 
@@ -100,6 +101,9 @@ def main(argv=None):
     ap.add_argument("--dicom-sr", default=None, metavar="DIR",
                     help="for each DICOM input, write its classification as a DICOM SR (<name>.sr.dcm) here "
                          "(highdicom; references the source image)")
+    ap.add_argument("--frame", type=int, default=None, metavar="N",
+                    help="the frame (1-based) to classify in multi-frame inputs (DICOM cine, animated GIF); "
+                         "without it they are refused")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "gpu"])
     ap.add_argument("--model", default=None,
                     help="a shipped model by name: ultrascannet_busi (default) or efficientnet_lite0_busi (more accurate "
@@ -144,7 +148,7 @@ def main(argv=None):
     results, failed = [], 0
     for f in files:
         try:
-            r = clf.classify_file(f, heatmap=a.heatmap_dir is not None)
+            r = clf.classify_file(f, heatmap=a.heatmap_dir is not None, frame=a.frame)
         except (ImageError, ValueError, OSError) as e:
             failed += 1
             print(f"ultrascan-classify: {f}: {e}", file=sys.stderr)
@@ -160,8 +164,9 @@ def main(argv=None):
                 print(f"ultrascan-classify: {f}: heatmap not written ({e})", file=sys.stderr)
         if a.dicom_sr and is_dicom(f):          # reports for DICOM inputs only: they reference the source image
             try:
-                row["dicom_sr"] = str(save_report(r, f, a.dicom_sr, names[str(f)].replace("_heatmap.png", ".sr.dcm")))
-            except (OSError, ValueError) as e:
+                row["dicom_sr"] = str(save_report(r, f, a.dicom_sr, names[str(f)].replace("_heatmap.png", ".sr.dcm"),
+                                                  a.frame))
+            except Exception as e:  # noqa: BLE001 - highdicom refuses odd sources in many ways: this report only
                 failed += 1
                 row["dicom_sr"] = None
                 row["dicom_sr_error"] = str(e)

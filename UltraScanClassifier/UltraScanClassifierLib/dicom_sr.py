@@ -26,9 +26,10 @@ PRIVATE_SCHEME = "99SLICERAI"
 
 
 def build_classification_report(source: os.PathLike, label: str, probabilities: dict, *, algorithm_name: str,
-                                 algorithm_version: str, weights_id: str,
+                                 algorithm_version: str, weights_id: str, frame: int | None = None,
                                  series_description: str = "AI ultrasound classification (decision support)"):
-    """-> a Comprehensive SR dataset (not yet written) for one DICOM ultrasound image `source`."""
+    """-> a Comprehensive SR dataset (not yet written) for one DICOM ultrasound image `source` (for a
+    multi-frame file, the classified `frame`, 1-based, which the report references)."""
     require_highdicom("A DICOM report of the classification")
     import highdicom as hd
     import pydicom
@@ -40,7 +41,8 @@ def build_classification_report(source: os.PathLike, label: str, probabilities: 
     if "SOPInstanceUID" not in src or "StudyInstanceUID" not in src:
         raise ValueError(f"{os.path.basename(str(source))} is not a DICOM image with instance and study UIDs")
     algo = hd.sr.AlgorithmIdentification(name=algorithm_name, version=f"{algorithm_version} weights {weights_id}")
-    image = hd.sr.SourceImageForMeasurement.from_source_image(src)
+    frames = [int(frame)] if frame and int(getattr(src, "NumberOfFrames", 1) or 1) > 1 else None
+    image = hd.sr.SourceImageForMeasurement.from_source_image(src, referenced_frame_numbers=frames)
     finding = hd.sr.CodedConcept(*FINDINGS.get(label, (f"class-{label}", PRIVATE_SCHEME, label)))
     measurements = [
         hd.sr.Measurement(name=hd.sr.CodedConcept(f"p-{name}", PRIVATE_SCHEME, f"Model probability of {name}"),
@@ -50,7 +52,7 @@ def build_classification_report(source: os.PathLike, label: str, probabilities: 
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="Ultrasound image classification"),
         measurements=measurements, algorithm_id=algo,
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src)],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src, referenced_frame_numbers=frames)],
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=finding)])
     return measurement_report_sr(
         [group], evidence=[src], procedure=("47079000", "SCT", "Ultrasonography of breast"),

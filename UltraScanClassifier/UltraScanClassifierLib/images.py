@@ -30,8 +30,22 @@ def _check_size(p: Path, width: int, height: int):
                          "megapixels; downscale it first")
 
 
-def read_image(path: os.PathLike) -> tuple[np.ndarray, tuple[float, float]]:
-    """-> (array (H, W) or (H, W, C), pixel spacing (x, y) in mm; (1, 1) where the file has none)."""
+def _pick_frame(p: Path, n: int, frame: int | None) -> int:
+    """0-based index of the frame to classify in a file of n frames: a cine loop needs a choice; a
+    single-frame file ignores it."""
+    if n == 1:
+        return 0
+    if frame is None:
+        raise ImageError(f"{p.name}: {n} frames (a cine loop); choose one frame (--frame 1..{n})")
+    if not 1 <= frame <= n:
+        raise ImageError(f"{p.name}: frame {frame} asked for, the file has {n} (1..{n})")
+    return frame - 1
+
+
+def read_image(path: os.PathLike, frame: int | None = None) -> tuple[np.ndarray, tuple[float, float]]:
+    """-> (array (H, W) or (H, W, C), pixel spacing (x, y) in mm; (1, 1) where the file has none).
+    `frame` (1-based) picks one frame of a multi-frame file (DICOM cine, animated GIF, multi-page TIFF);
+    without it such a file is refused; single-frame files ignore it."""
     p = Path(path)
     if not p.exists():
         raise ImageError(f"{p}: no such file")
@@ -46,8 +60,9 @@ def read_image(path: os.PathLike) -> tuple[np.ndarray, tuple[float, float]]:
             from PIL import Image
             with Image.open(p) as im:
                 _check_size(p, im.width, im.height)     # refused before decoding: no gigabytes for one image
-                if getattr(im, "n_frames", 1) > 1:      # a cine loop (animated GIF / WebP, multi-page TIFF)
-                    raise ImageError(f"{p.name}: {im.n_frames} frames (a cine loop); choose one frame")
+                k = _pick_frame(p, getattr(im, "n_frames", 1), frame)   # animated GIF / WebP, multi-page TIFF
+                if k:
+                    im.seek(k)
                 im.load()
                 if im.mode == "P":
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -75,10 +90,25 @@ def read_image(path: os.PathLike) -> tuple[np.ndarray, tuple[float, float]]:
     arr = sitk.GetArrayFromImage(img)          # (z, y, x[, c]) or (y, x[, c])
     sp = img.GetSpacing()
     if img.GetDimension() == 3:
-        if img.GetSize()[2] != 1:
-            raise ImageError(f"{p.name}: a 3D image with {img.GetSize()[2]} slices; choose one frame")
-        arr = arr[0]
+        arr = arr[_pick_frame(p, img.GetSize()[2], frame)]
     return arr, (float(sp[0]), float(sp[1]))
+
+
+def is_multiframe(path: os.PathLike) -> bool:
+    """More than one frame, from the header only (Pillow's n_frames, or the third size of ITK's)."""
+    p = Path(path)
+    try:
+        if p.suffix.lower() in PILLOW_SUFFIXES:
+            from PIL import Image
+            with Image.open(p) as im:
+                return getattr(im, "n_frames", 1) > 1
+        import SimpleITK as sitk
+        info = sitk.ImageFileReader()
+        info.SetFileName(str(p))
+        info.ReadImageInformation()
+        return info.GetDimension() == 3 and info.GetSize()[2] > 1
+    except Exception:  # noqa: BLE001 - unreadable: read_image has already said why
+        return False
 
 
 def check_image(arr: np.ndarray, name: str = "image") -> np.ndarray:

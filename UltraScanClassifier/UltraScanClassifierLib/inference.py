@@ -25,7 +25,7 @@ from slicer_ai_common.weights import (MANIFEST, ModelRecord, WeightsError, find_
 
 from .augment import normalize
 from .catalog import DEFAULT_MODEL, MODELS_DIR, model_names
-from .images import check_image, read_image
+from .images import check_image, is_multiframe, read_image
 from .model import CLASSES, UltraScanNet, UltraScanNetConfig, build_classifier
 
 INPUT_SIZE = 224
@@ -197,9 +197,14 @@ class UltrasoundClassifier:
                               logits=logits, heatmap=heat, seconds=secs, weights_id=self.weights_id,
                               device=str(self.device), spacing=spacing, notes=list(notes))
 
-    def classify_file(self, path, heatmap: bool = True, progress=None) -> Classification:
-        arr, spacing = read_image(path)
-        return self.classify(arr, spacing, heatmap=heatmap, name=Path(path).name, progress=progress)
+    def classify_file(self, path, heatmap: bool = True, progress=None, frame: int | None = None) -> Classification:
+        arr, spacing = read_image(path, frame)
+        multi = bool(frame) and is_multiframe(path)
+        name = Path(path).name + (f" [frame {frame}]" if multi else "")
+        r = self.classify(arr, spacing, heatmap=heatmap, name=name, progress=progress)
+        if multi:
+            r.notes.append(f"frame {frame} of a multi-frame file")
+        return r
 
     # ------------------------------------------------------------------------------------------ batches
     def classify_batch(self, images, heatmap: bool = False, batch_size: int = 16, notify=None) -> list:
