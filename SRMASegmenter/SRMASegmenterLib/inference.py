@@ -20,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from slicer_ai_common.resources import resource_dir
+
 from .volumes import Geometry, check_array, check_geometry, from_canonical, orientation_transform, to_canonical
 
 TRAIN_SPACING_IJK = (1.25, 1.25, 7.7)   # the published-style binary model (CHAOS T2 as distributed)
 DEFAULT_ROI = (224, 224, 64)
-MODELS_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models"
+MODELS_DIR = resource_dir(__file__, "SRMASegmenterResources", "Models")   # Slicer / checkout / wheel
 
 
 class NoWeightsError(RuntimeError):

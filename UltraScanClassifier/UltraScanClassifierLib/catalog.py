@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+from slicer_ai_common.resources import resource_dir
+
+MODELS_DIR = resource_dir(__file__, "UltraScanClassifierResources", "Models")   # Slicer / checkout / wheel
 DEFAULT_MODEL = "ultrascannet_busi"
 MANIFEST = "model.json"   # slicer_ai_common.weights.MANIFEST
 

@@ -1,0 +1,78 @@
+"""Issue 14 item 6: the wheel works when installed. Both distributions (the project and `ssm-kernels`)
+are built as wheels and installed, not editable, into a fresh virtual environment; both console scripts
+then run on the bundled samples with the shipped weights, from the installed packages and resources.
+
+The third-party dependencies (torch, MONAI, SimpleITK, slicer-core...) are not downloaded again: the new
+environment sees the test interpreter's site-packages through a .pth line, which adds the folder to
+sys.path after the environment's own without running that folder's .pth files, so the checkout's editable
+installs stay invisible (asserted below)."""
+import json
+import os
+import site
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+from conftest import ROOT
+
+DIST = "slicer-liver-ultrasound-ai"
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("wheel")
+    dist, venv = tmp / "dist", tmp / "venv"
+    run = dict(capture_output=True, text=True, timeout=1800)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                        str(dist), str(ROOT), str(ROOT / "kernels")], **run)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "venv", str(venv)], **run)
+    assert r.returncode == 0, r.stderr[-2000:]
+    py = venv / "bin" / "python"
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             **run).stdout.strip()
+    outer = [p for p in site.getsitepackages() + [sysconfig.get_paths()["purelib"]] if os.path.isdir(p)]
+    with open(os.path.join(purelib, "zz_outer_site.pth"), "w") as fh:
+        fh.write("\n".join(dict.fromkeys(outer)) + "\n")
+    wheels = sorted(str(p) for p in dist.glob("*.whl"))
+    assert len(wheels) == 2, wheels
+    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", *wheels], **run)
+    assert r.returncode == 0, r.stderr[-2000:]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return venv, env, tmp
+
+
+def test_packages_resources_and_dependencies_come_from_the_wheel(installed):
+    venv, env, tmp = installed
+    code = ("import json, importlib.metadata as m, SRMASegmenterLib, UltraScanClassifierLib, ssm_kernels, "
+            "slicer_ai_common\n"
+            "from SRMASegmenterLib.inference import MODELS_DIR as a\n"
+            "from UltraScanClassifierLib.catalog import MODELS_DIR as b\n"
+            "print(json.dumps(dict(files=[SRMASegmenterLib.__file__, UltraScanClassifierLib.__file__, "
+            "ssm_kernels.__file__, slicer_ai_common.__file__], models=[str(a), str(b)], "
+            f"requires=m.requires('{DIST}'))))")
+    r = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, cwd=tmp, env=env,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout)
+    assert all(f.startswith(str(venv)) for f in got["files"]), got["files"]          # not the checkout
+    assert all(m.startswith(str(venv)) and os.path.isdir(m) for m in got["models"]), got["models"]
+    assert any(q.split(";")[0].strip().startswith("ssm-kernels") for q in got["requires"]), got["requires"]
+
+
+def test_both_clis_run_on_the_samples_with_the_shipped_weights(installed):
+    venv, env, tmp = installed
+    sample = ROOT / "SRMASegmenter" / "Resources" / "SampleData" / "chaos_case20_t2.nii.gz"
+    r = subprocess.run([str(venv / "bin" / "srma-segment"), str(sample), "-o", str(tmp / "out" / "liver.nii.gz"),
+                        "--device", "cpu"], capture_output=True, text=True, cwd=tmp, env=env, timeout=1800)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((tmp / "out" / "liver.json").read_text())
+    assert rep["weights"].startswith("srma_chaos_t2_5class@") and 1000 < rep["liver_volume_ml"] < 2500
+    r = subprocess.run([str(venv / "bin" / "ultrascan-classify"), str(ROOT / "UltraScanClassifier" / "Resources" /
+                        "SampleData"), "--json", "--device", "cpu"], capture_output=True, text=True, cwd=tmp, env=env,
+                       timeout=1800)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(r.stdout)
+    assert len(rows) == 3 and all(x["weights"].startswith("ultrascannet_busi@") for x in rows)
