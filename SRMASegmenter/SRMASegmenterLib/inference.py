@@ -201,12 +201,17 @@ class LiverSegmenter:
              models_dir: Path = MODELS_DIR):
         """Installed weights (verified by sha256), or a user file: manifest folder, .safetensors or .pth."""
         from slicer_ai_common.devices import resolve_device
-        from slicer_ai_common.weights import find_models, load_into, load_weights_file
+        from slicer_ai_common.catalog import CATALOG, default_model, ensure_model
+        from slicer_ai_common.weights import find_models, load_into, load_weights_file, read_manifest
 
         from .model import SRMAConfig, SRMAMamba
 
         dev = resolve_device(device) if isinstance(device, str) else device
-        if weights is None:
+        catalog = Path(models_dir).parent / CATALOG
+        if weights is None and catalog.is_file():      # the catalog's default, fetched if not on disk
+            rec = read_manifest(ensure_model(catalog, default_model(catalog), models_dir))
+            sd = rec.load_state_dict(verify=True)
+        elif weights is None:
             recs = find_models(models_dir)
             if not recs:
                 raise NoWeightsError(

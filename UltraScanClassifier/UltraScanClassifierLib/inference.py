@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from slicer_ai_common.catalog import CATALOG, ensure_model, read_catalog
 from slicer_ai_common.devices import resolve_device, run_with_fallback
 from slicer_ai_common.progress import Progress
 from slicer_ai_common.weights import (MANIFEST, ModelRecord, WeightsError, find_models, load_into, load_weights_file,
@@ -118,6 +119,9 @@ class UltrasoundClassifier:
         name = str(model) if model else DEFAULT_MODEL
         bare = all(ch.isalnum() or ch in "_-" for ch in name)       # a name, not a path
         path = Path(model) if model and (Path(model).exists() or not bare) else MODELS_DIR / name
+        catalog = MODELS_DIR.parent / CATALOG
+        if path.parent == MODELS_DIR and catalog.is_file() and name in {m["id"] for m in read_catalog(catalog)}:
+            ensure_model(catalog, name, MODELS_DIR)      # a catalogued model not (or not wholly) on disk: fetched
         if not path.exists():
             if path.parent == MODELS_DIR:
                 raise WeightsError(f"no shipped model named {name!r} (shipped: {', '.join(cls.model_names()) or 'none'}); "
