@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MR_STORAGE, right_handed_oblique, write_mr_series  # noqa: F401
+from conftest import right_handed_oblique, write_mr_series
 
 hd = pytest.importorskip("highdicom", reason="DICOM SEG needs highdicom (pip install highdicom)")
 pydicom = pytest.importorskip("pydicom")

@@ -201,26 +201,16 @@ class LiverSegmenter:
              models_dir: Path = MODELS_DIR):
         """Installed weights (verified by sha256), or a user file: manifest folder, .safetensors or .pth."""
         from slicer_ai_common.devices import resolve_device
-        from slicer_ai_common.catalog import CATALOG, default_model, ensure_model
-        from slicer_ai_common.weights import find_models, load_into, load_weights_file, read_manifest
+        from slicer_ai_common.catalog import CATALOG, load_model_weights
+        from slicer_ai_common.weights import find_models, load_into
 
         from .model import SRMAConfig, SRMAMamba
 
         dev = resolve_device(device) if isinstance(device, str) else device
-        catalog = Path(models_dir).parent / CATALOG
-        if weights is None and catalog.is_file():      # the catalog's default, fetched if not on disk
-            rec = read_manifest(ensure_model(catalog, default_model(catalog), models_dir))
-            sd = rec.load_state_dict(verify=True)
-        elif weights is None:
-            recs = find_models(models_dir)
-            if not recs:
-                raise NoWeightsError(
-                    f"no trained SRMA-Mamba weights are installed (looked in {models_dir}); "
-                    "install a model folder there or pass a weights file (--weights)")
-            rec = recs[0]
-            sd = rec.load_state_dict(verify=True)
-        else:
-            sd, rec = load_weights_file(weights)
+        if weights is None and not find_models(models_dir) and not (Path(models_dir).parent / CATALOG).is_file():
+            raise NoWeightsError(f"no trained SRMA-Mamba weights are installed (looked in {models_dir}); "
+                                 "install a model folder there or pass a weights file (--weights)")
+        sd, rec = load_model_weights(weights, models_dir, what="SRMA-Mamba model")
         cfg = SRMAConfig.from_dict(rec.manifest.get("config", {}))
         model = load_into(SRMAMamba(cfg), sd)   # refuses weights whose class count differs from the manifest's
         return cls(model, dev, rec.weights_id, config, rec.manifest)

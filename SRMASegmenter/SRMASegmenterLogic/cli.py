@@ -175,6 +175,7 @@ class Runner:
             for o, m in res.info["organs"].items():
                 labelmap[(m > 0) & (labelmap == 0)] = ORGANS[o][3]
             with StagedOutputs(_OUT_EXT) as staged:   # all outputs of this input appear together or not at all
+                seg = None                                # the DICOM SEG of this run, which a report references
                 for out in sorted(outs, key=lambda o: o.name.endswith(".sr.dcm")):   # a report after its SEG
                     out.parent.mkdir(parents=True, exist_ok=True)
                     tmp = staged.temp(out)

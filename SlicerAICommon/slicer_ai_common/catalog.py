@@ -139,3 +139,42 @@ def default_model(catalog_path: os.PathLike) -> str | None:
     models = read_catalog(catalog_path)
     marked = [m["id"] for m in models if m.get("default")]
     return (marked or [m["id"] for m in models] or [None])[0]
+
+
+def load_model_weights(model, models_dir: os.PathLike, *, default: str | None = None, verify: bool = True,
+                       what: str = "model"):
+    """The one weights loader of both modules: `model` is None (the catalog's default, or `default`, or the
+    only/first model folder), the id of a shipped model, a model folder, its model.json, or a weights file
+    (.safetensors / .pth state dict). Catalogued models missing from disk are fetched (`ensure_model`).
+    -> (state_dict, ModelRecord). Each module builds its network from `record.manifest["config"]`."""
+    from .weights import find_models, load_weights_file, read_manifest
+
+    models_dir = Path(models_dir)
+    catalog = models_dir.parent / CATALOG
+    listed = {m["id"] for m in read_catalog(catalog)} if catalog.is_file() else set()
+    text = str(model) if model else ""
+    bare = bool(text) and all(ch.isalnum() or ch in "_-" for ch in text)       # a name, not a path
+    if model is not None and not (bare and not Path(text).exists()):
+        path = Path(model)
+        if not path.exists():
+            raise WeightsError(f"no weights at {path} (not found): choose a model folder, model.json or weights file")
+        folder = path if path.is_dir() else (path.parent if path.name == MANIFEST else None)
+        if folder is None:
+            return load_weights_file(path)
+        rec = read_manifest(folder)
+        return rec.load_state_dict(verify=verify), rec
+    name = text or default or (default_model(catalog) if listed else None)
+    if name is None:                                  # no catalog: the first model folder there
+        recs = find_models(models_dir)
+        if not recs:
+            raise WeightsError(f"no {what} weights are installed (looked in {models_dir}); install a model "
+                               "folder there or choose a weights file")
+        return recs[0].load_state_dict(verify=verify), recs[0]
+    if name in listed:
+        ensure_model(catalog, name, models_dir)
+    if not (models_dir / name / MANIFEST).is_file():
+        shipped = sorted(listed | {r.folder.name for r in find_models(models_dir)})
+        raise WeightsError(f"no shipped {what} named {name!r} (shipped: {', '.join(shipped) or 'none'}); "
+                           "reinstall the extension or choose a model folder or weights file")
+    rec = read_manifest(models_dir / name)
+    return rec.load_state_dict(verify=verify), rec

@@ -18,11 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from slicer_ai_common.catalog import CATALOG, ensure_model, read_catalog
+from slicer_ai_common.catalog import load_model_weights
 from slicer_ai_common.devices import resolve_device, run_with_fallback
 from slicer_ai_common.progress import Progress
-from slicer_ai_common.weights import (MANIFEST, ModelRecord, WeightsError, find_models, load_into, load_weights_file,
-                                      read_manifest)
+from slicer_ai_common.weights import ModelRecord, find_models, load_into
 
 from .augment import normalize
 from .catalog import DEFAULT_MODEL, MODELS_DIR, model_names
@@ -116,23 +115,7 @@ class UltrasoundClassifier:
         its model.json, or a weights file (.safetensors / .pth UltraScanNet state dict, e.g. the authors'
         checkpoint; then uncalibrated, T = 1)."""
         dev = resolve_device(device)
-        name = str(model) if model else DEFAULT_MODEL
-        bare = all(ch.isalnum() or ch in "_-" for ch in name)       # a name, not a path
-        path = Path(model) if model and (Path(model).exists() or not bare) else MODELS_DIR / name
-        catalog = MODELS_DIR.parent / CATALOG
-        if path.parent == MODELS_DIR and catalog.is_file() and name in {m["id"] for m in read_catalog(catalog)}:
-            ensure_model(catalog, name, MODELS_DIR)      # a catalogued model not (or not wholly) on disk: fetched
-        if not path.exists():
-            if path.parent == MODELS_DIR:
-                raise WeightsError(f"no shipped model named {name!r} (shipped: {', '.join(cls.model_names()) or 'none'}); "
-                                   "reinstall the extension or choose a model folder or weights file")
-            raise WeightsError(f"no weights at {path}: choose a model folder, model.json or weights file")
-        folder = path if path.is_dir() else (path.parent if path.name == MANIFEST else None)
-        if folder is not None:
-            rec = read_manifest(folder)
-            sd = rec.load_state_dict(verify=verify)
-        else:
-            sd, rec = load_weights_file(path)
+        sd, rec = load_model_weights(model, MODELS_DIR, default=DEFAULT_MODEL, verify=verify, what="model")
         arch = rec.manifest.get("architecture", "UltraScanNet")
         if arch == "UltraScanNet":
             cfg = UltraScanNetConfig.from_dict(rec.manifest.get("config", {}))
