@@ -53,3 +53,58 @@ def test_both_modules_registered_in_cmake():
     for f in re.findall(r"^  (Resources/\S+|\$\{MODULE_NAME\}\S+)$", mod, re.M):
         f = f.replace("${MODULE_NAME}", "UltraScanClassifier")
         assert (ROOT / "UltraScanClassifier" / f).is_file(), f"CMake lists a missing file: {f}"
+
+
+def _cmake_scripts():
+    """Every Python file the Slicer build installs: {path relative to the repository root}."""
+    import ast  # noqa: F401 - used by the import closure below
+    out = set()
+    for mod in ("SRMASegmenter", "UltraScanClassifier"):
+        txt = (ROOT / mod / "CMakeLists.txt").read_text()
+        block = txt.split("set(MODULE_PYTHON_SCRIPTS")[1].split(")")[0]
+        out |= {f"{mod}/" + f.replace("${MODULE_NAME}", mod) for f in block.split()}
+    txt = (ROOT / "SlicerAICommon" / "CMakeLists.txt").read_text()
+    shared = txt.split("set(_shared_scripts")[1].split(")")[0].split()
+    kern = txt.split("set(_kernel_scripts")[1].split(")")[0].split()
+    return out | {f"SlicerAICommon/{f}" for f in shared} | {f"kernels/{f}" for f in kern}
+
+
+def test_every_module_a_shipped_file_imports_is_shipped():
+    """The Slicer install lists its Python files by hand (CMake): a file that a shipped file imports, at the
+    top or inside a function, must be in those lists, or the module fails in Slicer only."""
+    import ast
+    roots = {"SRMASegmenterLib": "SRMASegmenter", "SRMASegmenterLogic": "SRMASegmenter",
+             "UltraScanClassifierLib": "UltraScanClassifier", "UltraScanClassifierLogic": "UltraScanClassifier",
+             "slicer_ai_common": "SlicerAICommon", "slicer_ai_mrml": "SlicerAICommon",
+             "slicer_ai_app": "SlicerAICommon", "ssm_kernels": "kernels"}
+
+    def target(mod):
+        top = mod.split(".")[0]
+        if top not in roots:
+            return None
+        base = ROOT / roots[top] / Path(*mod.split("."))
+        for cand in (base.with_suffix(".py"), base / "__init__.py"):
+            if cand.is_file():
+                return str(cand.relative_to(ROOT))
+        return None
+
+    shipped = _cmake_scripts()
+    missing = {}
+    for f in sorted(shipped):
+        tree = ast.parse((ROOT / f).read_text())
+        pkg = ".".join(Path(f).parent.parts[1:])
+        for node in ast.walk(tree):
+            mods = []
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                    base = ".".join(p for p in parts + ([node.module] if node.module else []) if p)
+                mods = [base] + [f"{base}.{a.name}" for a in node.names]
+            for m in mods:
+                t = target(m)
+                if t and t not in shipped:
+                    missing.setdefault(t, f)
+    assert not missing, "imported but not in any CMakeLists.txt (file: first importer): " + str(missing)
