@@ -5,9 +5,8 @@ SRMASegmenterLogic (MRML only) over SRMASegmenterLib (model, inference; plain Py
 """
 import logging
 import os
-from typing import Annotated, Optional
+from typing import Annotated
 
-import qt
 import slicer
 import vtk
 from slicer.i18n import tr as _
@@ -51,6 +50,10 @@ def ensure_dependencies(ask=True) -> bool:
     return ensure(_("SRMA Liver Segmenter"), ask)
 
 
+_lib_paths()
+from slicer_ai_app import AIModuleWidgetMixin  # noqa: E402 - importable once _lib_paths ran
+
+
 @parameterNodeWrapper
 class SRMASegmenterParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
@@ -63,50 +66,20 @@ class SRMASegmenterParameterNode:
     weightsPath: str = ""
 
 
-class SRMASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class SRMASegmenterWidget(AIModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The parameter node's lifecycle and the progress / Cancel state come from slicer_ai_app's mixin; this
+    class keeps its widgets, what enables Segment Liver, and the run."""
+
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._progress = None
+        self._init_widget_state()
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/SRMASegmenter.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = SRMASegmenterModuleLogic()
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self._setup_common("UI/SRMASegmenter.ui", SRMASegmenterModuleLogic())
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
-        self.ui.cancelButton.enabled = False
-        self.ui.progressBar.hide()
         self.initializeParameterNode()
-
-    def cleanup(self):
-        self.removeObservers()
-
-    def enter(self):
-        self.initializeParameterNode()
-
-    def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event):
-        if self._progress is not None:      # a run in progress: stop it, its results have no scene to go to
-            self._progress.cancel()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event):
-        if self.parent.isEntered:
-            self.initializeParameterNode()
 
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
@@ -115,40 +88,18 @@ class SRMASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):
                 self._parameterNode.inputVolume = first
 
-    def setParameterNode(self, node):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = node
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
-
     def _checkCanApply(self, caller=None, event=None):
         ok = bool(self._parameterNode and self._parameterNode.inputVolume)
         self.ui.applyButton.enabled = ok and self._progress is None
         self.ui.applyButton.toolTip = _("Segment the liver") if ok else _("Select an input volume")
 
-    def _onProgress(self, stage, fraction):
-        self.ui.progressBar.value = int(100 * fraction)
-        self.ui.statusLabel.text = stage
-
-    def onCancel(self):
-        if self._progress is not None:
-            self._progress.cancel()
-            self.ui.statusLabel.text = _("Cancelling...")
-
     def onApplyButton(self):
         if not ensure_dependencies():
             self.ui.statusLabel.text = _("Missing Python packages: not run.")
             return
-        from slicer_ai_common.progress import Cancelled, Progress
+        from slicer_ai_common.progress import Cancelled
         p = self._parameterNode
-        self._progress = Progress(self._onProgress)
-        self.ui.applyButton.enabled = False
-        self.ui.cancelButton.enabled = True
-        self.ui.progressBar.show()
+        self._start()
         try:
             with slicer.util.WaitCursor():
                 res = self.logic.logic().run(
@@ -171,10 +122,7 @@ class SRMASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Failed: ") + str(e)
             slicer.util.errorDisplay(_("Liver segmentation failed: ") + str(e))
         finally:
-            self._progress = None
-            self.ui.cancelButton.enabled = False
-            self.ui.progressBar.hide()
-            self._checkCanApply()
+            self._finish()
 
 
 class SRMASegmenterModuleLogic(ScriptedLoadableModuleLogic):

@@ -108,3 +108,17 @@ def test_every_module_a_shipped_file_imports_is_shipped():
                 if t and t not in shipped:
                     missing.setdefault(t, f)
     assert not missing, "imported but not in any CMakeLists.txt (file: first importer): " + str(missing)
+
+
+def test_the_shared_widget_mixin_finds_its_widgets_in_both_modules():
+    """slicer_ai_app.AIModuleWidgetMixin drives cancelButton, progressBar and statusLabel of whichever module
+    uses it: each module that uses it must have them in its .ui, and must call its two set-up hooks."""
+    code = (ROOT / "SlicerAICommon" / "slicer_ai_app" / "__init__.py").read_text()
+    used = set(re.findall(r"self\.ui\.(\w+)", code))
+    assert used >= {"cancelButton", "progressBar", "statusLabel"}
+    for name in ("SRMASegmenter", "UltraScanClassifier"):
+        mod = (ROOT / name / f"{name}.py").read_text()
+        assert f"class {name}Widget(AIModuleWidgetMixin, ScriptedLoadableModuleWidget" in mod
+        assert "self._init_widget_state()" in mod and f'self._setup_common("UI/{name}.ui"' in mod
+        missing = used - _ui_names(ROOT / name / "Resources" / "UI" / f"{name}.ui")
+        assert not missing, f"{name}.ui lacks {sorted(missing)}"

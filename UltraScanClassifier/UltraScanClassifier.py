@@ -57,6 +57,7 @@ def ensure_dependencies(ask=True) -> bool:
 
 
 _lib_paths()
+from slicer_ai_app import AIModuleWidgetMixin  # noqa: E402 - importable once _lib_paths ran
 from UltraScanClassifierLib.catalog import DEFAULT_MODEL, model_names  # noqa: E402 - standard library only
 
 SHIPPED_MODELS = model_names() or [DEFAULT_MODEL]   # the Model choice: folders in Resources/Models, default first
@@ -74,69 +75,29 @@ class UltraScanClassifierParameterNode:
     folderPath: str = ""
 
 
-class UltraScanClassifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class UltraScanClassifierWidget(AIModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The parameter node's lifecycle and the progress / Cancel state come from slicer_ai_app's mixin; this
+    class keeps its widgets, what enables each button, and the runs."""
+
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._progress = None
+        self._init_widget_state()
         self._bars = {}
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/UltraScanClassifier.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = UltraScanClassifierModuleLogic()
+        self._setup_common("UI/UltraScanClassifier.ui", UltraScanClassifierModuleLogic())
         self._bars = {"benign": self.ui.benignBar, "malignant": self.ui.malignantBar, "normal": self.ui.normalBar}
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.classifyButton.connect("clicked(bool)", self.onClassify)
         self.ui.classifyFolderButton.connect("clicked(bool)", self.onClassifyFolder)
         self.ui.exportCsvButton.connect("clicked(bool)", self.onExportCsv)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.heatmapOpacitySlider.connect("valueChanged(double)", self._setOpacity)
-        self.ui.cancelButton.enabled = False
-        self.ui.progressBar.hide()
         self.ui.disclaimerLabel.text = _("Decision support only, not a diagnosis.")
         self.initializeParameterNode()
 
-    def cleanup(self):
-        self.removeObservers()
-
-    def enter(self):
-        self.initializeParameterNode()
-
-    def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event):
-        if self._progress is not None:      # a run in progress: stop it, its results have no scene to go to
-            self._progress.cancel()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event):
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
-
-    def setParameterNode(self, node):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = node
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None):
         p = self._parameterNode
@@ -144,28 +105,6 @@ class UltraScanClassifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui.classifyButton.enabled = bool(p and p.inputImage) and idle
         self.ui.classifyFolderButton.enabled = bool(p and p.folderPath) and idle
         self.ui.exportCsvButton.enabled = bool(p and p.resultsTable) and idle
-
-    def _onProgress(self, stage, fraction):
-        self.ui.progressBar.value = int(100 * fraction)
-        self.ui.statusLabel.text = stage
-
-    def onCancel(self):
-        if self._progress is not None:
-            self._progress.cancel()
-            self.ui.statusLabel.text = _("Cancelling...")
-
-    def _start(self):
-        from slicer_ai_common.progress import Progress
-        self._progress = Progress(self._onProgress)
-        self.ui.cancelButton.enabled = True
-        self.ui.progressBar.show()
-        self._checkCanApply()
-
-    def _finish(self):
-        self._progress = None
-        self.ui.cancelButton.enabled = False
-        self.ui.progressBar.hide()
-        self._checkCanApply()
 
     def _showResult(self, res):
         r = res.classification

@@ -28,3 +28,91 @@ def ensure_dependencies(module_title: str, ask: bool = True) -> bool:
     if rest:
         slicer.util.pip_install(" ".join(f'"{m}"' for m in rest))
     return not missing_packages()
+
+
+class AIModuleWidgetMixin:
+    """What both module widgets do alike, moved here verbatim from them: loading the .ui, the parameter
+    node's lifecycle (connect / disconnect the GUI, follow scene close), and the progress / Cancel state of
+    one run at a time. Use it first among the bases:
+
+        class MyWidget(AIModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin)
+
+    and call `_init_widget_state()` in __init__ and `_setup_common(ui_file, module_logic)` in setup(). The
+    widget keeps its own `initializeParameterNode` (which node to preselect), `_checkCanApply` (which buttons
+    a state enables) and its run handlers, which wrap the work in `_start()` / `_finish()`. Needs `self.ui`
+    to have cancelButton, progressBar and statusLabel."""
+
+    def _init_widget_state(self):
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._progress = None
+
+    def _setup_common(self, ui_file: str, module_logic):
+        import slicer
+        ui_widget = slicer.util.loadUI(self.resourcePath(ui_file))
+        self.layout.addWidget(ui_widget)
+        self.ui = slicer.util.childWidgetVariables(ui_widget)
+        ui_widget.setMRMLScene(slicer.mrmlScene)
+        self.logic = module_logic
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.cancelButton.enabled = False
+        self.ui.progressBar.hide()
+
+    def cleanup(self):
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        import vtk
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event):
+        if self._progress is not None:      # a run in progress: stop it, its results have no scene to go to
+            self._progress.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def setParameterNode(self, node):
+        import vtk
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = node
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def _onProgress(self, stage, fraction):
+        self.ui.progressBar.value = int(100 * fraction)
+        self.ui.statusLabel.text = stage
+
+    def onCancel(self):
+        from slicer.i18n import tr as _
+        if self._progress is not None:
+            self._progress.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
+
+    def _start(self):
+        from slicer_ai_common.progress import Progress
+        self._progress = Progress(self._onProgress)
+        self.ui.cancelButton.enabled = True
+        self.ui.progressBar.show()
+        self._checkCanApply()
+
+    def _finish(self):
+        self._progress = None
+        self.ui.cancelButton.enabled = False
+        self.ui.progressBar.hide()
+        self._checkCanApply()
