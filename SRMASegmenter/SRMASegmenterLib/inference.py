@@ -21,16 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from slicer_ai_common.resources import resource_dir
+from slicer_ai_common.weights import NoWeightsError  # noqa: F401 - raised by the loader; callers catch it here
 
 from .volumes import Geometry, check_array, check_geometry, from_canonical, orientation_transform, to_canonical
 
 TRAIN_SPACING_IJK = (1.25, 1.25, 7.7)   # the published-style binary model (CHAOS T2 as distributed)
 DEFAULT_ROI = (224, 224, 64)
 MODELS_DIR = resource_dir(__file__, "SRMASegmenterResources", "Models")   # Slicer / checkout / wheel
-
-
-class NoWeightsError(RuntimeError):
-    """No trained SRMA-Mamba weights are installed (and none were given)."""
 
 
 @dataclass
@@ -201,16 +198,13 @@ class LiverSegmenter:
              models_dir: Path = MODELS_DIR):
         """Installed weights (verified by sha256), or a user file: manifest folder, .safetensors or .pth."""
         from slicer_ai_common.devices import resolve_device
-        from slicer_ai_common.catalog import CATALOG, load_model_weights
-        from slicer_ai_common.weights import find_models, load_into
+        from slicer_ai_common.catalog import load_model_weights
+        from slicer_ai_common.weights import load_into
 
         from .model import SRMAConfig, SRMAMamba
 
         dev = resolve_device(device) if isinstance(device, str) else device
-        if weights is None and not find_models(models_dir) and not (Path(models_dir).parent / CATALOG).is_file():
-            raise NoWeightsError(f"no trained SRMA-Mamba weights are installed (looked in {models_dir}); "
-                                 "install a model folder there or pass a weights file (--weights)")
-        sd, rec = load_model_weights(weights, models_dir, what="SRMA-Mamba model")
+        sd, rec = load_model_weights(weights, models_dir, what="SRMA-Mamba")
         cfg = SRMAConfig.from_dict(rec.manifest.get("config", {}))
         model = load_into(SRMAMamba(cfg), sd)   # refuses weights whose class count differs from the manifest's
         return cls(model, dev, rec.weights_id, config, rec.manifest)

@@ -40,6 +40,7 @@ import sys
 import time
 from pathlib import Path
 
+from slicer_ai_common.dependencies import package_version
 from slicer_ai_common.outputs import StagedOutputs, check_writable, console_entry
 
 _VOL_EXT = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -97,14 +98,6 @@ def _check_same_grid(ref_arr, ref_geom, arr, geom, name):
                           "direction differs); resample it onto the input first")
 
 
-def _version():
-    from importlib import metadata
-    try:
-        return metadata.version("slicer-liver-ultrasound-ai")
-    except metadata.PackageNotFoundError:
-        return "dev"
-
-
 def _write_seg(path, source_files: list, res, weights_id: str):
     """The organ masks of one result as a DICOM SEG on the source series (its files in slice order);
     returns the SEG dataset (a report references it)."""
@@ -116,7 +109,7 @@ def _write_seg(path, source_files: list, res, weights_id: str):
             (ORGANS[o][0], ORGANS[o][1], ORGANS[o][2], m) for o, m in res.info["organs"].items()]:
         cat, typ, mod = parse_slicer_terminology(term)
         segs.append(SegSegment(name, mask, cat, typ, mod, color))
-    seg = build_dicom_seg(source_files, segs, algorithm_name="SRMA-Mamba", algorithm_version=_version(),
+    seg = build_dicom_seg(source_files, segs, algorithm_name="SRMA-Mamba", algorithm_version=package_version(),
                           weights_id=weights_id)
     seg.save_as(str(path))
     return seg
@@ -127,7 +120,7 @@ def _write_sr(path, seg, source_files: list, res, weights_id: str):
     SEG's segment order (liver, then the other organs asked for)."""
     from SRMASegmenterLib.dicom_seg import build_volume_report
     volumes = [res.info["volume_ml"]] + [res.info["organ_volumes_ml"][o] for o in res.info["organs"]]
-    build_volume_report(seg, source_files, volumes, algorithm_name="SRMA-Mamba", algorithm_version=_version(),
+    build_volume_report(seg, source_files, volumes, algorithm_name="SRMA-Mamba", algorithm_version=package_version(),
                         weights_id=weights_id).save_as(str(path))
 
 
@@ -146,7 +139,9 @@ class Runner:
         self.logic = SRMASegmenterLogic(self.app.scene, self.app.segmentations_logic)
         self.segmenter = self.logic.segmenter(device, weights)
 
-    def segment(self, inp: Path, outs: list, reference: Path | None = None, organs=None, series=None):
+    def segment(self, inp: Path, outs: list, reference: Path | None = None, organs=None, series=None,
+                found: list | None = None):
+        """found: the DICOM series `find_dicom_series` listed under a folder input (read once, in main)."""
         from slicer_ai_mrml.nodes import scalar_volume_from_array
         from SRMASegmenterLogic import LIVER, ORGANS
 
@@ -154,8 +149,8 @@ class Runner:
 
         chosen = None
         if inp.is_dir():                              # DICOM: the series chosen once, read, and referenced by a SEG
-            from SRMASegmenterLib.volumes import choose_series, find_dicom_series, read_dicom_series
-            chosen = choose_series(find_dicom_series(inp), series, where=inp.name)
+            from SRMASegmenterLib.volumes import choose_series, read_dicom_series
+            chosen = choose_series(found or [], series, where=inp.name)
             arr, geom = read_dicom_series(chosen, inp)
         else:
             arr, geom = read_volume(inp)
@@ -279,6 +274,7 @@ def main(argv=None):
     study = bool(series) and len({s.study_uid for s in series}) == 1 and not any(
         f.is_file() and f.name.endswith(_VOL_EXT) for f in inp.iterdir())
     folder_mode = inp.is_dir() and not study
+    found = {inp: series} if study else {}          # DICOM input folder -> its series, listed once
     if study:
         try:
             chosen = choose_series(series, a.series, where=inp.name)
@@ -288,8 +284,8 @@ def main(argv=None):
         if len(series) > 1:
             print(f"srma-segment: {len(series)} series in {inp.name}; segmenting {chosen.label()}", file=sys.stderr)
     if folder_mode:
-        inputs = sorted([f for f in inp.iterdir() if f.is_file() and f.name.endswith(_VOL_EXT)] +
-                        [d for d in inp.iterdir() if d.is_dir() and find_dicom_series(d)])
+        found = {d: s for d in sorted(inp.iterdir()) if d.is_dir() and (s := find_dicom_series(d))}
+        inputs = sorted([f for f in inp.iterdir() if f.is_file() and f.name.endswith(_VOL_EXT)] + list(found))
         for f in [f for f in inputs if _earlier_output(f)]:   # a re-run into the input folder: not MRIs
             print(f"srma-segment: skipping {f.name}: a result of an earlier run (its report {_stem(f)}.json is "
                   "beside it)", file=sys.stderr)
@@ -374,7 +370,7 @@ def main(argv=None):
                 print(f"[{i}/{len(jobs)}] {src.name}: replacing the earlier result {dst[0]}", file=sys.stderr,
                       flush=True)
             r = runner.segment(src, dst, Path(a.reference) if a.reference and not folder_mode else None, organs,
-                               series=a.series)
+                               series=a.series, found=found.get(src))
             reports.append(r)
             if a.json:
                 continue

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .weights import MANIFEST, WeightsError, sha256_file
+from .weights import MANIFEST, NoWeightsError, WeightsError, plain_file_name, sha256_file
 
 CATALOG = "Models.json"
 
@@ -39,7 +39,7 @@ def read_catalog(path: os.PathLike) -> list:
                 raise KeyError("id / files")
             for f in m["files"]:
                 name = f["file"]
-                if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+                if not plain_file_name(name):
                     raise WeightsError(f"{p}: file {name!r} of {m['id']} is not a plain file name")
                 if not isinstance(f.get("sha256"), str):
                     raise KeyError(f"sha256 of {name}")
@@ -146,7 +146,8 @@ def load_model_weights(model, models_dir: os.PathLike, *, default: str | None = 
     """The one weights loader of both modules: `model` is None (the catalog's default, or `default`, or the
     only/first model folder), the id of a shipped model, a model folder, its model.json, or a weights file
     (.safetensors / .pth state dict). Catalogued models missing from disk are fetched (`ensure_model`).
-    -> (state_dict, ModelRecord). Each module builds its network from `record.manifest["config"]`."""
+    -> (state_dict, ModelRecord). Each module builds its network from `record.manifest["config"]`. `what`
+    names the model family in NoWeightsError ("no trained SRMA-Mamba weights are installed")."""
     from .weights import find_models, load_weights_file, read_manifest
 
     models_dir = Path(models_dir)
@@ -167,14 +168,14 @@ def load_model_weights(model, models_dir: os.PathLike, *, default: str | None = 
     if name is None:                                  # no catalog: the first model folder there
         recs = find_models(models_dir)
         if not recs:
-            raise WeightsError(f"no {what} weights are installed (looked in {models_dir}); install a model "
-                               "folder there or choose a weights file")
+            raise NoWeightsError(f"no trained {what} weights are installed (looked in {models_dir}); install a "
+                                 "model folder there or choose a weights file (--weights)")
         return recs[0].load_state_dict(verify=verify), recs[0]
     if name in listed:
         ensure_model(catalog, name, models_dir)
     if not (models_dir / name / MANIFEST).is_file():
         shipped = sorted(listed | {r.folder.name for r in find_models(models_dir)})
-        raise WeightsError(f"no shipped {what} named {name!r} (shipped: {', '.join(shipped) or 'none'}); "
+        raise WeightsError(f"no shipped model named {name!r} (shipped: {', '.join(shipped) or 'none'}); "
                            "reinstall the extension or choose a model folder or weights file")
     rec = read_manifest(models_dir / name)
     return rec.load_state_dict(verify=verify), rec

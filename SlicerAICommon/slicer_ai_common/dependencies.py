@@ -40,3 +40,13 @@ def require_highdicom(purpose: str = "DICOM SEG / SR output"):
     except ImportError as e:
         raise RuntimeError(f"{purpose} needs highdicom: pip install highdicom "
                            "(or pip install 'slicer-liver-ultrasound-ai[dicom]')") from e
+
+
+def package_version(dist: str = "slicer-liver-ultrasound-ai") -> str:
+    """The installed version of the project (the algorithm version written into DICOM objects); "dev" in a
+    checkout that was not pip-installed (inside Slicer, for instance)."""
+    from importlib import metadata
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "dev"

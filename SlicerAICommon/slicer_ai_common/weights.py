@@ -17,8 +17,19 @@ from .messages import torch_load_error_text
 MANIFEST = "model.json"
 
 
+def plain_file_name(name) -> bool:
+    """A file name with no folder part, not absolute, not '.' or '..': what a manifest or catalog may name,
+    so that it never points the loader at (or prints hashes of) files outside the model folder."""
+    return (isinstance(name, str) and bool(name) and name not in (".", "..") and "/" not in name
+            and "\\" not in name and not Path(name).is_absolute() and Path(name).name == name)
+
+
 class WeightsError(RuntimeError):
     """No weights, a checksum mismatch, a file that is not weights, or keys that do not fit the model."""
+
+
+class NoWeightsError(WeightsError):
+    """No trained weights are installed and none were given."""
 
 
 def sha256_file(path: os.PathLike, chunk: int = 1 << 20) -> str:
@@ -55,8 +66,7 @@ class ModelRecord:
         out = []
         for f in files:
             name = f.get("file") if isinstance(f, dict) else None
-            if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name \
-                    or Path(name).is_absolute() or Path(name).name != name:
+            if not plain_file_name(name):
                 raise WeightsError(f"{self.folder / MANIFEST}: weight file {name!r} is not a plain file name "
                                    "inside the model folder")
             if not isinstance(f.get("sha256"), str):

@@ -55,19 +55,15 @@ def save_heatmap(heat, image_path, folder, name=None):
 
 def save_report(r, image_path, folder, name: str, frame: int | None = None) -> Path:
     """The classification of a DICOM image as a DICOM SR (`dicom_sr`) in folder, staged like a heatmap."""
-    from importlib import metadata
+    from slicer_ai_common.dependencies import package_version
 
     from .dicom_sr import build_classification_report
-    try:
-        version = metadata.version("slicer-liver-ultrasound-ai")
-    except metadata.PackageNotFoundError:
-        version = "dev"
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / name
     with StagedOutputs((".sr.dcm",)) as staged:
         build_classification_report(image_path, r.label, r.probabilities, algorithm_name=r.weights_id.split("@")[0],
-                                    algorithm_version=version, weights_id=r.weights_id,
+                                    algorithm_version=package_version(), weights_id=r.weights_id,
                                     frame=frame).save_as(str(staged.temp(out)))
     return out
 

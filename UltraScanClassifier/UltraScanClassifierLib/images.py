@@ -46,6 +46,12 @@ def read_image(path: os.PathLike, frame: int | None = None) -> tuple[np.ndarray,
     """-> (array (H, W) or (H, W, C), pixel spacing (x, y) in mm; (1, 1) where the file has none).
     `frame` (1-based) picks one frame of a multi-frame file (DICOM cine, animated GIF, multi-page TIFF);
     without it such a file is refused; single-frame files ignore it."""
+    arr, spacing, _ = read_image_frame(path, frame)
+    return arr, spacing
+
+
+def read_image_frame(path: os.PathLike, frame: int | None = None) -> tuple[np.ndarray, tuple[float, float], int]:
+    """`read_image`, and how many frames the file holds (1 for a still image)."""
     p = Path(path)
     if not p.exists():
         raise ImageError(f"{p}: no such file")
@@ -60,7 +66,8 @@ def read_image(path: os.PathLike, frame: int | None = None) -> tuple[np.ndarray,
             from PIL import Image
             with Image.open(p) as im:
                 _check_size(p, im.width, im.height)     # refused before decoding: no gigabytes for one image
-                k = _pick_frame(p, getattr(im, "n_frames", 1), frame)   # animated GIF / WebP, multi-page TIFF
+                n = getattr(im, "n_frames", 1)
+                k = _pick_frame(p, n, frame)            # animated GIF / WebP, multi-page TIFF
                 if k:
                     im.seek(k)
                 im.load()
@@ -71,7 +78,7 @@ def read_image(path: os.PathLike, frame: int | None = None) -> tuple[np.ndarray,
                 elif im.mode == "LA":
                     im = im.convert("L")
                 arr = np.asarray(im)
-            return arr, (1.0, 1.0)
+            return arr, (1.0, 1.0), n
         except ImageError:
             raise
         except Exception as e:  # noqa: BLE001 - any decoder failure is "not a readable image"
@@ -89,26 +96,10 @@ def read_image(path: os.PathLike, frame: int | None = None) -> tuple[np.ndarray,
         raise ImageError(f"{p.name}: not a readable image ({itk_error_text(e)})") from e
     arr = sitk.GetArrayFromImage(img)          # (z, y, x[, c]) or (y, x[, c])
     sp = img.GetSpacing()
+    n = img.GetSize()[2] if img.GetDimension() == 3 else 1
     if img.GetDimension() == 3:
-        arr = arr[_pick_frame(p, img.GetSize()[2], frame)]
-    return arr, (float(sp[0]), float(sp[1]))
-
-
-def is_multiframe(path: os.PathLike) -> bool:
-    """More than one frame, from the header only (Pillow's n_frames, or the third size of ITK's)."""
-    p = Path(path)
-    try:
-        if p.suffix.lower() in PILLOW_SUFFIXES:
-            from PIL import Image
-            with Image.open(p) as im:
-                return getattr(im, "n_frames", 1) > 1
-        import SimpleITK as sitk
-        info = sitk.ImageFileReader()
-        info.SetFileName(str(p))
-        info.ReadImageInformation()
-        return info.GetDimension() == 3 and info.GetSize()[2] > 1
-    except Exception:  # noqa: BLE001 - unreadable: read_image has already said why
-        return False
+        arr = arr[_pick_frame(p, n, frame)]
+    return arr, (float(sp[0]), float(sp[1])), n
 
 
 def check_image(arr: np.ndarray, name: str = "image") -> np.ndarray:

@@ -25,7 +25,7 @@ from slicer_ai_common.weights import ModelRecord, find_models, load_into
 
 from .augment import normalize
 from .catalog import DEFAULT_MODEL, MODELS_DIR, model_names
-from .images import check_image, is_multiframe, read_image
+from .images import check_image, read_image_frame
 from .model import CLASSES, UltraScanNet, UltraScanNetConfig, build_classifier
 
 INPUT_SIZE = 224
@@ -185,8 +185,8 @@ class UltrasoundClassifier:
                               device=str(self.device), spacing=spacing, notes=list(notes))
 
     def classify_file(self, path, heatmap: bool = True, progress=None, frame: int | None = None) -> Classification:
-        arr, spacing = read_image(path, frame)
-        multi = bool(frame) and is_multiframe(path)
+        arr, spacing, n_frames = read_image_frame(path, frame)
+        multi = bool(frame) and n_frames > 1
         name = Path(path).name + (f" [frame {frame}]" if multi else "")
         r = self.classify(arr, spacing, heatmap=heatmap, name=name, progress=progress)
         if multi:
