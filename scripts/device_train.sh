@@ -5,6 +5,7 @@
 #   scripts/device_train.sh liver MINUTES        # carry .carry/chaos .carry/imagenet2 .whl
 #   scripts/device_train.sh ultrasound MINUTES   # carry .carry/busi .carry/busi-masks .carry/imagenet01 .whl
 #   scripts/device_train.sh liver-steps "S0 S1 S2 S3 S4 SALL" ARGS...  # the same 6 runs, fixed steps, extra args
+#   FOLDS="0 1 2" NGPU=1 scripts/device_train.sh liver-steps "S0 S1 S2" ARGS...  # a subset of the runs, one GPU
 #   scripts/device_train.sh status
 #   scripts/device_train.sh run liver|us NAME ARGS...  # one background training run, named, with its own args
 #   scripts/device_train.sh collect SECONDS            # wait for the runs (at most SECONDS), then copy to $OUT
@@ -16,7 +17,10 @@
 # the lesion-outline loss on each fold, and the teacher + student on all 624 images (exported).
 # A lost lease loses every run on it (no checkpoint fits through $OUT): start a CV in one call and poll
 # with calls that follow each other at once (the machine goes back 30 s after a call returns); use
-# --max-minutes so that every run ends inside the lease, whatever its step rate.
+# --max-minutes so that every run ends inside the lease, whatever its step rate. Seen: 1 of 4 call
+# boundaries lost the machine in session 7 (18 minutes of runs gone), 1 of 1 in session 6; plan runs
+# that end inside one or two calls. A fresh machine spends ~80 s compiling the Triton kernels on the first
+# step. One H200: 1 run alone 4.4-6.4 steps/s, 2 runs 3.9 each, 3 runs 2.66 each (batch 2).
 set -uo pipefail
 W=${W:-/root/w}
 mode=$1
@@ -37,7 +41,7 @@ liver_runs() {
   [ -d "$W/data/chaos-mr-t2" ] || cp -r .carry/chaos "$W/data/chaos-mr-t2"
   cd "$W/code" || exit 1
   local i=0 f d extra
-  for f in 0 1 2 3 4 all; do
+  for f in ${FOLDS:-0 1 2 3 4 all}; do
     d=$W/runs/liver/fold$f; mkdir -p "$d"
     extra=(--split splits/chaos_t2_5fold.json --fold "$f")
     [ "$f" = all ] && extra=(--fold all --hold-out case_20 --export "$W/runs/liver/model")
@@ -171,12 +175,12 @@ collect)   # wait until no training runs (or SECONDS pass), then bring logs, met
   pgrep -fa "[L]ib\.train" | cut -c1-150
   cd "$W/runs" || exit 1
   tar -czf "$OUT/runs.tgz" --exclude='*.pt' --exclude='*.safetensors' --exclude='model*' .
+  # $OUT gives back at most 8 files, 2 folders down: each run's folder is flattened to one name under w/
   n=0
-  for f in $(find . -name '*.safetensors' -size -16M | sort); do
-    n=$((n + 1)); [ $n -le 6 ] || break
-    mkdir -p "$OUT/w/$(dirname "$f")"; cp "$f" "$OUT/w/$f"
+  for f in $(find . \( -name '*.safetensors' -size -16M -o -name model.json \) | sort); do
+    n=$((n + 1)); [ $n -le 7 ] || break
+    d=$(dirname "${f#./}" | tr / _); mkdir -p "$OUT/w/$d"; cp "$f" "$OUT/w/$d/"
   done
-  find . -name 'model.json' -exec sh -c 'mkdir -p "$OUT/w/$(dirname "$1")"; cp "$1" "$OUT/w/$1"' _ {} \;
   ls -laR "$OUT" | head -40
   ;;
 status)
