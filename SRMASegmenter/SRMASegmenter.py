@@ -3,8 +3,8 @@
 Thin module file: GUI wiring, parameter node, progress/cancel. The work is done by
 SRMASegmenterLogic (MRML only) over SRMASegmenterLib (model, inference; plain Python).
 """
-import logging
 import os
+import sys
 from typing import Annotated
 
 import slicer
@@ -33,25 +33,13 @@ class SRMASegmenter(ScriptedLoadableModule):
             "Model architecture by Zeng et al.; shipped weights trained on CHAOS MR T2 (Kavur et al., CC BY-SA 4.0).")
 
 
-def _lib_paths():
-    """Make the plain-Python libraries beside this file importable inside Slicer."""
-    import sys
-    here = os.path.dirname(os.path.abspath(__file__))
-    for p in (here, os.path.join(here, "..", "SlicerAICommon"), os.path.join(here, "..", "kernels"),
-              os.path.join(here, "Lib")):
-        p = os.path.normpath(p)
-        if os.path.isdir(p) and p not in sys.path:
-            sys.path.append(p)
+# From a source checkout the shared packages sit beside this folder; an installed extension has them on the path.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if os.path.isdir(os.path.join(_HERE, "..", "SlicerAICommon")):
+    sys.path.append(os.path.normpath(os.path.join(_HERE, "..", "SlicerAICommon")))
+from slicer_ai_app import AIModuleLogicMixin, AIModuleWidgetMixin, add_library_paths  # noqa: E402
 
-
-def ensure_dependencies(ask=True) -> bool:
-    _lib_paths()
-    from slicer_ai_app import ensure_dependencies as ensure
-    return ensure(_("SRMA Liver Segmenter"), ask)
-
-
-_lib_paths()
-from slicer_ai_app import AIModuleWidgetMixin  # noqa: E402 - importable once _lib_paths ran
+add_library_paths(_HERE)
 
 
 @parameterNodeWrapper
@@ -69,6 +57,8 @@ class SRMASegmenterParameterNode:
 class SRMASegmenterWidget(AIModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The parameter node's lifecycle and the progress / Cancel state come from slicer_ai_app's mixin; this
     class keeps its widgets, what enables Segment Liver, and the run."""
+
+    moduleTitle = _("SRMA Liver Segmenter")  # what the install prompt and the log name
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -94,53 +84,33 @@ class SRMASegmenterWidget(AIModuleWidgetMixin, ScriptedLoadableModuleWidget, VTK
         self.ui.applyButton.toolTip = _("Segment the liver") if ok else _("Select an input volume")
 
     def onApplyButton(self):
-        if not ensure_dependencies():
-            self.ui.statusLabel.text = _("Missing Python packages: not run.")
-            return
-        from slicer_ai_common.progress import Cancelled
+        self._run(self._segment, failed=_("Liver segmentation failed: "))
+
+    def _segment(self):
         p = self._parameterNode
-        self._start()
-        try:
-            with slicer.util.WaitCursor():
-                res = self.logic.logic().run(
-                    p.inputVolume, output_segmentation=p.outputSegmentation,
-                    reference_segmentation=p.referenceSegmentation, device=p.device,
-                    weights=p.weightsPath or None, smoothing=p.smoothing, modality=p.modality,
-                    progress=self._progress, organs="spleen,kidneys" if p.otherOrgans else None,
-                    pump=slicer.app.processEvents)  # the model runs on a worker thread; the GUI stays live
-            if p.outputSegmentation is None:
-                p.outputSegmentation = res.segmentation_node
-            self.ui.resultsTableView.setMRMLTableNode(res.table_node)
-            res.segmentation_node.GetDisplayNode().SetVisibility(True)
-            notes = "; ".join(res.info.get("notes", []))
-            self.ui.statusLabel.text = (_("Liver: ") + f"{res.info['volume_ml']:.0f} mL, {res.info['seconds']:.1f} s "
-                                        f"on {res.info['device']}" + (f" ({notes})" if notes else ""))
-        except Cancelled:
-            self.ui.statusLabel.text = _("Cancelled: nothing was added to the scene.")
-        except Exception as e:  # noqa: BLE001 - every failure is shown, the scene is unchanged
-            logging.exception("SRMASegmenter failed")
-            self.ui.statusLabel.text = _("Failed: ") + str(e)
-            slicer.util.errorDisplay(_("Liver segmentation failed: ") + str(e))
-        finally:
-            self._finish()
+        res = self.logic.logic().run(
+            p.inputVolume, output_segmentation=p.outputSegmentation,
+            reference_segmentation=p.referenceSegmentation, device=p.device,
+            weights=p.weightsPath or None, smoothing=p.smoothing, modality=p.modality,
+            progress=self._progress, organs="spleen,kidneys" if p.otherOrgans else None,
+            pump=slicer.app.processEvents)  # the model runs on a worker thread; the GUI stays live
+        if p.outputSegmentation is None:
+            p.outputSegmentation = res.segmentation_node
+        self.ui.resultsTableView.setMRMLTableNode(res.table_node)
+        res.segmentation_node.GetDisplayNode().SetVisibility(True)
+        notes = "; ".join(res.info.get("notes", []))
+        self.ui.statusLabel.text = (_("Liver: ") + f"{res.info['volume_ml']:.0f} mL, {res.info['seconds']:.1f} s "
+                                    f"on {res.info['device']}" + (f" ({notes})" if notes else ""))
 
 
-class SRMASegmenterModuleLogic(ScriptedLoadableModuleLogic):
+class SRMASegmenterModuleLogic(AIModuleLogicMixin, ScriptedLoadableModuleLogic):
     """Slicer-side holder of the parameter node and the MRML logic (SRMASegmenterLogic)."""
 
-    def __init__(self):
-        ScriptedLoadableModuleLogic.__init__(self)
-        self._logic = None
+    parameterNodeClass = SRMASegmenterParameterNode
 
-    def getParameterNode(self):
-        return SRMASegmenterParameterNode(super().getParameterNode())
-
-    def logic(self):
-        _lib_paths()
-        if self._logic is None:
-            from SRMASegmenterLogic import SRMASegmenterLogic
-            self._logic = SRMASegmenterLogic(slicer.mrmlScene, slicer.modules.segmentations.logic())
-        return self._logic
+    def _make_logic(self):
+        from SRMASegmenterLogic import SRMASegmenterLogic
+        return SRMASegmenterLogic(slicer.mrmlScene, slicer.modules.segmentations.logic())
 
 
 class SRMASegmenterTest(ScriptedLoadableModuleTest):
@@ -160,7 +130,6 @@ class SRMASegmenterTest(ScriptedLoadableModuleTest):
         return slicer.util.loadVolume(os.path.normpath(path))
 
     def test_segment_sample(self):
-        _lib_paths()
         from SRMASegmenterLogic import SRMASegmenterLogic
         vol = self._sample()
         logic = SRMASegmenterLogic(slicer.mrmlScene, slicer.modules.segmentations.logic())
@@ -174,7 +143,6 @@ class SRMASegmenterTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Liver segmented: %.0f mL" % res.info["volume_ml"])
 
     def test_bad_input_leaves_scene(self):
-        _lib_paths()
         import numpy as np
         from SRMASegmenterLogic import SRMASegmenterLogic
         vol = slicer.util.addVolumeFromArray(np.zeros((8, 8, 8), dtype=np.int16))

@@ -122,3 +122,27 @@ def test_the_shared_widget_mixin_finds_its_widgets_in_both_modules():
         assert "self._init_widget_state()" in mod and f'self._setup_common("UI/{name}.ui"' in mod
         missing = used - _ui_names(ROOT / name / "Resources" / "UI" / f"{name}.ui")
         assert not missing, f"{name}.ui lacks {sorted(missing)}"
+
+
+def test_both_modules_run_through_the_shared_run_and_logic_holder():
+    """Each module's run handlers go through AIModuleWidgetMixin._run (dependency check, progress, Cancel,
+    error display) with a method of the widget that exists, the widget names itself for the install
+    prompt, and its module logic is the shared holder given its own parameter node and MRML logic."""
+    import ast
+    for name in ("SRMASegmenter", "UltraScanClassifier"):
+        tree = ast.parse((ROOT / name / f"{name}.py").read_text())
+        classes = {c.name: c for c in tree.body if isinstance(c, ast.ClassDef)}
+        widget, holder = classes[f"{name}Widget"], classes[f"{name}ModuleLogic"]
+        methods = {f.name for f in widget.body if isinstance(f, ast.FunctionDef)}
+        assert any(isinstance(a, ast.Assign) and a.targets[0].id == "moduleTitle" for a in widget.body)
+        runs = [c for c in ast.walk(widget) if isinstance(c, ast.Call) and getattr(c.func, "attr", "") == "_run"]
+        assert runs, f"{name}: no run goes through _run"
+        for c in runs:
+            assert isinstance(c.args[0], ast.Attribute) and c.args[0].attr in methods, ast.dump(c.args[0])
+        handlers = {f.name for f in widget.body if isinstance(f, ast.FunctionDef) and f.name.startswith("on")
+                    and any(c in ast.dump(f) for c in ("'_run'",))}
+        assert handlers, f"{name}: no handler calls _run"
+        assert [b.id for b in holder.bases] == ["AIModuleLogicMixin", "ScriptedLoadableModuleLogic"]
+        assigned = {a.targets[0].id: a.value.id for a in holder.body if isinstance(a, ast.Assign)}
+        assert assigned.get("parameterNodeClass") == f"{name}ParameterNode"
+        assert "_make_logic" in {f.name for f in holder.body if isinstance(f, ast.FunctionDef)}

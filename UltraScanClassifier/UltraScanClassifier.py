@@ -3,8 +3,8 @@
 Thin module file: GUI wiring, parameter node, progress/cancel, showing the heatmap. The work is done by
 UltraScanClassifierLogic (MRML only) over UltraScanClassifierLib (model, inference; plain Python).
 """
-import logging
 import os
+import sys
 from typing import Annotated
 
 import qt
@@ -40,24 +40,13 @@ class UltraScanClassifier(ScriptedLoadableModule):
             "(Al-Dhabyani et al., Data in Brief 28, 2020).")
 
 
-def _lib_paths():
-    """Make the plain-Python libraries beside this file importable inside Slicer."""
-    import sys
-    here = os.path.dirname(os.path.abspath(__file__))
-    for p in (here, os.path.join(here, "..", "SlicerAICommon"), os.path.join(here, "..", "kernels")):
-        p = os.path.normpath(p)
-        if os.path.isdir(p) and p not in sys.path:
-            sys.path.append(p)
+# From a source checkout the shared packages sit beside this folder; an installed extension has them on the path.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if os.path.isdir(os.path.join(_HERE, "..", "SlicerAICommon")):
+    sys.path.append(os.path.normpath(os.path.join(_HERE, "..", "SlicerAICommon")))
+from slicer_ai_app import AIModuleLogicMixin, AIModuleWidgetMixin, add_library_paths  # noqa: E402
 
-
-def ensure_dependencies(ask=True) -> bool:
-    _lib_paths()
-    from slicer_ai_app import ensure_dependencies as ensure
-    return ensure(_(TITLE), ask)
-
-
-_lib_paths()
-from slicer_ai_app import AIModuleWidgetMixin  # noqa: E402 - importable once _lib_paths ran
+add_library_paths(_HERE)
 from UltraScanClassifierLib.catalog import DEFAULT_MODEL, model_names  # noqa: E402 - standard library only
 
 SHIPPED_MODELS = model_names() or [DEFAULT_MODEL]   # the Model choice: folders in Resources/Models, default first
@@ -78,6 +67,8 @@ class UltraScanClassifierParameterNode:
 class UltraScanClassifierWidget(AIModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The parameter node's lifecycle and the progress / Cancel state come from slicer_ai_app's mixin; this
     class keeps its widgets, what enables each button, and the runs."""
+
+    moduleTitle = _(TITLE)  # what the install prompt and the log name
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -134,53 +125,32 @@ class UltraScanClassifierWidget(AIModuleWidgetMixin, ScriptedLoadableModuleWidge
                 w.sliceLogic().GetSliceCompositeNode().SetForegroundOpacity(value)
 
     def onClassify(self):
-        if not ensure_dependencies():
-            self.ui.statusLabel.text = _("Missing Python packages: not run.")
-            return
-        from slicer_ai_common.progress import Cancelled
+        self._run(self._classify, failed=_("Classification failed: "))
+
+    def _classify(self):
         p = self._parameterNode
-        self._start()
-        try:
-            with slicer.util.WaitCursor():
-                res = self.logic.logic().classify(p.inputImage, device=p.device, weights=self._weights(),
-                                                  heatmap=p.showHeatmap, table_node=p.resultsTable,
-                                                  progress=self._progress,
-                                                  pump=slicer.app.processEvents)
-            self._showResult(res)
-            self.ui.statusLabel.text = _("Done.")
-        except Cancelled:
-            self.ui.statusLabel.text = _("Cancelled: nothing was added to the scene.")
-        except Exception as e:  # noqa: BLE001 - every failure is shown, the scene is unchanged
-            logging.exception("UltraScanClassifier failed")
-            self.ui.statusLabel.text = _("Failed: ") + str(e)
-            slicer.util.errorDisplay(_("Classification failed: ") + str(e))
-        finally:
-            self._finish()
+        res = self.logic.logic().classify(p.inputImage, device=p.device, weights=self._weights(),
+                                          heatmap=p.showHeatmap, table_node=p.resultsTable,
+                                          progress=self._progress, pump=slicer.app.processEvents)
+        self._showResult(res)
+        self.ui.statusLabel.text = _("Done.")
 
     def onClassifyFolder(self):
-        if not ensure_dependencies():
-            return
-        from slicer_ai_common.progress import Cancelled
+        self._run(self._classifyFolder, failed=_("Folder classification failed: "), wait_cursor=False,
+                  cancelled=_("Cancelled: the rows already in the table are kept."), missing_status=False)
+
+    def _classifyFolder(self):
         p = self._parameterNode
-        self._start()
-        try:
-            res = self.logic.logic().classify_folder(p.folderPath, device=p.device, weights=self._weights(),
-                                                     table_node=p.resultsTable, progress=self._progress,
-                                                     pump=slicer.app.processEvents)
-            p.resultsTable = res.table_node
-            self.ui.resultsTableView.setMRMLTableNode(res.table_node)
-            msg = _("Classified {n} images.").format(n=len(res.rows))
-            if res.failures:
-                msg += " " + _("Skipped {n}: ").format(n=len(res.failures)) + "; ".join(
-                    f"{os.path.basename(f)} ({e})" for f, e in res.failures[:5])
-            self.ui.statusLabel.text = msg
-        except Cancelled:
-            self.ui.statusLabel.text = _("Cancelled: the rows already in the table are kept.")
-        except Exception as e:  # noqa: BLE001
-            logging.exception("UltraScanClassifier folder mode failed")
-            slicer.util.errorDisplay(_("Folder classification failed: ") + str(e))
-        finally:
-            self._finish()
+        res = self.logic.logic().classify_folder(p.folderPath, device=p.device, weights=self._weights(),
+                                                 table_node=p.resultsTable, progress=self._progress,
+                                                 pump=slicer.app.processEvents)
+        p.resultsTable = res.table_node
+        self.ui.resultsTableView.setMRMLTableNode(res.table_node)
+        msg = _("Classified {n} images.").format(n=len(res.rows))
+        if res.failures:
+            msg += " " + _("Skipped {n}: ").format(n=len(res.failures)) + "; ".join(
+                f"{os.path.basename(f)} ({e})" for f, e in res.failures[:5])
+        self.ui.statusLabel.text = msg
 
     def onExportCsv(self):
         path = qt.QFileDialog.getSaveFileName(None, _("Export results"), "ultrasound_classification.csv", "CSV (*.csv)")
@@ -189,22 +159,14 @@ class UltraScanClassifierWidget(AIModuleWidgetMixin, ScriptedLoadableModuleWidge
             self.ui.statusLabel.text = _("Exported to ") + path
 
 
-class UltraScanClassifierModuleLogic(ScriptedLoadableModuleLogic):
+class UltraScanClassifierModuleLogic(AIModuleLogicMixin, ScriptedLoadableModuleLogic):
     """Slicer-side holder of the parameter node and the MRML logic (UltraScanClassifierLogic)."""
 
-    def __init__(self):
-        ScriptedLoadableModuleLogic.__init__(self)
-        self._logic = None
+    parameterNodeClass = UltraScanClassifierParameterNode
 
-    def getParameterNode(self):
-        return UltraScanClassifierParameterNode(super().getParameterNode())
-
-    def logic(self):
-        _lib_paths()
-        if self._logic is None:
-            from UltraScanClassifierLogic import UltraScanClassifierLogic
-            self._logic = UltraScanClassifierLogic(slicer.mrmlScene)
-        return self._logic
+    def _make_logic(self):
+        from UltraScanClassifierLogic import UltraScanClassifierLogic
+        return UltraScanClassifierLogic(slicer.mrmlScene)
 
 
 class UltraScanClassifierTest(ScriptedLoadableModuleTest):
@@ -223,7 +185,6 @@ class UltraScanClassifierTest(ScriptedLoadableModuleTest):
         return slicer.util.loadVolume(os.path.join(here, "Resources", "SampleData", name), {"singleFile": True})
 
     def test_classify_sample(self):
-        _lib_paths()
         import numpy as np
         from UltraScanClassifierLogic import UltraScanClassifierLogic
         node = self._sample("busi_malignant_12.png")
@@ -237,7 +198,6 @@ class UltraScanClassifierTest(ScriptedLoadableModuleTest):
         self.delayDisplay(f"Verdict: {res.classification.label}")
 
     def test_3d_volume_refused(self):
-        _lib_paths()
         import numpy as np
         from UltraScanClassifierLogic import NodeError, UltraScanClassifierLogic
         vol = slicer.util.addVolumeFromArray(np.random.rand(4, 32, 32).astype(np.float32))

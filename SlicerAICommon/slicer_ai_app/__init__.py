@@ -2,6 +2,20 @@
 libraries or the MRML logics)."""
 from __future__ import annotations
 
+import os
+import sys
+
+
+def add_library_paths(module_dir: str) -> None:
+    """Make the plain-Python packages importable from a source checkout: the module folder, its Lib
+    folder, ../SlicerAICommon and ../kernels, where they exist (an installed extension has them on the
+    path already, so nothing is added there)."""
+    for p in (module_dir, os.path.join(module_dir, "Lib"), os.path.join(module_dir, "..", "SlicerAICommon"),
+              os.path.join(module_dir, "..", "kernels")):
+        p = os.path.normpath(p)
+        if os.path.isdir(p) and p not in sys.path:
+            sys.path.append(p)
+
 
 def ensure_dependencies(module_title: str, ask: bool = True) -> bool:
     """On first use: find missing packages and install them with the user's consent."""
@@ -116,3 +130,56 @@ class AIModuleWidgetMixin:
         self.ui.cancelButton.enabled = False
         self.ui.progressBar.hide()
         self._checkCanApply()
+
+    def _run(self, work, failed: str, cancelled: str | None = None, wait_cursor: bool = True,
+             missing_status: bool = True) -> None:
+        """One run, the way both modules do it: the packages checked first (the user asked to install what
+        is missing), progress and Cancel live while `work()` runs, a cancelled run said in the status line,
+        any failure logged, said in the status line and shown in an error dialog (`failed` + the message);
+        the widgets always put back. The widget sets `moduleTitle` (the name the install prompt shows)."""
+        import logging
+
+        import slicer
+        from slicer.i18n import tr as _
+
+        from slicer_ai_common.progress import Cancelled
+
+        if not ensure_dependencies(self.moduleTitle):
+            if missing_status:
+                self.ui.statusLabel.text = _("Missing Python packages: not run.")
+            return
+        self._start()
+        try:
+            if wait_cursor:
+                with slicer.util.WaitCursor():
+                    work()
+            else:
+                work()
+        except Cancelled:
+            self.ui.statusLabel.text = cancelled or _("Cancelled: nothing was added to the scene.")
+        except Exception as e:  # noqa: BLE001 - every failure is shown, the scene is unchanged
+            logging.exception("%s failed", self.moduleTitle)
+            self.ui.statusLabel.text = _("Failed: ") + str(e)
+            slicer.util.errorDisplay(failed + str(e))
+        finally:
+            self._finish()
+
+
+class AIModuleLogicMixin:
+    """The Slicer-side module logic of both modules: holds the parameter node and builds the MRML logic on
+    first use. Use it first among the bases, `class MyModuleLogic(AIModuleLogicMixin,
+    ScriptedLoadableModuleLogic)`, set `parameterNodeClass` and define `_make_logic()`."""
+
+    parameterNodeClass = None
+    _logic = None
+
+    def getParameterNode(self):
+        return self.parameterNodeClass(super().getParameterNode())
+
+    def logic(self):
+        if self._logic is None:
+            self._logic = self._make_logic()
+        return self._logic
+
+    def _make_logic(self):
+        raise NotImplementedError
