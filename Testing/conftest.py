@@ -1,11 +1,14 @@
 """Shared fixtures. Tests that need ../shared (real data, fixtures) skip with a clear message without it."""
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:     # the development package training/ (not installed: it ships nowhere)
+    sys.path.append(str(ROOT))
 SHARED = Path(os.environ.get("SLICER_AI_SHARED", ROOT.parent / "shared"))
 CHAOS = SHARED / "data" / "chaos-mr-t2"
 SRMA_FIX = SHARED / "fixtures" / "srma-official"

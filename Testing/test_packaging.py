@@ -76,3 +76,14 @@ def test_both_clis_run_on_the_samples_with_the_shipped_weights(installed):
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads(r.stdout)
     assert len(rows) == 3 and all(x["weights"].startswith("ultrascannet_busi@") for x in rows)
+
+
+def test_one_list_of_runtime_requirements():
+    """The wheel's dependencies and the list the in-Slicer check installs from are the same requirements
+    (numpy comes with torch; ssm-kernels ships inside the extension), and none is training-only."""
+    import tomllib
+
+    from slicer_ai_common.dependencies import REQUIRED
+    deps = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    assert deps - {"ssm-kernels", "numpy<2.4"} == set(REQUIRED.values())
+    assert not {d for d in deps if d.split(">")[0].split("=")[0] in {"pyyaml", "matplotlib", "tqdm"}}

@@ -16,7 +16,7 @@ BUSI = SHARED / "data" / "busi"
 
 # --------------------------------------------------------------------------------------- loading
 def test_loader_project_layout_grayscale_and_rgb():
-    from UltraScanClassifierLib.data import list_busi, load_images
+    from training.ultrascan.data import list_busi, load_images
     items = list_busi(need(BUSI))
     assert len(items) == 624
     counts = np.bincount([c for _, c in items])
@@ -31,7 +31,7 @@ def test_loader_original_release_layout(tmp_path):
     """RGB images of any size with *_mask.png files beside them (the public release's layout)."""
     from PIL import Image
 
-    from UltraScanClassifierLib.data import list_busi, load_images, make_split
+    from training.ultrascan.data import list_busi, load_images, make_split
     for cls in ("benign", "malignant", "normal"):
         (tmp_path / cls).mkdir()
         for i, path in enumerate(list_images(need(BUSI / cls))[:5], 1):
@@ -52,7 +52,7 @@ def test_loader_original_release_layout(tmp_path):
 def test_shipped_split_file_is_stratified_and_disjoint():
     from pathlib import Path
 
-    from UltraScanClassifierLib.data import load_split
+    from training.ultrascan.data import load_split
     s = load_split(Path(__file__).resolve().parents[1] / "splits" / "busi_5fold.json")
     names = [n for f in s["folds"] for n in f]
     assert len(names) == len(set(names)) == 624
@@ -124,7 +124,7 @@ def test_temperature_scaling_recovers_a_known_temperature():
 
 # ---------------------------------------------------------------------------------- augmentation
 def test_train_batch_shapes_targets_and_determinism():
-    from UltraScanClassifierLib.augment import AugmentConfig, train_batch
+    from training.ultrascan.augment import AugmentConfig, train_batch
     x = torch.randint(0, 255, (6, 3, 64, 64), dtype=torch.uint8)
     y = torch.tensor([0, 1, 2, 0, 1, 2])
     for preset in ("published", "scratch"):
@@ -181,7 +181,7 @@ def test_authors_style_checkpoint_loads_by_name(tmp_path):
     the shipped model's logits; an ImageNet-style 1000-class checkpoint initialises all but the head."""
     from UltraScanClassifierLib.inference import UltrasoundClassifier
     from UltraScanClassifierLib.model import UltraScanNet
-    from UltraScanClassifierLib.train import load_init
+    from training.ultrascan.train import load_init
     shipped = UltrasoundClassifier.load(device="cpu")
     sd = {k: v.float() for k, v in shipped.model.state_dict().items()}
     torch.save({"model": sd, "epoch": 3}, tmp_path / "ckpt.pth")

@@ -29,7 +29,7 @@ def test_runtime_lite0_equals_the_training_network_in_float64():
     """Same weights (renamed by from_training_keys) -> the same logits and feature map as the
     efficientnet-lite-pytorch network the teacher trains as."""
     pytest.importorskip("efficientnet_lite_pytorch", reason="the [train] extra is not installed")
-    from UltraScanClassifierLib.baselines import EfficientNetLite
+    from training.ultrascan.baselines import EfficientNetLite
     from UltraScanClassifierLib.efficientnet_lite import EfficientNetLite0, from_training_keys
     from UltraScanClassifierLib.images import check_image
     from UltraScanClassifierLib.inference import preprocess

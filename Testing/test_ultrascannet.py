@@ -108,7 +108,7 @@ def test_scan_goes_through_the_runtime(monkeypatch):
 
 
 def test_baselines_match_torchvision_parameter_counts():
-    from UltraScanClassifierLib.baselines import build_baseline
+    from training.ultrascan.baselines import build_baseline
     assert count_parameters(build_baseline("resnet50", 1000)) == 25_557_032      # torchvision resnet50()
     assert count_parameters(build_baseline("convnext_tiny", 1000)) == 28_589_128  # torchvision convnext_tiny()
     for name in ("resnet50", "convnext_tiny"):

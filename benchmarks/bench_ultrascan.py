@@ -19,11 +19,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-for p in ("UltraScanClassifier", "SlicerAICommon", "kernels"):
-    sys.path.insert(0, str(ROOT / p))
+for p in ("UltraScanClassifier", "SlicerAICommon", "kernels", ""):
+    sys.path.insert(0, str(ROOT / p))     # "": the checkout root, home of the development package training/
 
-from UltraScanClassifierLib.augment import AugmentConfig, train_batch  # noqa: E402
-from UltraScanClassifierLib.model import build_model, count_parameters, flops  # noqa: E402
+from training.ultrascan.augment import AugmentConfig, train_batch  # noqa: E402
+from UltraScanClassifierLib.model import count_parameters, flops  # noqa: E402
+from training.ultrascan.baselines import build_model  # noqa: E402
 
 
 def timeit(fn, reps, warmup, cuda):

@@ -11,13 +11,13 @@ MODELS=${7:-"ultrascannet resnet50 convnext_tiny"}
 FOLDS=${8:-"0 1 2 3 4 all"}
 EXTRA=${EXTRA:-}
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD/UltraScanClassifier:$PWD/SlicerAICommon:$PWD/kernels${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD:$PWD/UltraScanClassifier:$PWD/SlicerAICommon:$PWD/kernels${PYTHONPATH:+:$PYTHONPATH}"
 pids=()
 for m in $MODELS; do
   for f in $FOLDS; do
     [ "$f" = all ] && [ "$m" != ultrascannet ] && continue   # the shipped model only
     d="$OUT/$m/fold$f"; mkdir -p "$d"
-    OMP_NUM_THREADS=1 python -m UltraScanClassifierLib.train --data "$DATA" --split "$SPLIT" --fold "$f" \
+    OMP_NUM_THREADS=1 python -m training.ultrascan.train --data "$DATA" --split "$SPLIT" --fold "$f" \
       --model "$m" --out "$d" --epochs "$EPOCHS" --warmup-epochs "$WARMUP" --cooldown-epochs "$COOLDOWN" $EXTRA \
       > "$d/log.txt" 2>&1 &
     pids+=($!)

@@ -32,7 +32,7 @@ setup() {
   fi
   rsync -a --exclude .carry --exclude .whl --exclude .git ./ "$W/code/" 2>/dev/null || \
     (mkdir -p "$W/code" && tar --exclude=./.carry --exclude=./.whl --exclude=./.git -cf - . | tar -xf - -C "$W/code")
-  export PYTHONPATH=/tmp/site:$W/code/SRMASegmenter:$W/code/UltraScanClassifier:$W/code/SlicerAICommon:$W/code/kernels
+  export PYTHONPATH=/tmp/site:$W/code:$W/code/SRMASegmenter:$W/code/UltraScanClassifier:$W/code/SlicerAICommon:$W/code/kernels
 }
 
 # The 5 CV folds of splits/chaos_t2_5fold.json and the shipped model (every case but case_20), side by side
@@ -46,7 +46,7 @@ liver_runs() {
     extra=(--split splits/chaos_t2_5fold.json --fold "$f")
     [ "$f" = all ] && extra=(--fold all --hold-out case_20 --export "$W/runs/liver/model")
     # shellcheck disable=SC2086 # the schedule is a list of flags
-    CUDA_VISIBLE_DEVICES=$((i % ${NGPU:-2})) setsid nohup python3 -m SRMASegmenterLib.train --data "$W/data/chaos-mr-t2" \
+    CUDA_VISIBLE_DEVICES=$((i % ${NGPU:-2})) setsid nohup python3 -m training.srma.train --data "$W/data/chaos-mr-t2" \
       --out "$d" ${sched[$i]} --batch-size 2 --log-every 25 "${extra[@]}" "$@" > "$d/log.txt" 2>&1 < /dev/null &
     i=$((i + 1))
   done
@@ -81,7 +81,7 @@ us-variants)   # NAME "ARGS" [NAME "ARGS" ...]: Lite0 teacher-recipe variants, 5
     for f in 0 1 2 3 4 all; do
       d=$W/runs/us/$name/fold$f; mkdir -p "$d"
       sp=(--split splits/busi_5fold.json); [ $f = all ] && sp=()
-      setsid nohup python3 -m UltraScanClassifierLib.train --data "$W/data/busi" "${sp[@]}" --fold $f --out "$d" \
+      setsid nohup python3 -m training.ultrascan.train --data "$W/data/busi" "${sp[@]}" --fold $f --out "$d" \
         "${teach[@]}" "${va[@]}" > "$d/log.txt" 2>&1 < /dev/null &
     done
   done
@@ -99,7 +99,7 @@ ultrasound)
   ;;
 ultrasound-bg)   # runs in the background from $W/code
   MIN=$2
-  export PYTHONPATH=/tmp/site:$W/code/SRMASegmenter:$W/code/UltraScanClassifier:$W/code/SlicerAICommon:$W/code/kernels
+  export PYTHONPATH=/tmp/site:$W/code:$W/code/SRMASegmenter:$W/code/UltraScanClassifier:$W/code/SlicerAICommon:$W/code/kernels
   export EFFICIENTNET_LITE_DIR=$W/imagenet
   t_start=$(date +%s)
   D=$W/data/busi; M=$W/data/busi-masks; R=$W/runs/us
@@ -109,7 +109,7 @@ ultrasound-bg)   # runs in the background from $W/code
   pids=(); i=0
   for v in 0 1 2; do for f in 0 1 2 3 4; do
     d=$R/teacher_lite$v/fold$f; mkdir -p "$d"
-    CUDA_VISIBLE_DEVICES=$((i % 2)) python3 -m UltraScanClassifierLib.train "${common[@]}" --fold $f \
+    CUDA_VISIBLE_DEVICES=$((i % 2)) python3 -m training.ultrascan.train "${common[@]}" --fold $f \
       --model efficientnet_lite$v --out "$d" "${teach[@]}" > "$d/log.txt" 2>&1 &
     pids+=($!); i=$((i + 1))
   done; done
@@ -131,13 +131,13 @@ EOF
   student=(--epochs 300 --warmup-epochs 10 --cooldown-epochs 10 --lr 4e-4 --warmup-lr 4e-7 --min-lr 4e-6
            --weight-decay 0.05 --aug distill --mask-weight 0.5 --teacher-model efficientnet_lite$best)
   d=$R/teacher_lite$best/foldall; mkdir -p "$d"
-  CUDA_VISIBLE_DEVICES=1 python3 -m UltraScanClassifierLib.train --data "$D" --fold all --model efficientnet_lite$best \
+  CUDA_VISIBLE_DEVICES=1 python3 -m training.ultrascan.train --data "$D" --fold all --model efficientnet_lite$best \
     --out "$d" "${teach[@]}" > "$d/log.txt" 2>&1 &
   tpid=$!
   pids=()
   for f in 0 1 2 3 4; do
     d=$R/student/fold$f; mkdir -p "$d"
-    CUDA_VISIBLE_DEVICES=$((f % 2)) python3 -m UltraScanClassifierLib.train "${common[@]}" --fold $f --out "$d" \
+    CUDA_VISIBLE_DEVICES=$((f % 2)) python3 -m training.ultrascan.train "${common[@]}" --fold $f --out "$d" \
       --teacher "$R/teacher_lite$best/fold$f/final.safetensors" "${student[@]}" --time-budget "$left" \
       > "$d/log.txt" 2>&1 &
     pids+=($!)
@@ -145,7 +145,7 @@ EOF
   wait $tpid
   left=$(( MIN * 60 - ($(date +%s) - t_start) - 60 ))
   d=$R/student/foldall; mkdir -p "$d"
-  CUDA_VISIBLE_DEVICES=1 python3 -m UltraScanClassifierLib.train --data "$D" --fold all --out "$d" \
+  CUDA_VISIBLE_DEVICES=1 python3 -m training.ultrascan.train --data "$D" --fold all --out "$d" \
     --teacher "$R/teacher_lite$best/foldall/final.safetensors" "${student[@]}" --masks "$M" --time-budget "$left" \
     --export "$R/model" > "$d/log.txt" 2>&1 &
   pids+=($!)
@@ -157,13 +157,13 @@ run)   # one named run in the background; its data must have been copied by an e
   setup
   if [ "$kind" = liver ]; then
     [ -d "$W/data/chaos-mr-t2" ] || cp -r .carry/chaos "$W/data/chaos-mr-t2"
-    mod=SRMASegmenterLib.train; data=$W/data/chaos-mr-t2
+    mod=training.srma.train; data=$W/data/chaos-mr-t2
   else
     [ -d "$W/data/busi" ] || cp -r .carry/busi "$W/data/busi"
     [ -d .carry/busi-masks ] && [ ! -d "$W/data/busi-masks" ] && cp -r .carry/busi-masks "$W/data/busi-masks"
     mkdir -p "$W/imagenet"; for c in .carry/imagenet*; do [ -d "$c" ] && cp "$c"/* "$W/imagenet/"; done
     export EFFICIENTNET_LITE_DIR=$W/imagenet
-    mod=UltraScanClassifierLib.train; data=$W/data/busi
+    mod=training.ultrascan.train; data=$W/data/busi
   fi
   d=$W/runs/$name; mkdir -p "$d"
   (cd "$W/code" && setsid nohup python3 -m $mod --data "$data" --out "$d" "$@" > "$d/log.txt" 2>&1 < /dev/null &)

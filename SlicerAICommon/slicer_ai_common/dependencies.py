@@ -4,9 +4,10 @@ from __future__ import annotations
 import importlib.util
 import platform
 
-# import name -> pip requirement
+# import name -> pip requirement: the runtime's third-party needs, the same as pyproject.toml's dependencies
+# (less numpy, which torch brings, and ssm-kernels, which ships inside the extension)
 REQUIRED = {"torch": "torch>=2.1", "monai": "monai>=1.3", "safetensors": "safetensors>=0.4", "scipy": "scipy", "PIL": "pillow",
-            "SimpleITK": "SimpleITK>=2.2", "yaml": "pyyaml"}
+            "SimpleITK": "SimpleITK>=2.2"}
 # the GPU kernels: only where they can run
 OPTIONAL_GPU = {"triton": "triton>=3.0"}
 

@@ -23,10 +23,9 @@ from slicer_ai_common.devices import resolve_device, run_with_fallback
 from slicer_ai_common.progress import Progress
 from slicer_ai_common.weights import ModelRecord, find_models, load_into
 
-from .augment import normalize
 from .catalog import DEFAULT_MODEL, MODELS_DIR, model_names
 from .images import check_image, read_image_frame
-from .model import CLASSES, UltraScanNet, UltraScanNetConfig, build_classifier
+from .model import CLASSES, UltraScanNet, UltraScanNetConfig, build_classifier, normalize
 
 INPUT_SIZE = 224
 DISCLAIMER = "Decision support only, not a diagnosis: a radiologist makes the call."

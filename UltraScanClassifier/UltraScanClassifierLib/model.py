@@ -379,14 +379,6 @@ class UltraScanNet(nn.Module):
                 if p.ndim <= 1 or n.endswith(("pos_embed", "A_log", ".D", "temb"))}
 
 
-def build_model(name: str = "ultrascannet", num_classes: int = 3, **kwargs) -> nn.Module:
-    """UltraScanNet or a from-scratch baseline by name ('resnet50', 'convnext_tiny')."""
-    if name == "ultrascannet":
-        return UltraScanNet(UltraScanNetConfig(num_classes=num_classes, **kwargs))
-    from .baselines import build_baseline
-    return build_baseline(name, num_classes)
-
-
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -404,8 +396,15 @@ def flops(model: nn.Module, size=(224, 224)) -> float:
     return float(counter.get_total_flops())
 
 
-__all__ = ["UltraScanNet", "UltraScanNetConfig", "CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "build_model",
-           "count_parameters", "flops", "mixer_kind"]
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """RGB in [0, 1], (N, 3, H, W) -> ImageNet-normalised, as every model here was trained."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+__all__ = ["UltraScanNet", "UltraScanNetConfig", "CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "count_parameters",
+           "flops", "mixer_kind", "normalize"]
 
 
 ARCHITECTURES = ("UltraScanNet", "EfficientNet-Lite0")

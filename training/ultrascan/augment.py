@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .model import IMAGENET_MEAN, IMAGENET_STD
+from UltraScanClassifierLib.model import normalize
 
 
 @dataclass
@@ -48,12 +48,6 @@ class AugmentConfig:
             # augmented, mixed view; the teacher's soft output is the target, so mixing costs no label noise
             return cls(size=size, scale=(0.35, 1.0), ra_magnitude=7.0, mixup_alpha=0.4, cutmix_alpha=0.4)
         raise ValueError(f"unknown augmentation preset {name!r}: published, scratch or distill")
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 def _uniform(n, lo, hi, g, device):

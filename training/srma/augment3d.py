@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .inference import gaussian_blur_axis
+from SRMASegmenterLib.inference import gaussian_blur_axis
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """BUSI data: listing (`benign/ malignant/ normal/`, grayscale or RGB PNG, any size, `*_mask.png`
 ignored), the stratified 5-fold split file, and loading all images into one uint8 tensor.
 
-    python -m UltraScanClassifierLib.data split ../shared/data/busi splits/busi_5fold.json
+    python -m training.ultrascan.data split ../shared/data/busi splits/busi_5fold.json
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import check_image, list_images, read_image
-from .model import CLASSES
+from UltraScanClassifierLib.images import check_image, list_images, read_image
+from UltraScanClassifierLib.model import CLASSES
 
 
 def list_busi(root) -> list[tuple[str, int]]:

@@ -1,9 +1,9 @@
 """Turn a trained run into a shipped model folder: fp16 safetensors shards, `model.json` manifest
 (sha256 of each shard, config, calibration temperature, split, training record, cross-validated metrics).
 
-    python -m UltraScanClassifierLib.export runs/cv/ultrascannet/foldall/final.safetensors \
+    python -m training.ultrascan.export runs/cv/ultrascannet/foldall/final.safetensors \
         UltraScanClassifier/Resources/Models/ultrascannet_busi --record docs/training/ultrascannet_record.json
-    python -m UltraScanClassifierLib.export runs/lite0_all/final.safetensors \
+    python -m training.ultrascan.export runs/lite0_all/final.safetensors \
         UltraScanClassifier/Resources/Models/efficientnet_lite0_busi --architecture EfficientNet-Lite0 \
         --name efficientnet_lite0_busi --record docs/training/efficientnet_lite0_record.json
 """
@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 
 from slicer_ai_common.weights import load_into, save_sharded
 
-from .efficientnet_lite import from_training_keys
-from .model import CLASSES, build_classifier
+from UltraScanClassifierLib.efficientnet_lite import from_training_keys
+from UltraScanClassifierLib.model import CLASSES, build_classifier
 
 
 def export(weights, folder, name="ultrascannet_busi", record: dict | None = None, config: dict | None = None,

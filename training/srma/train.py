@@ -5,17 +5,17 @@ EMA of the weights, a fixed number of steps (or a wall-clock budget that ends th
 the held-out cases scored at the end through the module's own inference path.
 
     # one fold of the 5-fold cross-validation (fold 0 = the validation split of splits/chaos_t2.json)
-    python -m SRMASegmenterLib.train --data ../shared/data/chaos-mr-t2 --split splits/chaos_t2_5fold.json \
+    python -m training.srma.train --data ../shared/data/chaos-mr-t2 --split splits/chaos_t2_5fold.json \
         --fold 0 --out runs/srma/fold0 --steps 3000
     # the shipped model: every case but the demo sample (scored on it at the end), exported
-    python -m SRMASegmenterLib.train --data ../shared/data/chaos-mr-t2 --fold all --hold-out case_20 \
+    python -m training.srma.train --data ../shared/data/chaos-mr-t2 --fold all --hold-out case_20 \
         --out runs/srma/all --steps 3000 --export SRMASegmenter/Resources/Models/srma_chaos_t2_5class
 
 No checkpoint is chosen by looking at validation cases: the model after the last step (its EMA) is the
 model. Resumes from OUT/last.pt when present; `--init WEIGHTS` continues from exported weights with a
 fresh optimizer and a short warm-up. Data stay on the training device: the volumes are loaded once,
 resampled to the model grid (--spacing), and every batch is cut and augmented there.
-Multi-GPU: torchrun --nproc_per_node=N -m SRMASegmenterLib.train ... (DistributedDataParallel; each rank
+Multi-GPU: torchrun --nproc_per_node=N -m training.srma.train ... (DistributedDataParallel; each rank
 draws its own batches from its own random stream; rank 0 writes and evaluates).
 """
 from __future__ import annotations
@@ -154,7 +154,7 @@ def main(argv=None):
 
     from .augment3d import Augment3DConfig, augment_batch
     from .data import CHAOS_CLASSES, find_cases, load_case, split_cases
-    from .model import SRMAConfig, SRMAMamba
+    from SRMASegmenterLib.model import SRMAConfig, SRMAMamba
 
     ddp = "LOCAL_RANK" in os.environ
     rank, world = 0, 1
@@ -233,7 +233,7 @@ def main(argv=None):
 
     meta = dict(split={"train": [c["id"] for c in train_cases], "held_out": [c["id"] for c in val_cases]},
                 split_file=args.split, fold=args.fold, data=str(args.data),
-                command="python -m SRMASegmenterLib.train " + " ".join(sys.argv[1:] if argv is None else argv),
+                command="python -m training.srma.train " + " ".join(sys.argv[1:] if argv is None else argv),
                 config=cfg.to_dict(), args=vars(args))
     t0 = time.time()
     budget = args.max_minutes * 60
@@ -291,7 +291,7 @@ def main(argv=None):
                             "split", "split_file", "fold", "command", "steps_done", "stopped_by_time", "minutes", "gpu")})
         if val_cases and not args.no_eval:
             from .evaluate import evaluate_cases
-            from .inference import InferenceConfig, LiverSegmenter
+            from SRMASegmenterLib.inference import InferenceConfig, LiverSegmenter
             seg = LiverSegmenter(model, device, f"{args.name}@training", InferenceConfig(), manifest)
             rows, summ = evaluate_cases(seg, val_cases, out / "eval", overlays=False, log=say)
             summary["held_out"] = {"cases": rows, "summary": summ}

@@ -1,6 +1,6 @@
 """Evaluate SRMA-Mamba weights on labelled volumes through the same inference path as the module.
 
-    python -m SRMASegmenterLib.evaluate --data ../shared/data/chaos-mr-t2 --split splits/chaos_t2.json \
+    python -m training.srma.evaluate --data ../shared/data/chaos-mr-t2 --split splits/chaos_t2.json \
         --out runs/eval [--weights FOLDER_OR_FILE] [--device cpu|cuda] [--subset val|train|all]
 
 Writes metrics.csv (per case), metrics.json (per case, mean and sd), and one overlay PNG per case
@@ -49,8 +49,8 @@ def evaluate_cases(seg, cases, out=None, overlays=True, log=print):
     Writes metrics.csv / metrics.json (+ overlays) to `out` if given; returns (rows, summary)."""
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)     # overlays are written case by case
-    from .metrics import segmentation_metrics
-    from .volumes import read_volume
+    from SRMASegmenterLib.metrics import segmentation_metrics
+    from SRMASegmenterLib.volumes import read_volume
 
     rows = []
     for c in cases:
@@ -109,7 +109,7 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     from .data import find_cases, split_cases
-    from .inference import InferenceConfig, LiverSegmenter
+    from SRMASegmenterLib.inference import InferenceConfig, LiverSegmenter
 
     found = find_cases(a.data)
     if a.subset == "all":

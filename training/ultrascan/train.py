@@ -1,6 +1,6 @@
 """Train UltraScanNet (or a baseline) on BUSI, one cross-validation fold or all images.
 
-    python -m UltraScanClassifierLib.train --data ../shared/data/busi --split splits/busi_5fold.json \
+    python -m training.ultrascan.train --data ../shared/data/busi --split splits/busi_5fold.json \
         --fold 0 --out runs/ultrascannet/fold0
 
 Defaults are the published recipe: AdamW lr 6.25e-5, weight decay 0.01, batch 32, per-step cosine
@@ -39,8 +39,10 @@ import torch.nn.functional as F
 
 from .augment import AugmentConfig, eval_batch, train_batch
 from .data import load_images, load_split, list_busi
-from .metrics import classification_report
-from .model import CLASSES, build_model, count_parameters
+from UltraScanClassifierLib.metrics import classification_report
+from UltraScanClassifierLib.model import CLASSES, count_parameters
+
+from .baselines import build_model
 
 
 def build_parser():
@@ -163,7 +165,7 @@ class MaskHeads(torch.nn.Module):
 
 def cam_heatmaps(model, images_u8, size, batch=32):
     """Grad-CAM of the predicted class, on the images' own (load_size) grid, normalised to [0, 1]."""
-    from .inference import grad_cam
+    from UltraScanClassifierLib.inference import grad_cam
 
     model.eval()
     out = []
@@ -347,7 +349,7 @@ def main(argv=None):
                "train_images": len(train_names), "val_images": len(val_names),
                "train_seconds": round(time.time() - t_start, 1), "device": str(device),
                "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-               "command": "python -m UltraScanClassifierLib.train " + " ".join(sys.argv[1:] if argv is None else argv)}
+               "command": "python -m training.ultrascan.train " + " ".join(sys.argv[1:] if argv is None else argv)}
     if xva is not None:
         lg = predict_logits(ema.module, xva, a.img_size, amp_dtype=None, flip=a.tta_flip)
         np.savez(out / "val_logits.npz", names=np.array(val_names), labels=yva.numpy(), logits=lg)
@@ -355,7 +357,7 @@ def main(argv=None):
         print(f"[val] EMA after the last epoch: accuracy {summary['val']['accuracy']:.4f}, "
               f"macro-F1 {summary['val']['macro_f1']:.4f}", flush=True)
         if mva is not None and hasattr(ema.module, "forward_features"):
-            from .metrics import heatmap_scores
+            from UltraScanClassifierLib.metrics import heatmap_scores
             heat = cam_heatmaps(ema.module, xva, a.img_size)
             summary["heatmap"] = heatmap_scores(heat, mva[:, 0].numpy() > 0)
             print(f"[val] heatmap: pointing game {summary['heatmap']['pointing_game']:.3f}, "

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .inference import normalize_intensity, resample, resample_labels
-from .volumes import orientation_transform, read_volume, to_canonical
+from SRMASegmenterLib.inference import normalize_intensity, resample, resample_labels
+from SRMASegmenterLib.volumes import orientation_transform, read_volume, to_canonical
 
 CHAOS_CLASSES = ("background", "liver", "right_kidney", "left_kidney", "spleen")
 _CHAOS = re.compile(r"case_(\d+)_t2\.nii(\.gz)?$")

@@ -3,9 +3,9 @@ recall / F1, one-vs-rest ROC AUC, expected calibration error; confusion matrix P
 temperature fitted on the pooled out-of-fold logits (every image scored by the model that never saw it).
 
     # from cross-validation runs (train.py writes val_logits.npz into each fold folder)
-    python -m UltraScanClassifierLib.evaluate runs/cv/ultrascannet --out docs/eval/ultrascannet
+    python -m training.ultrascan.evaluate runs/cv/ultrascannet --out docs/eval/ultrascannet
     # or a trained model over labelled images (BUSI layout), e.g. the shipped one on new data
-    python -m UltraScanClassifierLib.evaluate --model UltraScanClassifier/Resources/Models/ultrascannet_busi \
+    python -m training.ultrascan.evaluate --model UltraScanClassifier/Resources/Models/ultrascannet_busi \
         --data /path/to/busi_holdout --out out/eval_holdout
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import classification_report, fit_temperature, softmax
-from .model import CLASSES
+from UltraScanClassifierLib.metrics import classification_report, fit_temperature, softmax
+from UltraScanClassifierLib.model import CLASSES
 
 SCALARS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "macro_auc", "ece")
 
@@ -83,7 +83,7 @@ def evaluate_cv(run_dir, out=None) -> dict:
 
 def evaluate_model(model_dir, data, out=None, device="auto") -> dict:
     from .data import list_busi
-    from .inference import UltrasoundClassifier
+    from UltraScanClassifierLib.inference import UltrasoundClassifier
     clf = UltrasoundClassifier.load(model_dir, device=device)
     items = list_busi(data)
     logits = np.stack([clf.classify_file(Path(data) / n, heatmap=False).logits for n, _ in items])

@@ -185,3 +185,12 @@ def build_baseline(name: str, num_classes: int = 3) -> nn.Module:
     if name not in BASELINES:
         raise ValueError(f"unknown model {name!r}; choose ultrascannet or one of {sorted(BASELINES)}")
     return BASELINES[name](num_classes=num_classes)
+
+
+def build_model(name: str = "ultrascannet", num_classes: int = 3, **kwargs) -> nn.Module:
+    """What training builds by name: UltraScanNet (the runtime's network) or a from-scratch baseline /
+    ImageNet teacher ('resnet50', 'convnext_tiny', 'efficientnet_lite0'...)."""
+    if name == "ultrascannet":
+        from UltraScanClassifierLib.model import UltraScanNet, UltraScanNetConfig
+        return UltraScanNet(UltraScanNetConfig(num_classes=num_classes, **kwargs))
+    return build_baseline(name, num_classes)

@@ -1,6 +1,6 @@
 """Turn a training checkpoint into the shipped model folder: fp16 safetensors shards + manifest.
 
-    python -m SRMASegmenterLib.export runs/srma/best.pt SRMASegmenter/Resources/Models/srma_chaos_t2
+    python -m training.srma.export runs/srma/best.pt SRMASegmenter/Resources/Models/srma_chaos_t2
 """
 from __future__ import annotations
 

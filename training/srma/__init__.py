@@ -1,0 +1,1 @@
+"""SRMA-Mamba training on CHAOS T2: GPU augmentation, data, training loop, evaluation driver, export."""

@@ -1,0 +1,1 @@
+"""UltraScanNet training on BUSI: augmentation, data, baselines and teachers, training loop, evaluation driver, export."""
