@@ -75,14 +75,28 @@ def _ds(v) -> str:
     return format_number_as_ds(float(v))
 
 
+def new_dicom(sop_class: str, study: str | None = None, series: str | None = None):
+    """A pydicom dataset of one SOP class with its file meta (explicit VR little endian), a new SOP instance
+    UID, and the study / series UIDs given (new ones otherwise): what every test DICOM writer starts from."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study or generate_uid(), series or generate_uid()
+    return ds
+
+
 def write_mr_series(folder: Path, arr_kji: np.ndarray, geom, series_description="T2 SPIR", *, study=None,
                     number=5, image_type=("ORIGINAL", "PRIMARY", "M", "NONE"), transfer_syntax=None, tilt_slice=None):
     """One MR Image Storage file per slice, with the tags a real MR series has, shuffled file names (the
     reader must sort by position). `study`: a StudyInstanceUID to share with other series; `transfer_syntax`:
     e.g. pydicom's RLELossless to compress; `tilt_slice`: a slice index given another orientation (a
     series that mixes orientations). Returns the SeriesInstanceUID."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     folder.mkdir(parents=True, exist_ok=True)
     study, series, frame_of_ref = study or generate_uid(), generate_uid(), generate_uid()
@@ -90,14 +104,8 @@ def write_mr_series(folder: Path, arr_kji: np.ndarray, geom, series_description=
     sx, sy, sz = (float(v) for v in geom.spacing)
     order = np.random.default_rng(0).permutation(arr_kji.shape[0])
     for k in range(arr_kji.shape[0]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MR_STORAGE
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = MR_STORAGE, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame_of_ref
+        ds = new_dicom(MR_STORAGE, study, series)
+        ds.FrameOfReferenceUID = frame_of_ref
         ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Liver", "T0001", "19700101", "O"
         ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20261124", "120000", "1", "A1"
         ds.ReferringPhysicianName, ds.Modality, ds.Manufacturer = "", "MR", "Test"

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import right_handed_oblique, write_mr_series
+from conftest import new_dicom, right_handed_oblique, write_mr_series
 
 pydicom = pytest.importorskip("pydicom")
 
@@ -74,21 +74,13 @@ def test_ambiguous_or_unmatched_choices_are_refused_with_the_list(study, tmp_pat
 
 
 def test_enhanced_multiframe_and_mixed_orientations_are_refused(tmp_path):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
     from SRMASegmenterLib.volumes import ENHANCED_MR, VolumeError, read_volume
     g = right_handed_oblique()
     write_mr_series(tmp_path / "mixed", _vol(5), g, "T2 SPIR", tilt_slice=6)
     with pytest.raises(VolumeError, match=r"mixes slice orientations \(1 of 12"):
         read_volume(tmp_path / "mixed")
     (tmp_path / "enh").mkdir()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ENHANCED_MR, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = ENHANCED_MR, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds = new_dicom(ENHANCED_MR)
     ds.Modality, ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = "MR", "T2 enhanced", 9, 1
     ds.PatientName, ds.PatientID = "Test^Liver", "T0001"
     ds.NumberOfFrames, ds.Rows, ds.Columns = 4, 16, 16

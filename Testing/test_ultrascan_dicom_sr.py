@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, new_dicom
 
 hd = pytest.importorskip("highdicom", reason="DICOM SR needs highdicom (pip install highdicom)")
 pydicom = pytest.importorskip("pydicom")
@@ -23,16 +23,8 @@ US_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 def write_us_image(path: Path, png: Path):
     """A single-frame US Image Storage file with the tags a real one has (8-bit grayscale)."""
     from PIL import Image
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
     img = np.asarray(Image.open(png).convert("L"))
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = US_STORAGE, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = US_STORAGE, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds = new_dicom(US_STORAGE)
     ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Breast", "B0001", "19700101", "F"
     ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20261124", "120000", "1", "A2"
     ds.ReferringPhysicianName, ds.Modality, ds.Manufacturer = "", "US", "Test"

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from slicer_ai_common.dependencies import require_highdicom as _require
+from slicer_ai_common.dependencies import require_highdicom
 from slicer_ai_common.dicom_sr import measurement_report_sr
 
 from .volumes import VolumeError
@@ -46,16 +46,11 @@ def parse_slicer_terminology(term: str) -> tuple:
     return code(parts[1]), code(parts[2]), code(parts[3])
 
 
-def require_highdicom():
-    """Raise a one-line RuntimeError saying how to install highdicom when it is missing."""
-    _require("DICOM SEG output")
-
-
 def build_dicom_seg(source_files: Sequence[os.PathLike], segments: Sequence[SegSegment], *,
                     algorithm_name: str, algorithm_version: str, weights_id: str,
                     series_description: str = "AI segmentation (review before use)"):
     """-> a highdicom Segmentation dataset (not yet written)."""
-    require_highdicom()
+    require_highdicom("DICOM SEG output")
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
@@ -107,7 +102,7 @@ def build_volume_report(seg, source_files: Sequence[os.PathLike], volumes_ml: Se
     and its source series, names the organ (SNOMED CT finding site, as the segment's property type) and holds
     one measurement, Volume in mL (UCUM), with the algorithm's identification. `volumes_ml[n - 1]` is segment
     n's volume. -> the SR dataset (not yet written)."""
-    require_highdicom()
+    require_highdicom("A DICOM volume report")
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes

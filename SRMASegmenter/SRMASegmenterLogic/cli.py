@@ -318,8 +318,8 @@ def main(argv=None):
         jobs = [(inp, outs)]
     if any(o.name.endswith(".dcm") for _, d in jobs for o in d):
         try:                                  # before the model loads
-            from SRMASegmenterLib.dicom_seg import require_highdicom
-            require_highdicom()
+            from slicer_ai_common.dependencies import require_highdicom
+            require_highdicom("DICOM SEG / SR output")
         except RuntimeError as e:
             print(f"srma-segment: {e}", file=sys.stderr)
             return 2

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from slicer_ai_common.resources import resource_dir
+from slicer_ai_common.weights import MANIFEST          # standard library only, like this file
 
 MODELS_DIR = resource_dir(__file__, "UltraScanClassifierResources", "Models")   # Slicer / checkout / wheel
 DEFAULT_MODEL = "ultrascannet_busi"
-MANIFEST = "model.json"   # slicer_ai_common.weights.MANIFEST
 
 
 def model_names(root=MODELS_DIR) -> list:
