@@ -171,8 +171,8 @@ run)   # one named run in the background; its data must have been copied by an e
   ;;
 collect)   # wait until no training runs (or SECONDS pass), then bring logs, metrics and weights back
   end=$(( $(date +%s) + $2 ))
-  while pgrep -f "[L]ib\.train" > /dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 5; done
-  pgrep -fa "[L]ib\.train" | cut -c1-150
+  while pgrep -f "[t]raining\.[a-z]*\.train" > /dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 5; done
+  pgrep -fa "[t]raining\.[a-z]*\.train" | cut -c1-150
   cd "$W/runs" || exit 1
   tar -czf "$OUT/runs.tgz" --exclude='*.pt' --exclude='*.safetensors' --exclude='model*' .
   # $OUT gives back at most 8 files, 2 folders down: each run's folder is flattened to one name under w/
