@@ -24,12 +24,10 @@ import argparse
 import csv
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -92,32 +90,6 @@ def parse_args(argv=None):
     return args
 
 
-class EMA:
-    """Exponential moving average of the weights (and buffers), decay ramped up over the first steps."""
-
-    def __init__(self, model, decay):
-        self.decay = decay
-        self.n = 0
-        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model):
-        self.n += 1
-        d = min(self.decay, (1 + self.n) / (10 + self.n))
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
-            else:
-                self.shadow[k].copy_(v)
-
-    def state_dict(self):
-        return {"n": self.n, "shadow": self.shadow}
-
-    def load_state_dict(self, s):
-        self.n = s["n"]
-        self.shadow = {k: v.float() for k, v in s["shadow"].items()}
-
-
 def canvas(data, patch, device):
     """Every training volume padded (centred) to one canvas at least the patch: images with their own
     minimum (the background the network also sees beyond a volume's edge at inference), labels with 0."""
@@ -140,33 +112,17 @@ def deep_supervision_loss(outputs, target, loss_fn):
     return sum(wi * loss_fn(o, target) for wi, o in zip(w, outputs)) / sum(w)
 
 
-def lr_factor(progress, warmup):
-    if progress < warmup:
-        return (progress + 1e-3) / warmup
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-9, 1 - warmup))))
-
-
 def main(argv=None):
     args = parse_args(argv)
     from monai.losses import DiceCELoss
 
-    from slicer_ai_common.devices import resolve_device
-
+    from ..loop import EMA, Amp, Clock, WarmupCosine, load_checkpoint, save_checkpoint, setup_distributed
     from .augment3d import Augment3DConfig, augment_batch
     from .data import CHAOS_CLASSES, find_cases, load_case, split_cases
     from SRMASegmenterLib.model import SRMAConfig, SRMAMamba
 
-    ddp = "LOCAL_RANK" in os.environ
-    rank, world = 0, 1
-    if ddp:
-        import torch.distributed as dist
-        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
-        dist.init_process_group("nccl")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    else:
-        device = resolve_device(args.device)
+    dist = setup_distributed(args.device)
+    rank, device = dist.rank, dist.device
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(args.seed + 1000 * rank)
     g = torch.Generator(device=device)
@@ -204,7 +160,7 @@ def main(argv=None):
         (no_decay if p_.ndim <= 1 or n.endswith(("A_logs", "Ds")) else decay).append(p_)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
-    amp_dtype = torch.bfloat16 if device.type == "cuda" and args.amp != "off" else None
+    amp = Amp(args.amp, device)
     if multiclass:
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True,
                              smooth_nr=1e-5, smooth_dr=1e-5)
@@ -213,10 +169,10 @@ def main(argv=None):
 
     step, elapsed_before, history = 0, 0.0, []
     warmup = args.warmup
-    ema = EMA(model, args.ema)
+    ema = EMA(model, args.ema, ramp=True)
     resume = args.resume or (out / "last.pt" if (out / "last.pt").exists() else None)
     if resume:
-        ck = torch.load(resume, map_location="cpu", weights_only=False)
+        ck = load_checkpoint(resume)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         ema.load_state_dict(ck["ema"])
@@ -226,40 +182,36 @@ def main(argv=None):
     elif args.init:
         from slicer_ai_common.weights import load_into, load_weights_file
         load_into(model, load_weights_file(args.init)[0])
-        ema = EMA(model, args.ema)
+        ema = EMA(model, args.ema, ramp=True)
         warmup = min(warmup, 0.02)
         say(f"initialised from {args.init} (fresh optimizer, warm-up {warmup:.0%})")
-    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index]) if ddp else model
+    net = dist.wrap(model)
+    # the old (p + 1e-3) / warmup warm-up, which ended 2 % above the peak, now ends on it
+    schedule = WarmupCosine(peak=args.lr, warmup=warmup, start=args.lr * 1e-3 / warmup)
 
     meta = dict(split={"train": [c["id"] for c in train_cases], "held_out": [c["id"] for c in val_cases]},
                 split_file=args.split, fold=args.fold, data=str(args.data),
                 command="python -m training.srma.train " + " ".join(sys.argv[1:] if argv is None else argv),
                 config=cfg.to_dict(), args=vars(args))
-    t0 = time.time()
-    budget = args.max_minutes * 60
+    clock = Clock(args.steps, args.max_minutes * 60, elapsed_before)
     done_by_time = False
     losses, t_log = [], time.time()
     while step < args.steps:
-        progress = step / args.steps
-        if budget:
-            progress = max(progress, (elapsed_before + time.time() - t0) / budget)
+        progress = clock.progress(step)
         if progress >= 1:
             done_by_time = True
             break
         for grp in opt.param_groups:
-            grp["lr"] = args.lr * lr_factor(progress, warmup)
+            grp["lr"] = schedule(progress)
         idx = torch.randint(len(data), (args.batch_size,), generator=g, device=device)
         with torch.no_grad():
             x, y = augment_batch(images[idx], labels[idx], num_classes, aug, g)
         target = y[:, None] if multiclass else (y[:, None] == 1).float()
         net.train()
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with amp.autocast():
             outs = net(x)
         loss = deep_supervision_loss([o.float() for o in outs], target, loss_fn)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-        opt.step()
+        amp.step(loss, opt, args.clip)
         ema.update(model)
         step += 1
         losses.append(loss.detach())
@@ -270,21 +222,20 @@ def main(argv=None):
                 raise FloatingPointError(f"loss is {lv} at step {step}")
             sps = len(losses) / (time.time() - t_log)
             row = dict(step=step, loss=round(lv, 5), lr=opt.param_groups[0]["lr"], steps_per_s=round(sps, 3),
-                       minutes=round((elapsed_before + time.time() - t0) / 60, 2))
+                       minutes=round(clock.elapsed() / 60, 2))
             history.append(row)
             say(" ".join(f"{k}={v}" for k, v in row.items()))
             losses, t_log = [], time.time()
-        if rank == 0 and (step % args.ckpt_every == 0 or last):
-            save_checkpoint(out, model, opt, ema, step, elapsed_before + time.time() - t0, history, g, meta)
-    if rank == 0:
-        save_checkpoint(out, model, opt, ema, step, elapsed_before + time.time() - t0, history, g, meta)
+        if dist.main and (step % args.ckpt_every == 0 or last):
+            save_checkpoint(out / "last.pt", checkpoint(model, opt, ema, step, clock, history, g, meta))
+    if dist.main:
+        save_checkpoint(out / "last.pt", checkpoint(model, opt, ema, step, clock, history, g, meta))
         write_history(history, out)
-    meta.update(steps_done=step, stopped_by_time=done_by_time, minutes=round((elapsed_before + time.time() - t0) / 60, 2),
+    meta.update(steps_done=step, stopped_by_time=done_by_time, minutes=round(clock.elapsed() / 60, 2),
                 gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
     summary = dict(meta)
-    if rank == 0:
-        own = model.state_dict()
-        model.load_state_dict({k: v.to(own[k].dtype) for k, v in ema.shadow.items()})
+    if dist.main:
+        model = ema.module
         manifest = dict(model="SRMA-Mamba", task="abdominal organ segmentation (liver first), T2 MRI",
                         config=cfg.to_dict(), train_spacing_ijk=list(args.spacing),
                         inference={"roi_size": list(args.patch)}, training={k: meta[k] for k in (
@@ -304,17 +255,13 @@ def main(argv=None):
             summary["exported"] = rec.weights_id
             say(f"exported {rec.weights_id} to {args.export}")
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    if ddp:
-        import torch.distributed as dist
-        dist.destroy_process_group()
+    dist.close()
     return summary
 
 
-def save_checkpoint(out, model, opt, ema, step, elapsed, history, g, meta):
-    tmp = out / "last.pt.tmp"
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(), "step": step,
-                "elapsed": elapsed, "history": history, "gen": g.get_state(), "meta": meta}, tmp)
-    os.replace(tmp, out / "last.pt")
+def checkpoint(model, opt, ema, step, clock, history, g, meta):
+    return {"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(), "step": step,
+            "elapsed": clock.elapsed(), "history": history, "gen": g.get_state(), "meta": meta}
 
 
 def write_history(history, out: Path):

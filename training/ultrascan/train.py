@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import sys
 import time
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..loop import EMA, Amp, Clock, WarmupCosine, load_checkpoint, save_checkpoint
 from .augment import AugmentConfig, eval_batch, train_batch
 from .data import load_images, load_split, list_busi
 from UltraScanClassifierLib.metrics import classification_report
@@ -89,18 +89,9 @@ def build_parser():
     ap.add_argument("--init", default=None, help="initial weights (e.g. ImageNet MambaVision-T2); non-matching keys skipped")
     ap.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
     ap.add_argument("--time-budget", type=float, default=0,
-                    help="seconds; if the run would exceed it (measured after 3 epochs), epochs, warm-up and "
-                         "cool-down shrink in proportion so that it fits (recorded in summary.json)")
+                    help="seconds: the schedule runs on max(step / steps, time / budget) and ends with whichever "
+                         "comes first (recorded in summary.json)")
     return ap
-
-
-def lr_at(step, steps_per_epoch, a):
-    """Per-step schedule: linear warm-up, cosine to min_lr over `epochs`, then min_lr (cool-down)."""
-    e = step / steps_per_epoch
-    if e < a.warmup_epochs:
-        return a.warmup_lr + (a.lr - a.warmup_lr) * e / a.warmup_epochs
-    t = min(1.0, (e - a.warmup_epochs) / max(1e-9, a.epochs - a.warmup_epochs))
-    return a.min_lr + 0.5 * (a.lr - a.min_lr) * (1 + math.cos(math.pi * t))
 
 
 def param_groups(model, weight_decay):
@@ -189,6 +180,9 @@ def load_init(model, path):
 
 def main(argv=None):
     a = build_parser().parse_args(argv)
+    if "LOCAL_RANK" in os.environ:
+        raise SystemExit("training.ultrascan.train runs in one process (624 images train in about a minute on "
+                         "one GPU); start it without torchrun")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     from slicer_ai_common.devices import resolve_device
@@ -226,8 +220,7 @@ def main(argv=None):
     if a.init:
         n, tot = load_init(model, a.init)
         print(f"[init] {n} of {tot} tensors from {a.init}")
-    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(a.ema_decay),
-                                              use_buffers=True)
+    ema = EMA(model, a.ema_decay)
     groups = param_groups(model, a.weight_decay)
     heads = None
     if mtr is not None:
@@ -245,23 +238,24 @@ def main(argv=None):
             p_.requires_grad_(False)
         print(f"[teacher] {a.teacher_model} from {a.teacher}", flush=True)
     opt = torch.optim.AdamW(groups, lr=a.lr, betas=(0.9, 0.999), eps=1e-8)
-    amp = {"auto": "bf16" if device.type == "cuda" else "off"}.get(a.amp, a.amp)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    amp = Amp(a.amp, device)
     aug = AugmentConfig.preset(a.aug, a.img_size)
     steps_per_epoch = max(1, len(train_names) // a.batch_size)      # drop the last partial batch
     total_epochs = a.epochs + a.cooldown_epochs
-    start_epoch = 0
+    # per step: warm-up from warmup_lr, cosine to min_lr at the end of `epochs`, then min_lr (cool-down)
+    schedule = WarmupCosine(peak=a.lr, warmup=a.warmup_epochs / total_epochs, end=a.epochs / total_epochs,
+                            start=a.warmup_lr, floor=a.min_lr)
+    start_epoch, elapsed_before = 0, 0.0
     if a.resume and (out / "last.pt").is_file():
-        ck = torch.load(out / "last.pt", map_location=device, weights_only=True)
+        ck = load_checkpoint(out / "last.pt", device)
         model.load_state_dict(ck["model"])
         ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["opt"])
-        start_epoch = ck["epoch"] + 1
+        start_epoch, elapsed_before = ck["epoch"] + 1, ck["elapsed"]
         g.set_state(ck["gen"].cpu())          # generator states are CPU byte tensors on every device
         print(f"[resume] from epoch {start_epoch}")
     print(f"[model] {a.model}: {count_parameters(model):,} parameters; {steps_per_epoch} steps/epoch x "
-          f"{total_epochs} epochs; device {device}, amp {amp}", flush=True)
+          f"{total_epochs} epochs; device {device}, amp {amp.name}", flush=True)
 
     fields = ["epoch", "lr", "train_loss", "val_loss", "val_acc", "val_macro_f1", "ema_val_loss", "ema_val_acc",
               "ema_val_macro_f1", "seconds"]
@@ -270,21 +264,27 @@ def main(argv=None):
         with open(csv_path, "w", newline="") as f:
             csv.writer(f).writerow(fields)
     t_start = time.time()
+    clock = Clock(total_epochs * steps_per_epoch, a.time_budget, elapsed_before)
     step = start_epoch * steps_per_epoch
     epoch = start_epoch
-    while epoch < total_epochs:
+    by_time = False
+    while epoch < total_epochs and not by_time:
         model.train()
         perm = torch.randperm(len(train_names), generator=g, device=device)
         losses = []
         te = time.time()
         for it in range(steps_per_epoch):
+            progress = clock.progress(step)
+            if progress >= 1:
+                by_time = True
+                break
             idx = perm[it * a.batch_size:(it + 1) * a.batch_size]
             batch = train_batch(xtr[idx], ytr[idx], aug, len(CLASSES), g, mtr[idx] if mtr is not None else None)
             x, y = batch[0], batch[1]
-            lr = lr_at(step, steps_per_epoch, a)
+            lr = schedule(progress)
             for grp in opt.param_groups:
                 grp["lr"] = lr
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            with amp.autocast():
                 if heads is not None:
                     fmap, st = model.forward_features(x, return_stages=True)
                     logits = model.forward_head(fmap)
@@ -303,49 +303,42 @@ def main(argv=None):
                 loss = loss + a.mask_weight * heads.loss([st[-2], st[-1]], batch[2])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {it}")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_([p for grp in opt.param_groups for p in grp["params"]], a.clip_grad)
-            scaler.step(opt)
-            scaler.update()
-            ema.update_parameters(model)
+            amp.step(loss, opt, a.clip_grad)
+            ema.update(model)
             losses.append(loss.detach())
             step += 1
+        if not losses:                     # the budget ran out at an epoch boundary
+            break
         row = {"epoch": epoch, "lr": f"{lr:.3e}", "train_loss": f"{torch.stack(losses).mean().item():.4f}",
                "seconds": f"{time.time() - te:.2f}"}
-        last = epoch == total_epochs - 1
+        last = epoch == total_epochs - 1 or by_time or clock.progress(step) >= 1
         if xva is not None and ((epoch + 1) % a.eval_every == 0 or last):
             for tag, m in (("", model), ("ema_", ema.module)):
-                lg = predict_logits(m, xva, a.img_size, amp_dtype=amp_dtype)
+                lg = predict_logits(m, xva, a.img_size, amp_dtype=amp.dtype)
                 rep = classification_report(lg, yva.numpy(), CLASSES)
                 row.update({f"{tag}val_loss": f"{rep['nll']:.4f}", f"{tag}val_acc": f"{rep['accuracy']:.4f}",
                             f"{tag}val_macro_f1": f"{rep['macro_f1']:.4f}"})
         with open(csv_path, "a", newline="") as f:
             csv.DictWriter(f, fields).writerow(row)
-        if epoch == start_epoch:
-            t_first = time.time()          # epoch 0 includes kernel compilation: time epochs 1-2
-        if a.time_budget and epoch == start_epoch + 2:
-            per_epoch = (time.time() - t_first) / 2
-            fit = int((a.time_budget - (time.time() - t0)) / per_epoch) + epoch + 1
-            if fit < total_epochs:
-                f = fit / total_epochs
-                a.epochs, a.warmup_epochs = max(epoch + 2, int(a.epochs * f)), max(1, int(round(a.warmup_epochs * f)))
-                a.cooldown_epochs = max(0, fit - a.epochs)
-                total_epochs = a.epochs + a.cooldown_epochs
-                print(f"[time] {per_epoch:.1f} s/epoch: shortened to {a.epochs} + {a.cooldown_epochs} epochs "
-                      f"(warm-up {a.warmup_epochs}) to fit {a.time_budget:.0f} s", flush=True)
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
         if (epoch + 1) % 20 == 0 or last:
-            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                        "epoch": epoch, "gen": g.get_state()}, out / "last.pt")
+            save_checkpoint(out / "last.pt", {"model": model.state_dict(), "ema": ema.state_dict(),
+                                              "opt": opt.state_dict(), "epoch": epoch, "elapsed": clock.elapsed(),
+                                              "gen": g.get_state()})
         epoch += 1
+        if last:
+            break
+    by_time = by_time or clock.by_time(step)
+    if by_time:
+        print(f"[time] the {a.time_budget:.0f} s budget ended the schedule after {step} of {clock.total} steps "
+              f"({epoch} epochs)", flush=True)
 
     from safetensors.torch import save_file
     final = {k: (v.detach().half() if v.is_floating_point() else v.detach()).cpu().contiguous()
              for k, v in ema.module.state_dict().items()}
     save_file(final, str(out / "final.safetensors"))
-    summary = {"model": a.model, "fold": a.fold, "args": vars(a), "epochs_run": total_epochs, "parameters": count_parameters(model),
+    summary = {"model": a.model, "fold": a.fold, "args": vars(a), "epochs_run": epoch, "steps_run": step,
+               "stopped_by_time": by_time, "parameters": count_parameters(model),
                "train_images": len(train_names), "val_images": len(val_names),
                "train_seconds": round(time.time() - t_start, 1), "device": str(device),
                "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,

@@ -1,0 +1,182 @@
+"""training/loop.py, the loop parts both trainers share: each against the code it replaced (float64
+references of the two old schedules, torch's AveragedModel EMA, the old ramped EMA), the time budget, the
+atomic checkpoint, and both trainers running through them (SRMA also under torchrun on two CPU processes)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import need
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+CHAOS = SHARED / "data" / "chaos-mr-t2"
+BUSI = SHARED / "data" / "busi"
+
+
+def _old_ultrascan_lr(step, spe, lr, warmup_lr, min_lr, warmup_epochs, epochs):
+    e = step / spe
+    if e < warmup_epochs:
+        return warmup_lr + (lr - warmup_lr) * e / warmup_epochs
+    t = min(1.0, (e - warmup_epochs) / max(1e-9, epochs - warmup_epochs))
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * t))
+
+
+def _old_srma_factor(progress, warmup):
+    if progress < warmup:
+        return (progress + 1e-3) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-9, 1 - warmup))))
+
+
+def test_schedule_is_the_ultrascan_one():
+    from training.loop import WarmupCosine
+    spe, epochs, cool, warm, lr, wlr, mlr = 15, 150, 10, 20, 6.25e-5, 6.25e-8, 6.25e-7
+    total = epochs + cool
+    s = WarmupCosine(peak=lr, warmup=warm / total, end=epochs / total, start=wlr, floor=mlr)
+    for step in range(0, total * spe, 7):
+        ref = _old_ultrascan_lr(step, spe, lr, wlr, mlr, warm, epochs)
+        assert s(step / (total * spe)) == pytest.approx(ref, rel=1e-12, abs=1e-18), step
+    assert s(0.0) == wlr and s(1.0) == pytest.approx(mlr) and s(0.99) == pytest.approx(mlr)   # cool-down flat
+
+
+def test_schedule_is_the_srma_one_but_ends_its_warm_up_on_the_peak():
+    from training.loop import WarmupCosine
+    lr, w = 5e-4, 0.05
+    s = WarmupCosine(peak=lr, warmup=w, start=lr * 1e-3 / w)
+    assert s(0.0) == pytest.approx(lr * _old_srma_factor(0.0, w), rel=1e-12)
+    for p in np.linspace(w, 1, 97):
+        assert s(p) == pytest.approx(lr * _old_srma_factor(p, w), rel=1e-12, abs=1e-18)
+    for p in np.linspace(0, w, 50, endpoint=False):       # the old warm-up overshot by up to 2 %
+        assert abs(s(p) - lr * _old_srma_factor(p, w)) <= 0.0201 * lr
+    assert s(w - 1e-12) == pytest.approx(lr, rel=1e-9) and s(1.0) == 0.0
+
+
+def _net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(144, 2))
+
+
+def _train_steps(models_and_emas, n=6):
+    """The same updates applied to every (model, ema update fn) pair."""
+    g = torch.Generator().manual_seed(1)
+    for _ in range(n):
+        x = torch.randn(4, 3, 8, 8, generator=g)
+        for m, update in models_and_emas:
+            m.train()
+            opt = torch.optim.SGD(m.parameters(), lr=0.1)
+            m(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+            update(m)
+
+
+def test_ema_without_ramp_is_torch_averaged_model():
+    from training.loop import EMA
+    a, b = _net(), _net()
+    b.load_state_dict(a.state_dict())
+    ours = EMA(a, 0.9)
+    ref = torch.optim.swa_utils.AveragedModel(b, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9),
+                                              use_buffers=True)
+    _train_steps([(a, ours.update), (b, ref.update_parameters)])
+    for (k, x), y in zip(ours.module.state_dict().items(), ref.module.state_dict().values()):
+        if x.dtype.is_floating_point:
+            assert torch.allclose(x, y, rtol=1e-6, atol=1e-7), k
+    assert not all(torch.equal(x, y) for x, y in zip(ours.module.parameters(), a.parameters()))   # it averages
+
+
+def test_ema_with_ramp_against_float64():
+    from training.loop import EMA
+    m = _net()
+    ema = EMA(m, 0.999, ramp=True)
+    ref = {k: v.double().clone() for k, v in m.state_dict().items()}
+    n = [0]
+
+    def both(model):
+        ema.update(model)
+        n[0] += 1
+        d = min(0.999, (1 + n[0]) / (10 + n[0]))
+        for k, v in model.state_dict().items():
+            ref[k] = ref[k] * d + v.double() * (1 - d) if v.dtype.is_floating_point else v.double()
+    _train_steps([(m, both)], n=8)
+    for k, v in ema.module.state_dict().items():
+        assert torch.allclose(v.double(), ref[k], rtol=1e-5, atol=1e-6), k
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    state = ema.state_dict()
+    other = EMA(_net(), 0.999, ramp=True)
+    other.load_state_dict(state)
+    assert other.n == 8 and all(torch.equal(x, y) for x, y in zip(other.module.state_dict().values(),
+                                                                   ema.module.state_dict().values()))
+
+
+def test_clock_ends_the_schedule_by_steps_or_by_budget():
+    from training.loop import Clock
+    c = Clock(100)
+    assert c.progress(50) == 0.5 and not c.by_time(50)
+    c = Clock(100, budget_s=10.0, elapsed_before=9.0)          # 90 % of the budget already spent
+    assert c.progress(10) >= 0.9 and not c.by_time(10)
+    c = Clock(100, budget_s=1.0, elapsed_before=5.0)
+    assert c.progress(3) >= 1 and c.by_time(3) and not c.by_time(100)
+
+
+def test_amp_step_clips_and_steps():
+    from training.loop import Amp
+    with pytest.raises(ValueError, match="amp must be"):
+        Amp("fp8", torch.device("cpu"))
+    assert Amp("auto", torch.device("cpu")).dtype is None and Amp("auto", torch.device("cuda")).dtype == torch.bfloat16
+    w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    opt = torch.optim.SGD([w], lr=1.0)
+    norm = Amp("off", torch.device("cpu")).step((w * 10).sum(), opt, clip=1.0)   # grad (10, 10), norm 14.14
+    assert float(norm) == pytest.approx(math.sqrt(200))
+    assert torch.allclose(w.detach(), torch.tensor([3.0, 4.0]) - 10 / math.sqrt(200))
+
+
+def test_checkpoint_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    from training import loop
+    p = tmp_path / "last.pt"
+    loop.save_checkpoint(p, {"step": 1, "w": torch.ones(3)})
+    assert loop.load_checkpoint(p)["step"] == 1 and not (tmp_path / "last.pt.tmp").exists()
+
+    def broken(obj, f, *a, **k):
+        Path(f).write_bytes(b"half")
+        raise OSError("disk full")
+    monkeypatch.setattr(loop.torch, "save", broken)
+    with pytest.raises(OSError):
+        loop.save_checkpoint(p, {"step": 2})
+    assert loop.load_checkpoint(p)["step"] == 1
+
+
+def test_ultrascan_time_budget_ends_the_schedule(tmp_path):
+    """A budget far shorter than the schedule ends it: fewer steps than asked, stopped_by_time recorded."""
+    need(BUSI)
+    from training.ultrascan.train import main
+    s = main(["--data", str(BUSI), "--fold", "all", "--limit", "16", "--epochs", "50", "--warmup-epochs", "1",
+              "--cooldown-epochs", "0", "--batch-size", "8", "--img-size", "32", "--load-size", "32", "--model",
+              "resnet50", "--device", "cpu", "--time-budget", "3", "--out", str(tmp_path)])
+    assert s["stopped_by_time"] and 0 < s["steps_run"] < 100 and s["epochs_run"] < 50
+    assert (tmp_path / "last.pt").exists() and (tmp_path / "final.safetensors").exists()
+
+
+def test_srma_trains_under_torchrun_on_two_cpu_processes(tmp_path):
+    """The shared DistributedDataParallel set-up (gloo on CPUs): two ranks train, rank 0 writes."""
+    need(CHAOS)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [str(ROOT), str(ROOT / "SRMASegmenter"), str(ROOT / "SlicerAICommon"), str(ROOT / "kernels"),
+         os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "training.srma.train", "--data", str(CHAOS), "--fold", "all", "--hold-out", "case_20",
+           "--out", str(tmp_path), "--steps", "4", "--batch-size", "1", "--patch", "32", "32", "16",
+           "--spacing", "10", "10", "15.4", "--dims", "8", "--aug", "none", "--log-every", "2",
+           "--device", "cpu", "--no-eval"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["steps_done"] == 4 and r.stdout.count("step=4 ") == 1       # rank 0 alone logs
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 4

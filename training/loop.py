@@ -1,0 +1,171 @@
+"""The parts of a training loop that both trainers share, written once: the learning-rate schedule
+(linear warm-up, cosine, an optional flat tail), the clock that ends a schedule by step count or by a
+wall-clock budget, mixed precision with gradient clipping, an EMA of the weights, atomic checkpoints, and
+the torchrun / DistributedDataParallel set-up.
+
+Each trainer (training/srma/train.py, training/ultrascan/train.py) keeps only what is its own: data,
+augmentation, losses, what it logs and what it writes at the end. Development code: not shipped.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class WarmupCosine:
+    """Learning rate at a point of the schedule, `progress` in [0, 1]: linear from `start` to `peak` over
+    the first `warmup` of it, cosine from `peak` down to `floor` until `end`, then `floor` (a cool-down)."""
+
+    peak: float
+    warmup: float
+    end: float = 1.0
+    start: float = 0.0
+    floor: float = 0.0
+
+    def __call__(self, progress: float) -> float:
+        if progress < self.warmup:
+            return self.start + (self.peak - self.start) * progress / self.warmup
+        t = min(1.0, (progress - self.warmup) / max(1e-9, self.end - self.warmup))
+        return self.floor + 0.5 * (self.peak - self.floor) * (1 + math.cos(math.pi * t))
+
+
+class Clock:
+    """Where a run is in its schedule: step / total steps, or the share of a wall-clock budget already
+    spent when that is further along (the schedule then ends with the budget). Time spent before a
+    resume counts (`elapsed_before`)."""
+
+    def __init__(self, total_steps: int, budget_s: float = 0.0, elapsed_before: float = 0.0):
+        self.total, self.budget, self.before = int(total_steps), float(budget_s), float(elapsed_before)
+        self.t0 = time.time()
+
+    def elapsed(self) -> float:
+        return self.before + time.time() - self.t0
+
+    def progress(self, step: int) -> float:
+        p = step / self.total
+        return max(p, self.elapsed() / self.budget) if self.budget else p
+
+    def by_time(self, step: int) -> bool:
+        """True when the budget, not the step count, ended the schedule."""
+        return step < self.total and self.progress(step) >= 1
+
+
+class Amp:
+    """Mixed precision for one device: `amp` is auto (bf16 on a GPU, off elsewhere), bf16, fp16 (with a
+    gradient scaler) or off. `step` does the backward pass, gradient clipping and the optimiser step."""
+
+    def __init__(self, amp: str, device: torch.device):
+        name = {"auto": "bf16" if device.type == "cuda" else "off"}.get(amp, amp)
+        if name not in ("bf16", "fp16", "off"):
+            raise ValueError(f"amp must be auto, bf16, fp16 or off, not {amp!r}")
+        self.name, self.device = name, device
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[name]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=name == "fp16")
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+    def step(self, loss, opt, clip: float):
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(opt)
+        norm = torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
+        self.scaler.step(opt)
+        self.scaler.update()
+        return norm
+
+
+class EMA:
+    """Exponential moving average of a model's weights and buffers, held as a frozen copy of the model
+    (`.module`, ready to evaluate or export). `ramp=True` ramps the decay up as min(decay, (1+n)/(10+n))
+    over the first updates; `ramp=False` starts from a copy of the model at the first update and uses
+    `decay` from the second (torch's AveragedModel with get_ema_multi_avg_fn). Integer buffers are copied."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, ramp: bool = False):
+        self.decay, self.ramp, self.n = float(decay), bool(ramp), 0
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    def _decay(self) -> float:
+        if self.ramp:
+            return min(self.decay, (1 + self.n) / (10 + self.n))
+        return 0.0 if self.n == 1 else self.decay
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module):
+        self.n += 1
+        d = self._decay()
+        for e, m in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
+            if e.dtype.is_floating_point and d > 0:
+                e.lerp_(m.detach().to(e.dtype), 1 - d)
+            else:
+                e.copy_(m)
+
+    def state_dict(self):
+        return {"n": self.n, "shadow": self.module.state_dict()}
+
+    def load_state_dict(self, s):
+        self.n = int(s["n"])
+        self.module.load_state_dict(s["shadow"])
+
+
+def save_checkpoint(path: Path, state: dict):
+    """Written beside, then renamed: a run killed mid-save leaves the previous checkpoint whole."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, device="cpu") -> dict:
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+@dataclass
+class Distributed:
+    """One process of a torchrun job (or the only process): its rank, the world size and its device."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+    active: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not self.active:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def close(self):
+        if self.active:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+
+
+def setup_distributed(device_arg: str = "auto") -> Distributed:
+    """Under torchrun (LOCAL_RANK set): NCCL with one GPU per process, or gloo on CPUs
+    (`--device cpu`, or no GPU); NVLink multicast stays off. Otherwise the one device asked for."""
+    from slicer_ai_common.devices import resolve_device
+    if "LOCAL_RANK" not in os.environ:
+        return Distributed(device=resolve_device(device_arg))
+    import torch.distributed as dist
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    local = int(os.environ["LOCAL_RANK"])
+    gpu = device_arg != "cpu" and torch.cuda.is_available()
+    dist.init_process_group("nccl" if gpu else "gloo")
+    if gpu:
+        torch.cuda.set_device(local)
+    device = torch.device("cuda", local) if gpu else torch.device("cpu")
+    return Distributed(dist.get_rank(), dist.get_world_size(), device, True)
