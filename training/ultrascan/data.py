@@ -10,7 +10,6 @@ import json
 import random
 from pathlib import Path
 
-import numpy as np
 
 from UltraScanClassifierLib.images import check_image, list_images, read_image
 from UltraScanClassifierLib.model import CLASSES

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from UltraScanClassifierLib.metrics import classification_report, fit_temperature, softmax
+from UltraScanClassifierLib.metrics import classification_report, fit_temperature
 from UltraScanClassifierLib.model import CLASSES
 
 SCALARS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "macro_auc", "ece")
