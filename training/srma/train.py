@@ -194,12 +194,10 @@ def main(argv=None):
                 command="python -m training.srma.train " + " ".join(sys.argv[1:] if argv is None else argv),
                 config=cfg.to_dict(), args=vars(args))
     clock = Clock(args.steps, args.max_minutes * 60, elapsed_before)
-    done_by_time = False
     losses, t_log = [], time.time()
     while step < args.steps:
         progress = clock.progress(step)
-        if progress >= 1:
-            done_by_time = True
+        if progress >= 1:                      # the time budget ended the schedule
             break
         for grp in opt.param_groups:
             grp["lr"] = schedule(progress)
@@ -231,7 +229,7 @@ def main(argv=None):
     if dist.main:
         save_checkpoint(out / "last.pt", checkpoint(model, opt, ema, step, clock, history, g, meta))
         write_history(history, out)
-    meta.update(steps_done=step, stopped_by_time=done_by_time, minutes=round(clock.elapsed() / 60, 2),
+    meta.update(steps_done=step, stopped_by_time=clock.by_time(step), minutes=round(clock.elapsed() / 60, 2),
                 gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
     summary = dict(meta)
     if dist.main:

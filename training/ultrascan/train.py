@@ -267,16 +267,14 @@ def main(argv=None):
     clock = Clock(total_epochs * steps_per_epoch, a.time_budget, elapsed_before)
     step = start_epoch * steps_per_epoch
     epoch = start_epoch
-    by_time = False
-    while epoch < total_epochs and not by_time:
+    while epoch < total_epochs:
         model.train()
         perm = torch.randperm(len(train_names), generator=g, device=device)
         losses = []
         te = time.time()
         for it in range(steps_per_epoch):
             progress = clock.progress(step)
-            if progress >= 1:
-                by_time = True
+            if progress >= 1:                  # the time budget ended the schedule
                 break
             idx = perm[it * a.batch_size:(it + 1) * a.batch_size]
             batch = train_batch(xtr[idx], ytr[idx], aug, len(CLASSES), g, mtr[idx] if mtr is not None else None)
@@ -311,7 +309,7 @@ def main(argv=None):
             break
         row = {"epoch": epoch, "lr": f"{lr:.3e}", "train_loss": f"{torch.stack(losses).mean().item():.4f}",
                "seconds": f"{time.time() - te:.2f}"}
-        last = epoch == total_epochs - 1 or by_time or clock.progress(step) >= 1
+        last = epoch == total_epochs - 1 or clock.progress(step) >= 1
         if xva is not None and ((epoch + 1) % a.eval_every == 0 or last):
             for tag, m in (("", model), ("ema_", ema.module)):
                 lg = predict_logits(m, xva, a.img_size, amp_dtype=amp.dtype)
@@ -328,7 +326,7 @@ def main(argv=None):
         epoch += 1
         if last:
             break
-    by_time = by_time or clock.by_time(step)
+    by_time = clock.by_time(step)
     if by_time:
         print(f"[time] the {a.time_budget:.0f} s budget ended the schedule after {step} of {clock.total} steps "
               f"({epoch} epochs)", flush=True)
