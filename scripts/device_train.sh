@@ -174,10 +174,10 @@ collect)   # wait until no training runs (or SECONDS pass), then bring logs, met
   while pgrep -f "[t]raining\.[a-z]*\.train" > /dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 5; done
   pgrep -fa "[t]raining\.[a-z]*\.train" | cut -c1-150
   cd "$W/runs" || exit 1
-  tar -czf "$OUT/runs.tgz" --exclude='*.pt' --exclude='*.safetensors' --exclude='model*' .
+  tar -czf "$OUT/runs.tgz" --exclude='*.pt' --exclude='*.safetensors' .   # manifests (model.json) included
   # $OUT gives back at most 8 files, 2 folders down: each run's folder is flattened to one name under w/
   n=0
-  for f in $(find . \( -name '*.safetensors' -size -16M -o -name model.json \) | sort); do
+  for f in $(find . -name '*.safetensors' -size -16M | sort); do
     n=$((n + 1)); [ $n -le 7 ] || break
     d=$(dirname "${f#./}" | tr / _); mkdir -p "$OUT/w/$d"; cp "$f" "$OUT/w/$d/"
   done
