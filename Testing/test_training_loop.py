@@ -116,6 +116,54 @@ def test_ema_with_ramp_against_float64():
                                                                    ema.module.state_dict().values()))
 
 
+def test_ema_multi_tensor_lerp_is_the_per_tensor_loop():
+    """The default (one torch._foreach_lerp_ over the cached tensor lists) against the per-tensor loop it
+    replaced, bit for bit, with the ramp, an integer buffer (BatchNorm's counter) and the model's weights
+    replaced in place in the middle (load_state_dict: the cached lists must still see them)."""
+    from training.loop import EMA
+    a, b = _net(), _net()
+    fast, slow = EMA(a, 0.99, ramp=True), EMA(b, 0.99, ramp=True, foreach=False)
+    _train_steps([(a, fast.update), (b, slow.update)], n=4)
+    other = _net()
+    with torch.no_grad():
+        for p_ in other.parameters():
+            p_.mul_(0.5)
+    a.load_state_dict(other.state_dict())
+    b.load_state_dict(other.state_dict())
+    _train_steps([(a, fast.update), (b, slow.update)], n=4)
+    for (k, x), y in zip(fast.module.state_dict().items(), slow.module.state_dict().values()):
+        assert torch.equal(x, y), k
+    assert int(fast.module[1].num_batches_tracked) == int(a[1].num_batches_tracked) == 4   # copied, reset by the load
+    assert not torch.equal(fast.module[0].weight, a[0].weight)          # it averages rather than copies
+
+
+def test_adamw_fused_is_the_unfused_update():
+    """The trainers' optimiser (fused on a GPU) against torch's default AdamW, on the CPU where the fused
+    kernel also runs: the same weights after a few steps with two parameter groups, to float32 rounding."""
+    from training.loop import adamw
+
+    def net():          # no BatchNorm: the conv bias before it has a zero gradient, which Adam turns into noise
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(144, 2))
+    a, b = net(), net()
+    groups = lambda m: [{"params": list(m[0].parameters()), "weight_decay": 0.05},  # noqa: E731
+                        {"params": list(m[3].parameters()), "weight_decay": 0.0}]
+    oa = adamw(groups(a), 1e-2, torch.device("cpu"), fused=True)
+    ob = torch.optim.AdamW(groups(b), lr=1e-2)
+    assert oa.defaults["fused"] and not ob.defaults.get("fused")
+    assert not adamw(groups(net()), 1e-2, torch.device("cpu")).defaults["fused"]     # fused only on CUDA by default
+    g = torch.Generator().manual_seed(2)
+    for _ in range(5):
+        x = torch.randn(4, 3, 8, 8, generator=g)
+        for m, o in ((a, oa), (b, ob)):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            o.step()
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(x, y, rtol=1e-5, atol=1e-6), k
+    assert not torch.equal(a[0].weight, net()[0].weight)                # it stepped
+
+
 def test_clock_ends_the_schedule_by_steps_or_by_budget():
     from training.loop import Clock
     c = Clock(100)

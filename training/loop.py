@@ -88,24 +88,55 @@ class EMA:
     over the first updates; `ramp=False` starts from a copy of the model at the first update and uses
     `decay` from the second (torch's AveragedModel with get_ema_multi_avg_fn). Integer buffers are copied."""
 
-    def __init__(self, model: torch.nn.Module, decay: float, ramp: bool = False):
+    def __init__(self, model: torch.nn.Module, decay: float, ramp: bool = False, foreach: bool = True):
         self.decay, self.ramp, self.n = float(decay), bool(ramp), 0
+        self.foreach = bool(foreach)
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
+        self._pairs = None                  # (model id, float shadows, float sources, other shadows, others)
 
     def _decay(self) -> float:
         if self.ramp:
             return min(self.decay, (1 + self.n) / (10 + self.n))
         return 0.0 if self.n == 1 else self.decay
 
+    def _tensor_lists(self, model):
+        """The shadow and model tensors paired once per model (state_dict() builds a dict of several
+        hundred entries: once, not every step). Floating tensors of one dtype on both sides go to the
+        multi-tensor lerp; the rest (integer buffers, a dtype mismatch) are handled one by one."""
+        if self._pairs is None or self._pairs[0] != id(model):
+            ef, mf, eo, mo = [], [], [], []
+            for e, m in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
+                same = e.dtype.is_floating_point and e.dtype == m.dtype and e.device == m.device
+                (ef if same else eo).append(e)
+                (mf if same else mo).append(m.detach())
+            self._pairs = (id(model), ef, mf, eo, mo)
+        return self._pairs[1:]
+
     @torch.no_grad()
     def update(self, model: torch.nn.Module):
+        """One EMA step. With `foreach` (default), one multi-tensor lerp over all floating tensors
+        (torch._foreach_lerp_, as torch.optim.swa_utils does): a handful of kernel launches per step
+        instead of one per tensor, the same arithmetic (tested against the per-tensor loop)."""
         self.n += 1
         d = self._decay()
-        for e, m in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
+        if not self.foreach:
+            for e, m in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
+                if e.dtype.is_floating_point and d > 0:
+                    e.lerp_(m.detach().to(e.dtype), 1 - d)
+                else:
+                    e.copy_(m)
+            return
+        ef, mf, eo, mo = self._tensor_lists(model)
+        if ef:
+            if d > 0:
+                torch._foreach_lerp_(ef, mf, 1 - d)
+            else:
+                torch._foreach_copy_(ef, mf)
+        for e, m in zip(eo, mo):
             if e.dtype.is_floating_point and d > 0:
-                e.lerp_(m.detach().to(e.dtype), 1 - d)
+                e.lerp_(m.to(e.dtype), 1 - d)
             else:
                 e.copy_(m)
 
@@ -115,6 +146,15 @@ class EMA:
     def load_state_dict(self, s):
         self.n = int(s["n"])
         self.module.load_state_dict(s["shadow"])
+
+
+def adamw(groups, lr: float, device: torch.device, fused: bool | None = None, **kw) -> torch.optim.AdamW:
+    """AdamW, fused into one kernel per parameter group on a GPU (`fused=None`: on CUDA only; torch's
+    default elsewhere is the multi-tensor implementation). The same update rule as the unfused one to
+    float32 rounding (tested on the CPU, where the fused kernel also exists)."""
+    if fused is None:
+        fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=lr, fused=bool(fused), **kw)
 
 
 def save_checkpoint(path: Path, state: dict):

@@ -116,7 +116,7 @@ def main(argv=None):
     args = parse_args(argv)
     from monai.losses import DiceCELoss
 
-    from ..loop import EMA, Amp, Clock, WarmupCosine, load_checkpoint, save_checkpoint, setup_distributed
+    from ..loop import EMA, Amp, Clock, WarmupCosine, adamw, load_checkpoint, save_checkpoint, setup_distributed
     from .augment3d import Augment3DConfig, augment_batch
     from .data import CHAOS_CLASSES, find_cases, load_case, split_cases
     from SRMASegmenterLib.model import SRMAConfig, SRMAMamba
@@ -158,8 +158,8 @@ def main(argv=None):
     decay, no_decay = [], []
     for n, p_ in model.named_parameters():
         (no_decay if p_.ndim <= 1 or n.endswith(("A_logs", "Ds")) else decay).append(p_)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
+    opt = adamw([{"params": decay, "weight_decay": args.weight_decay},
+                 {"params": no_decay, "weight_decay": 0.0}], args.lr, device)
     amp = Amp(args.amp, device)
     if multiclass:
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True,

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..loop import EMA, Amp, Clock, WarmupCosine, load_checkpoint, save_checkpoint
+from ..loop import EMA, Amp, Clock, WarmupCosine, adamw, load_checkpoint, save_checkpoint
 from .augment import AugmentConfig, eval_batch, train_batch
 from .data import load_images, load_split, list_busi
 from UltraScanClassifierLib.metrics import classification_report
@@ -237,7 +237,7 @@ def main(argv=None):
         for p_ in teacher.parameters():
             p_.requires_grad_(False)
         print(f"[teacher] {a.teacher_model} from {a.teacher}", flush=True)
-    opt = torch.optim.AdamW(groups, lr=a.lr, betas=(0.9, 0.999), eps=1e-8)
+    opt = adamw(groups, a.lr, device, betas=(0.9, 0.999), eps=1e-8)
     amp = Amp(a.amp, device)
     aug = AugmentConfig.preset(a.aug, a.img_size)
     steps_per_epoch = max(1, len(train_names) // a.batch_size)      # drop the last partial batch

@@ -1,0 +1,150 @@
+"""The SRMA-Mamba training step as training/srma/train.py runs it (12 volumes on the GPU, nnU-Net-style
+GPU augmentation, 5 classes, deep supervision, bf16, clipping, AdamW, EMA), on synthetic volumes of the
+CHAOS canvas size: where a step's time goes, and the step before / after the shared loop's changes
+(EMA as one multi-tensor lerp instead of a per-tensor loop over state_dict(); fused or multi-tensor AdamW).
+
+    python benchmarks/bench_train_step.py --json step.json           # on the GPU machine
+    python benchmarks/bench_train_step.py --device cpu --dims 8 --steps 2 --chunks 1   # smoke run
+
+Whole steps are timed without synchronising inside them (the rate training gets), in chunks that
+alternate between the variants; the breakdown synchronises around each part (so its sum is a little
+above the whole step). Medians.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from SRMASegmenterLib.model import SRMAConfig, SRMAMamba
+from training.loop import EMA, Amp, adamw
+from training.srma.augment3d import Augment3DConfig, augment_batch
+from training.srma.data import CHAOS_CLASSES
+from training.srma.train import deep_supervision_loss
+
+
+def synthetic_canvas(n, size, device, g):
+    """n volumes (1, I, J, K) with a liver, spleen and two kidneys as ellipsoids of distinct intensity."""
+    i, j, k = torch.meshgrid(*[torch.linspace(-1, 1, s) for s in size], indexing="ij")
+    imgs, labs = [], []
+    for _ in range(n):
+        lab = torch.zeros(size, dtype=torch.uint8)
+        x = torch.randn(size, generator=g) * 0.3
+        for c, (ci, cj, r) in enumerate([(-0.3, -0.1, 0.45), (0.2, 0.4, 0.15), (0.2, -0.5, 0.15),
+                                         (0.5, 0.1, 0.25)], start=1):
+            d = torch.rand(2, generator=g) * 0.1
+            m = ((i - ci - d[0]) ** 2 + (j - cj - d[1]) ** 2 + k ** 2 / 1.5) < r ** 2
+            lab[m] = c
+            x[m] += 0.5 * c
+        imgs.append(x[None])
+        labs.append(lab)
+    return torch.stack(imgs).to(device), torch.stack(labs).to(device)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dims", type=int, default=48)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--patch", type=int, nargs=3, default=[128, 128, 48])
+    p.add_argument("--steps", type=int, default=20, help="steps per timed chunk")
+    p.add_argument("--chunks", type=int, default=5, help="timed chunks per variant (alternating)")
+    p.add_argument("--json")
+    a = p.parse_args(argv)
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
+    torch.backends.cudnn.benchmark = True
+    g = torch.Generator(device=dev).manual_seed(0)
+    images, labels = synthetic_canvas(12, tuple(a.patch), dev, torch.Generator().manual_seed(0))
+    nc = len(CHAOS_CLASSES)
+    aug = Augment3DConfig(patch=tuple(a.patch), spacing=(2.5, 2.5, 7.7), fg_classes=(1, 4), p_organ=0.3,
+                          organ_classes=(1, 4), contrast=(0.35, 1.5), p_contrast=0.3)
+    from monai.losses import DiceCELoss
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True,
+                         smooth_nr=1e-5, smooth_dr=1e-5)
+    amp = Amp("auto", dev)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    def build(foreach_ema: bool, fused: bool):
+        torch.manual_seed(0)
+        model = SRMAMamba(SRMAConfig(dims=a.dims, out_chans=nc, class_names=tuple(CHAOS_CLASSES))).to(dev)
+        opt = adamw(list(model.parameters()), 5e-4, dev, fused=fused and cuda, weight_decay=0.05)
+        return model, opt, EMA(model, 0.999, ramp=True, foreach=foreach_ema)
+
+    variants = {"per-tensor EMA, foreach AdamW (before)": build(False, False),
+                "multi-tensor EMA, foreach AdamW": build(True, False),
+                "multi-tensor EMA, fused AdamW": build(True, True)}
+
+    def parts(model, opt, ema):
+        idx = torch.randint(len(images), (a.batch_size,), generator=g, device=dev)
+        with torch.no_grad():
+            x, y = augment_batch(images[idx], labels[idx], nc, aug, g)
+        yield "augmentation"
+        model.train()
+        with amp.autocast():
+            outs = model(x)
+        loss = deep_supervision_loss([o.float() for o in outs], y[:, None], loss_fn)
+        yield "forward + loss"
+        amp.step(loss, opt, 1.0)
+        yield "backward + clip + AdamW"
+        ema.update(model)
+        yield "EMA update"
+
+    def step(v):
+        for _ in parts(*v):
+            pass
+
+    for v in variants.values():          # warm-up: Triton compile, cuDNN autotune
+        for _ in range(3):
+            step(v)
+    sync()
+    whole = {k: [] for k in variants}
+    for _ in range(a.chunks):
+        for name, v in variants.items():
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(a.steps):
+                step(v)
+            sync()
+            whole[name].append((time.perf_counter() - t0) / a.steps * 1e3)
+    breakdown = {}
+    for name, v in variants.items():
+        rows = {}
+        for _ in range(a.steps):
+            sync()
+            t = time.perf_counter()
+            for part in parts(*v):
+                sync()
+                now = time.perf_counter()
+                rows.setdefault(part, []).append((now - t) * 1e3)
+                t = now
+        breakdown[name] = {k: statistics.median(x) for k, x in rows.items()}
+    peak = torch.cuda.max_memory_allocated(dev) / 2 ** 30 if cuda else None
+    res = dict(device=torch.cuda.get_device_name(dev) if cuda else "cpu", torch=torch.__version__,
+               dims=a.dims, batch=a.batch_size, patch=a.patch, steps_per_chunk=a.steps, chunks=a.chunks,
+               step_ms={k: statistics.median(x) for k, x in whole.items()}, step_ms_chunks=whole,
+               breakdown_ms=breakdown, peak_gib_both_models=peak)
+    names = list(variants)
+    print(f"{res['device']}, batch {a.batch_size}, patch {tuple(a.patch)}, dims {a.dims}; medians in ms")
+    print(f"| part | {' | '.join(names)} |")
+    print("|---|" + "---|" * len(names))
+    for part in breakdown[names[0]]:
+        print(f"| {part} | " + " | ".join(f"{breakdown[n][part]:.1f}" for n in names) + " |")
+    print("| **whole step, not synchronised inside** | " + " | ".join(f"**{res['step_ms'][n]:.1f}**" for n in names)
+          + " |")
+    b = res["step_ms"][names[0]]
+    for n in names[1:]:
+        print(f"{n}: steps/s {1e3 / b:.2f} -> {1e3 / res['step_ms'][n]:.2f} ({b / res['step_ms'][n]:.2f}x)")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
