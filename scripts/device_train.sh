@@ -9,6 +9,8 @@
 #   scripts/device_train.sh status
 #   scripts/device_train.sh run liver|us NAME ARGS...  # one background training run, named, with its own args
 #   scripts/device_train.sh collect SECONDS            # wait for the runs (at most SECONDS), then copy to $OUT
+#   EXPORT_FOLDS=1 ...liver-steps...   # also export each CV fold's weights (for CPU analysis of its held-out cases);
+#                                      # a call brings back about 64 MB: two folds' shards per collect, copy the rest after
 #
 # liver: the 5-class SRMA-Mamba recipe on the 5 folds of splits/chaos_t2_5fold.json and the shipped
 # model (every case but case_20), 6 runs side by side (3 per GPU), each ending its schedule at MINUTES.
@@ -44,6 +46,7 @@ liver_runs() {
   for f in ${FOLDS:-0 1 2 3 4 all}; do
     d=$W/runs/liver/fold$f; mkdir -p "$d"
     extra=(--split splits/chaos_t2_5fold.json --fold "$f")
+    [ -n "${EXPORT_FOLDS:-}" ] && extra+=(--export "$d/model")        # fold weights too (3 shards, 36 MB)
     [ "$f" = all ] && extra=(--fold all --hold-out case_20 --export "$W/runs/liver/model")
     # shellcheck disable=SC2086 # the schedule is a list of flags
     CUDA_VISIBLE_DEVICES=$((i % ${NGPU:-2})) setsid nohup python3 -m training.srma.train --data "$W/data/chaos-mr-t2" \
