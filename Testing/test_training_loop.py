@@ -120,9 +120,9 @@ def test_ema_multi_tensor_lerp_is_the_per_tensor_loop():
     """The default (one torch._foreach_lerp_ over the cached tensor lists) against the per-tensor loop it
     replaced, bit for bit, with the ramp, an integer buffer (BatchNorm's counter) and the model's weights
     replaced in place in the middle (load_state_dict: the cached lists must still see them)."""
-    from training.loop import EMA
+    from training.loop import EMA, PerTensorEMA
     a, b = _net(), _net()
-    fast, slow = EMA(a, 0.99, ramp=True), EMA(b, 0.99, ramp=True, foreach=False)
+    fast, slow = EMA(a, 0.99, ramp=True), PerTensorEMA(b, 0.99, ramp=True)
     _train_steps([(a, fast.update), (b, slow.update)], n=4)
     other = _net()
     with torch.no_grad():

@@ -20,7 +20,7 @@ import time
 import torch
 
 from SRMASegmenterLib.model import SRMAConfig, SRMAMamba
-from training.loop import EMA, Amp, adamw
+from training.loop import EMA, Amp, PerTensorEMA, adamw
 from training.srma.augment3d import Augment3DConfig, augment_batch
 from training.srma.data import CHAOS_CLASSES
 from training.srma.train import deep_supervision_loss
@@ -75,7 +75,7 @@ def main(argv=None):
         torch.manual_seed(0)
         model = SRMAMamba(SRMAConfig(dims=a.dims, out_chans=nc, class_names=tuple(CHAOS_CLASSES))).to(dev)
         opt = adamw(list(model.parameters()), 5e-4, dev, fused=fused and cuda, weight_decay=0.05)
-        return model, opt, EMA(model, 0.999, ramp=True, foreach=foreach_ema)
+        return model, opt, (EMA if foreach_ema else PerTensorEMA)(model, 0.999, ramp=True)
 
     variants = {"per-tensor EMA, foreach AdamW (before)": build(False, False),
                 "multi-tensor EMA, foreach AdamW": build(True, False),

@@ -88,9 +88,8 @@ class EMA:
     over the first updates; `ramp=False` starts from a copy of the model at the first update and uses
     `decay` from the second (torch's AveragedModel with get_ema_multi_avg_fn). Integer buffers are copied."""
 
-    def __init__(self, model: torch.nn.Module, decay: float, ramp: bool = False, foreach: bool = True):
+    def __init__(self, model: torch.nn.Module, decay: float, ramp: bool = False):
         self.decay, self.ramp, self.n = float(decay), bool(ramp), 0
-        self.foreach = bool(foreach)
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
@@ -103,8 +102,8 @@ class EMA:
 
     def _tensor_lists(self, model):
         """The shadow and model tensors paired once per model (state_dict() builds a dict of several
-        hundred entries: once, not every step). Floating tensors of one dtype on both sides go to the
-        multi-tensor lerp; the rest (integer buffers, a dtype mismatch) are handled one by one."""
+        hundred entries: once, not every step). Floating tensors of one dtype and device on both sides go
+        to the multi-tensor lerp; the rest (integer buffers, a mismatch) are handled one by one."""
         if self._pairs is None or self._pairs[0] != id(model):
             ef, mf, eo, mo = [], [], [], []
             for e, m in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
@@ -116,18 +115,11 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module):
-        """One EMA step. With `foreach` (default), one multi-tensor lerp over all floating tensors
-        (torch._foreach_lerp_, as torch.optim.swa_utils does): a handful of kernel launches per step
-        instead of one per tensor, the same arithmetic (tested against the per-tensor loop)."""
+        """One EMA step: one multi-tensor lerp over the floating tensors (torch._foreach_lerp_, as
+        torch.optim.swa_utils does), a handful of kernel launches instead of one per tensor; the same
+        arithmetic as a per-tensor lerp (tested)."""
         self.n += 1
         d = self._decay()
-        if not self.foreach:
-            for e, m in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
-                if e.dtype.is_floating_point and d > 0:
-                    e.lerp_(m.detach().to(e.dtype), 1 - d)
-                else:
-                    e.copy_(m)
-            return
         ef, mf, eo, mo = self._tensor_lists(model)
         if ef:
             if d > 0:
@@ -148,10 +140,26 @@ class EMA:
         self.module.load_state_dict(s["shadow"])
 
 
+class PerTensorEMA(EMA):
+    """The reference beside EMA.update (as mamba_ssm keeps its reference beside the kernel): one lerp per
+    tensor of a state_dict() built every step, the update before the multi-tensor lerp. For the test that
+    holds them equal and the benchmark's "before" row; the trainers use EMA."""
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module):
+        self.n += 1
+        d = self._decay()
+        for e, m in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
+            if e.dtype.is_floating_point and d > 0:
+                e.lerp_(m.detach().to(e.dtype), 1 - d)
+            else:
+                e.copy_(m)
+
+
 def adamw(groups, lr: float, device: torch.device, fused: bool | None = None, **kw) -> torch.optim.AdamW:
-    """AdamW, fused into one kernel per parameter group on a GPU (`fused=None`: on CUDA only; torch's
-    default elsewhere is the multi-tensor implementation). The same update rule as the unfused one to
-    float32 rounding (tested on the CPU, where the fused kernel also exists)."""
+    """AdamW with torch's fused implementation on a GPU (`fused=None`: on CUDA only; elsewhere torch's
+    default, the multi-tensor one). The same update rule as the unfused one to float32 rounding (tested
+    on the CPU, where the fused kernel also exists)."""
     if fused is None:
         fused = device.type == "cuda"
     return torch.optim.AdamW(groups, lr=lr, fused=bool(fused), **kw)
