@@ -35,6 +35,43 @@ def _blocks(dim, dpg, N, cross, L):
     return bd, bn, bl, nw
 
 
+# Segments (the chunked scan). The H200 sweep (kernels/benchmarks/sweep_segments.py, docs/BENCHMARKS.md)
+# found splitting worth it only when the grid has fewer programs than the GPU has SMs: (2, 128, 401408)
+# (128 programs on 132 SMs) ran 1.4-1.5x faster split to ~16 programs per SM; at 384 programs and more
+# every split was as fast or slower (down to 0.6x: the local pass re-reads u, delta and B). So: split
+# below SEG_BELOW_PER_SM programs per SM, then aim at SEG_PER_SM, keeping SEG_MIN_TILES tiles a segment.
+# Overridable for tuning: SSM_SEGMENTS (a fixed count; 1 = serial), SSM_SEG_PER_SM (then at any grid size,
+# as the sweep measures), SSM_SEG_MIN_TILES.
+SEG_BELOW_PER_SM = 1
+SEG_PER_SM = 16
+SEG_MIN_TILES = 2
+
+
+def plan_segments(programs: int, n_chunks: int, sms: int, per_sm: int = SEG_PER_SM,
+                  min_tiles: int = SEG_MIN_TILES, below_per_sm: float = SEG_BELOW_PER_SM) -> int:
+    """How many segments to split each sequence of n_chunks tiles into, for a grid of `programs`."""
+    if programs >= below_per_sm * sms:
+        return 1
+    return max(1, min(triton.cdiv(per_sm * sms, programs), n_chunks // min_tiles))
+
+
+def _segments(programs: int, n_chunks: int, device) -> tuple[int, int]:
+    """(n_seg, tiles per segment) for a grid of `programs` (batch x channel blocks x directions)."""
+    fixed = int(os.environ.get("SSM_SEGMENTS", 0))
+    if fixed:
+        n = fixed
+    elif device.type != "cuda":
+        n = 1
+    else:
+        n = plan_segments(programs, n_chunks, torch.cuda.get_device_properties(device).multi_processor_count,
+                          per_sm=int(os.environ.get("SSM_SEG_PER_SM", 0)) or SEG_PER_SM,
+                          min_tiles=int(os.environ.get("SSM_SEG_MIN_TILES", 0)) or SEG_MIN_TILES,
+                          below_per_sm=float("inf") if os.environ.get("SSM_SEG_PER_SM") else SEG_BELOW_PER_SM)
+    n = max(1, min(n, n_chunks))
+    tps = triton.cdiv(n_chunks, n)
+    return triton.cdiv(n_chunks, tps), tps
+
+
 def forward(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save):
     batch, dim, L = u.shape
     cross = hw is not None
@@ -52,18 +89,25 @@ def forward(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save):
     last = _empty(batch, K * dim, N, device=u.device, dtype=torch.float32)
     hsave = (_empty(batch, K * dim, N, n_chunks, device=u.device, dtype=torch.float32) if save
              else torch.empty(0, device=u.device))
-    grid = (batch, triton.cdiv(dim, bd), K)
+    nblk = triton.cdiv(dim, bd)
+    n_seg, tps = _segments(batch * nblk * K, n_chunks, u.device)
     dummy = u
-    _scan_fwd_kernel[grid](
-        u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-        delta_bias if delta_bias is not None else dummy, out, last, hsave,
-        dim, L, H, W, N, dpg, n_chunks, G,
-        K=K, CROSS=cross, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=softplus, SAVE=save, STORE_LAST=True, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, num_warps=nw,
-    )
+    hseg = pseg = dummy
+    if n_seg > 1:  # each segment's end state from zero and its product of decays
+        hseg = _empty(batch, K * dim, N, n_seg, device=u.device, dtype=torch.float32)
+        pseg = _empty(batch, K * dim, N, n_seg, device=u.device, dtype=torch.float32)
+    args = (u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+            delta_bias if delta_bias is not None else dummy, out, last, hsave, hseg, pseg,
+            dim, L, H, W, N, dpg, n_chunks, G, n_seg, tps)
+    flags = dict(K=K, CROSS=cross, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                 SOFTPLUS=softplus, SEGMENTED=n_seg > 1, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, num_warps=nw)
+    if n_seg > 1:
+        _scan_fwd_kernel[(batch, nblk, K * (n_seg - 1))](*args, n_seg - 1, SAVE=False, STORE_LAST=False,
+                                                         LOCAL=True, **flags)
+    _scan_fwd_kernel[(batch, nblk, K * n_seg)](*args, n_seg, SAVE=save, STORE_LAST=True, LOCAL=False, **flags)
     if out.dtype != out_dtype:
         out = out.to(out_dtype)
-    meta = dict(bd=bd, bn=bn, bl=bl, nw=nw, n_chunks=n_chunks, G=G, grouped_input=True)
+    meta = dict(bd=bd, bn=bn, bl=bl, nw=nw, n_chunks=n_chunks, n_seg=n_seg, G=G, grouped_input=True)
     return out, last, hsave, meta
 
 
@@ -81,27 +125,33 @@ def backward(u, delta, A, B, C, D, z, delta_bias, hsave, dout, softplus, hw, met
     nblk = triton.cdiv(dim, bd)
     dev = u.device
     f32 = torch.float32
+    n_seg, tps = _segments(batch * nblk * K, n_chunks, dev)
     du = torch.zeros(batch, dim, L, device=dev, dtype=f32) if cross else _empty(batch, dim, L, device=dev, dtype=f32)
     ddelta = _empty(batch, K * dim, L, device=dev, dtype=f32)
-    dA = _empty(batch, K * dim, N, device=dev, dtype=f32)
+    dA = _empty(batch, K * dim, N, n_seg, device=dev, dtype=f32)  # per batch and segment, summed below
     dB = torch.zeros(batch, G, N, L, device=dev, dtype=f32)  # summed over channel blocks with atomics
     dC = torch.zeros(batch, G, N, L, device=dev, dtype=f32)
-    dD = _empty(batch, K * dim, device=dev, dtype=f32) if D is not None else None
+    dD = _empty(batch, K * dim, n_seg, device=dev, dtype=f32) if D is not None else None
     dz = _empty(batch, dim, L, device=dev, dtype=f32) if z is not None else None
-    dbias = _empty(batch, K * dim, device=dev, dtype=f32) if delta_bias is not None else None
+    dbias = _empty(batch, K * dim, n_seg, device=dev, dtype=f32) if delta_bias is not None else None
     dummy = du
-    _scan_bwd_kernel[(batch, nblk, K)](
-        u, delta, A, Bg, Cg, D if D is not None else dummy, z if z is not None else dummy,
-        delta_bias if delta_bias is not None else dummy, dout, hsave,
-        du, ddelta, dA, dB, dC, dD if dD is not None else dummy, dz if dz is not None else dummy,
-        dbias if dbias is not None else dummy,
-        dim, L, H, W, N, dpg, n_chunks, G,
-        K=K, CROSS=cross, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=softplus, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, num_warps=nw,
-    )
+    gseg = pseg = dummy
+    if n_seg > 1:  # each segment's start adjoint from a zero end and its product of the adjoint's decays
+        gseg = _empty(batch, K * dim, N, n_seg, device=dev, dtype=f32)
+        pseg = _empty(batch, K * dim, N, n_seg, device=dev, dtype=f32)
+    args = (u, delta, A, Bg, Cg, D if D is not None else dummy, z if z is not None else dummy,
+            delta_bias if delta_bias is not None else dummy, dout, hsave,
+            du, ddelta, dA, dB, dC, dD if dD is not None else dummy, dz if dz is not None else dummy,
+            dbias if dbias is not None else dummy, gseg, pseg,
+            dim, L, H, W, N, dpg, n_chunks, G, n_seg, tps)
+    flags = dict(K=K, CROSS=cross, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                 SOFTPLUS=softplus, SEGMENTED=n_seg > 1, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, num_warps=nw)
+    if n_seg > 1:  # segments 1 .. n_seg - 1 (the first one's start adjoint is never needed)
+        _scan_bwd_kernel[(batch, nblk, K * (n_seg - 1))](*args, n_seg - 1, 1, LOCAL=True, **flags)
+    _scan_bwd_kernel[(batch, nblk, K * n_seg)](*args, n_seg, 0, LOCAL=False, **flags)
     if ungrouped:
         dB, dC = dB[:, 0], dC[:, 0]
-    return (du.to(u.dtype), ddelta.to(delta.dtype), dA.sum(0).to(A.dtype), dB.to(B.dtype).view(B.shape),
-            dC.to(C.dtype).view(C.shape), None if dD is None else dD.sum(0).to(D.dtype),
+    return (du.to(u.dtype), ddelta.to(delta.dtype), dA.sum((0, 3)).to(A.dtype), dB.to(B.dtype).view(B.shape),
+            dC.to(C.dtype).view(C.shape), None if dD is None else dD.sum((0, 2)).to(D.dtype),
             None if dz is None else dz.to(z.dtype),
-            None if dbias is None else dbias.sum(0).to(delta_bias.dtype))
+            None if dbias is None else dbias.sum((0, 2)).to(delta_bias.dtype))

@@ -11,6 +11,14 @@ direction k (the grid's third axis) reads sequence step t at position pos_k(t) (
 column-major, both reversed) and adds its output into the map with atomics, so no cross-scanned copy
 is ever materialised. Gradients of B and C, shared by a group of channels, are summed the same way.
 
+Segments (the chunked scan, for shapes with few channels and long L): the tiles of a sequence are split
+into n_seg segments, each its own program, so that batch x channel blocks x directions x segments fill
+the GPU. Two launches of the same kernel: LOCAL=True scans each segment from a zero state and stores its
+end state and the product of its decays (the backward: its start adjoint and the product of the
+adjoint's decays); then LOCAL=False starts each segment from the true state, composed from the
+segments before it (after it, for the backward) in a short loop over those stored pairs, and does the
+full work. n_seg = 1 is the serial kernel of before (one launch).
+
 The kernels also run on CPU tensors under TRITON_INTERPRET=1 (used by the CI tests).
 """
 from __future__ import annotations
@@ -41,10 +49,11 @@ def _softplus(x):
 @triton.jit
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
-    out_ptr, last_ptr, hsave_ptr,
-    dim, L, H, W, N, dpg, n_chunks, n_bc_groups,
+    out_ptr, last_ptr, hsave_ptr, hseg_ptr, pseg_ptr,
+    dim, L, H, W, N, dpg, n_chunks, n_bc_groups, n_seg, tps, seg_div,
     K: tl.constexpr, CROSS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr, STORE_LAST: tl.constexpr,
+    LOCAL: tl.constexpr, SEGMENTED: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
@@ -56,7 +65,10 @@ def _scan_fwd_kernel(
     offs_l = tl.arange(0, BLOCK_L)
     mask_dn = mask_d[:, None] & mask_n[None, :]
     u_base = u_ptr + pid_b.to(tl.int64) * dim * L + offs_d[:, None].to(tl.int64) * L
-    k = tl.program_id(2)
+    k = tl.program_id(2) // seg_div       # direction
+    seg = tl.program_id(2) % seg_div      # segment of tiles [seg * tps, (seg + 1) * tps)
+    c_lo = seg * tps
+    c_hi = tl.minimum(c_lo + tps, n_chunks)
     if True:
         vch = k * dim + offs_d
         if CROSS:
@@ -71,8 +83,16 @@ def _scan_fwd_kernel(
         d_base = delta_ptr + pid_b.to(tl.int64) * K * dim * L + vch[:, None].to(tl.int64) * L
         bc_off = (pid_b.to(tl.int64) * n_bc_groups + grp) * N * L + offs_n[:, None] * L
         o_base = out_ptr + pid_b.to(tl.int64) * dim * L + offs_d[:, None].to(tl.int64) * L
+        # segment pairs (end state from zero, product of decays) of this channel block: [..., s]
+        seg_base = ((pid_b.to(tl.int64) * K * dim + vch[:, None]) * N + offs_n[None, :]) * n_seg
         h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-        for c in range(n_chunks):
+        if SEGMENTED and not LOCAL:  # the true start state: compose the segments before this one
+            for s in range(0, seg):
+                hl = tl.load(hseg_ptr + seg_base + s, mask=mask_dn, other=0.0)
+                pl = tl.load(pseg_ptr + seg_base + s, mask=mask_dn, other=0.0)
+                h = pl * h + hl
+        prod = tl.full((BLOCK_D, BLOCK_N), 1.0, dtype=tl.float32)
+        for c in range(c_lo, c_hi):
             t = c * BLOCK_L + offs_l
             mask_t = t < L
             pos = _seq_pos(t, k, L, H, W, CROSS)
@@ -85,40 +105,51 @@ def _scan_fwd_kernel(
                 dt = _softplus(dt)
             mnt = mask_n[:, None] & mask_t[None, :]
             Bv = tl.load(B_ptr + bc_off + pos[None, :], mask=mnt, other=0.0).to(tl.float32)
-            Cv = tl.load(C_ptr + bc_off + pos[None, :], mask=mnt, other=0.0).to(tl.float32)
             dA = tl.exp(dt[:, None, :] * A[:, :, None])
             dA = tl.where(mask_t[None, None, :], dA, 1.0)
             bx = (dt * u)[:, None, :] * Bv[None, :, :]
-            if SAVE:
+            if SAVE and not LOCAL:
                 sp = hsave_ptr + ((pid_b.to(tl.int64) * K * dim + vch[:, None]) * N + offs_n[None, :]) * n_chunks + c
                 tl.store(sp, h, mask=mask_dn)
             aa, bb = tl.associative_scan((dA, bx), 2, _combine)
             hs = aa * h[:, :, None] + bb
-            y = tl.sum(hs * Cv[None, :, :], axis=1)
-            if HAS_D:
-                y += Dv[:, None] * u
-            if HAS_Z:
-                zz = tl.load(z_ptr + pid_b.to(tl.int64) * dim * L + offs_d[:, None].to(tl.int64) * L + pos[None, :],
-                             mask=m2, other=0.0).to(tl.float32)
-                y = y * zz * tl.sigmoid(zz)
-            h = tl.sum(tl.where((offs_l == BLOCK_L - 1)[None, None, :], hs, 0.0), axis=2)
-            if CROSS:  # four directions add into one map (zero-initialised, float32)
-                tl.atomic_add(o_base + pos[None, :], y, mask=m2, sem="relaxed")
+            last_l = (offs_l == BLOCK_L - 1)[None, None, :]
+            h = tl.sum(tl.where(last_l, hs, 0.0), axis=2)
+            if LOCAL:
+                prod = prod * tl.sum(tl.where(last_l, aa, 0.0), axis=2)
             else:
-                tl.store(o_base + pos[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)
-        if STORE_LAST:
-            tl.store(last_ptr + (pid_b.to(tl.int64) * K * dim + vch[:, None]) * N + offs_n[None, :], h, mask=mask_dn)
+                Cv = tl.load(C_ptr + bc_off + pos[None, :], mask=mnt, other=0.0).to(tl.float32)
+                y = tl.sum(hs * Cv[None, :, :], axis=1)
+                if HAS_D:
+                    y += Dv[:, None] * u
+                if HAS_Z:
+                    zz = tl.load(z_ptr + pid_b.to(tl.int64) * dim * L + offs_d[:, None].to(tl.int64) * L + pos[None, :],
+                                 mask=m2, other=0.0).to(tl.float32)
+                    y = y * zz * tl.sigmoid(zz)
+                if CROSS:  # four directions add into one map (zero-initialised, float32)
+                    tl.atomic_add(o_base + pos[None, :], y, mask=m2, sem="relaxed")
+                else:
+                    tl.store(o_base + pos[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)
+        if LOCAL:
+            tl.store(hseg_ptr + seg_base + seg, h, mask=mask_dn)
+            tl.store(pseg_ptr + seg_base + seg, prod, mask=mask_dn)
+        elif STORE_LAST:
+            tl.store(last_ptr + (pid_b.to(tl.int64) * K * dim + vch[:, None]) * N + offs_n[None, :], h,
+                     mask=mask_dn & (seg == seg_div - 1))
 
 
 @triton.jit
 def _scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, hsave_ptr,
-    du_ptr, ddelta_ptr, dA_ptr, dBp_ptr, dCp_ptr, dD_ptr, dz_ptr, dbias_ptr,
-    dim, L, H, W, N, dpg, n_chunks, n_bc_groups,
+    du_ptr, ddelta_ptr, dA_ptr, dBp_ptr, dCp_ptr, dD_ptr, dz_ptr, dbias_ptr, gseg_ptr, pseg_ptr,
+    dim, L, H, W, N, dpg, n_chunks, n_bc_groups, n_seg, tps, seg_div, seg_off,
     K: tl.constexpr, CROSS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, LOCAL: tl.constexpr, SEGMENTED: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
+    """dA, dD and dbias are stored per (batch, segment) and summed on the host. LOCAL: segment seg_off +
+    (program % seg_div) stores its start adjoint from a zero end state and the product of the adjoint's
+    decays over it, reading only delta, C, dout (and z)."""
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -128,7 +159,10 @@ def _scan_bwd_kernel(
     offs_l = tl.arange(0, BLOCK_L)
     mask_dn = mask_d[:, None] & mask_n[None, :]
     row = pid_b.to(tl.int64) * dim * L + offs_d[:, None].to(tl.int64) * L
-    k = tl.program_id(2)
+    k = tl.program_id(2) // seg_div
+    seg = tl.program_id(2) % seg_div + seg_off
+    c_lo = seg * tps
+    c_hi = tl.minimum(c_lo + tps, n_chunks)
     if True:
         vch = k * dim + offs_d
         if CROSS:
@@ -142,25 +176,26 @@ def _scan_bwd_kernel(
             bias = tl.load(bias_ptr + vch, mask=mask_d, other=0.0).to(tl.float32)
         drow = pid_b.to(tl.int64) * K * dim * L + vch[:, None].to(tl.int64) * L
         bc_off = (pid_b.to(tl.int64) * n_bc_groups + grp) * N * L + offs_n[:, None] * L
+        vrow = (pid_b.to(tl.int64) * K * dim + vch) * n_seg  # per-segment partials of this channel block
+        seg_base = ((pid_b.to(tl.int64) * K * dim + vch[:, None]) * N + offs_n[None, :]) * n_seg
         g = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+        if SEGMENTED and not LOCAL:  # the true adjoint at this segment's end: compose the segments after it
+            for si in range(0, n_seg - 1 - seg):
+                s = n_seg - 1 - si
+                gl = tl.load(gseg_ptr + seg_base + s, mask=mask_dn, other=0.0)
+                pl = tl.load(pseg_ptr + seg_base + s, mask=mask_dn, other=0.0)
+                g = pl * g + gl
+        prod = tl.full((BLOCK_D, BLOCK_N), 1.0, dtype=tl.float32)
         dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
         dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
         dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        for ci in range(n_chunks):
-            c = n_chunks - 1 - ci
+        for ci in range(c_lo, c_hi):
+            c = c_hi - 1 - (ci - c_lo)
             t = c * BLOCK_L + offs_l
             mask_t = t < L
             pos = _seq_pos(t, k, L, H, W, CROSS)
             m2 = mask_d[:, None] & mask_t[None, :]
             mnt = mask_n[:, None] & mask_t[None, :]
-            u = tl.load(u_ptr + row + pos[None, :], mask=m2, other=0.0).to(tl.float32)
-            dt_raw = tl.load(delta_ptr + drow + pos[None, :], mask=m2, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dt_raw = dt_raw + bias[:, None]
-            if SOFTPLUS:
-                dt = _softplus(dt_raw)
-            else:
-                dt = dt_raw
             # delta one step later in sequence order, for the adjoint's decay a_{t+1}
             t1 = t + 1
             mask_t1 = t1 < L
@@ -171,25 +206,11 @@ def _scan_bwd_kernel(
                 dt1 = dt1 + bias[:, None]
             if SOFTPLUS:
                 dt1 = _softplus(dt1)
-            Bv = tl.load(B_ptr + bc_off + pos[None, :], mask=mnt, other=0.0).to(tl.float32)
             Cv = tl.load(C_ptr + bc_off + pos[None, :], mask=mnt, other=0.0).to(tl.float32)
             dout = tl.load(dout_ptr + row + pos[None, :], mask=m2, other=0.0).to(tl.float32)
-            # recompute the states of this tile
-            h0 = tl.load(hsave_ptr + ((pid_b.to(tl.int64) * K * dim + vch[:, None]) * N + offs_n[None, :]) * n_chunks + c,
-                         mask=mask_dn, other=0.0)
-            dA = tl.exp(dt[:, None, :] * A[:, :, None])
-            dA = tl.where(mask_t[None, None, :], dA, 1.0)
-            bx = (dt * u)[:, None, :] * Bv[None, :, :]
-            aa, bb = tl.associative_scan((dA, bx), 2, _combine)
-            hs = aa * h0[:, :, None] + bb
             if HAS_Z:
                 zz = tl.load(z_ptr + row + pos[None, :], mask=m2, other=0.0).to(tl.float32)
-                y = tl.sum(hs * Cv[None, :, :], axis=1)
-                if HAS_D:
-                    y += Dv[:, None] * u
                 sz = tl.sigmoid(zz)
-                dzv = dout * y * sz * (1.0 + zz * (1.0 - sz))
-                tl.store(dz_ptr + row + pos[None, :], dzv, mask=m2)
                 dy = dout * zz * sz
             else:
                 dy = dout
@@ -199,30 +220,61 @@ def _scan_bwd_kernel(
             cb = dy[:, None, :] * Cv[None, :, :]
             ga, gb = tl.associative_scan((a1, cb), 2, _combine, reverse=True)
             gs = ga * g[:, :, None] + gb
-            q = gs * (hs - bx)  # g_t * dA_t * h_{t-1}
-            ddt = tl.sum(gs * Bv[None, :, :] * u[:, None, :] + q * A[:, :, None], axis=1)
-            dA_acc += tl.sum(q * dt[:, None, :], axis=2)
-            duv = tl.sum(gs * Bv[None, :, :], axis=1) * dt
-            if HAS_D:
-                duv += dy * Dv[:, None]
-                dD_acc += tl.sum(dy * u, axis=1)
-            if SOFTPLUS:
-                ddt = ddt * tl.sigmoid(dt_raw)
-            ddt = tl.where(m2, ddt, 0.0)
-            dbias_acc += tl.sum(ddt, axis=1)
-            tl.store(ddelta_ptr + drow + pos[None, :], ddt, mask=m2)
-            if CROSS:
-                tl.atomic_add(du_ptr + row + pos[None, :], duv, mask=m2, sem="relaxed")
+            first_l = (offs_l == 0)[None, None, :]
+            g = tl.sum(tl.where(first_l, gs, 0.0), axis=2)
+            if LOCAL:
+                prod = prod * tl.sum(tl.where(first_l, ga, 0.0), axis=2)
             else:
-                tl.store(du_ptr + row + pos[None, :], duv, mask=m2)
-            # B and C are shared by the channels of a group: sum this block's share in (zeroed) float32
-            dBv = tl.sum(gs * (dt * u)[:, None, :], axis=0)
-            dCv = tl.sum(hs * dy[:, None, :], axis=0)
-            tl.atomic_add(dBp_ptr + bc_off + pos[None, :], dBv, mask=mnt, sem="relaxed")
-            tl.atomic_add(dCp_ptr + bc_off + pos[None, :], dCv, mask=mnt, sem="relaxed")
-            g = tl.sum(tl.where((offs_l == 0)[None, None, :], gs, 0.0), axis=2)
-        tl.store(dA_ptr + (pid_b.to(tl.int64) * K * dim + vch[:, None]) * N + offs_n[None, :], dA_acc, mask=mask_dn)
-        if HAS_D:
-            tl.store(dD_ptr + pid_b.to(tl.int64) * K * dim + vch, dD_acc, mask=mask_d)
-        if HAS_BIAS:
-            tl.store(dbias_ptr + pid_b.to(tl.int64) * K * dim + vch, dbias_acc, mask=mask_d)
+                u = tl.load(u_ptr + row + pos[None, :], mask=m2, other=0.0).to(tl.float32)
+                dt_raw = tl.load(delta_ptr + drow + pos[None, :], mask=m2, other=0.0).to(tl.float32)
+                if HAS_BIAS:
+                    dt_raw = dt_raw + bias[:, None]
+                if SOFTPLUS:
+                    dt = _softplus(dt_raw)
+                else:
+                    dt = dt_raw
+                Bv = tl.load(B_ptr + bc_off + pos[None, :], mask=mnt, other=0.0).to(tl.float32)
+                # recompute the states of this tile
+                h0 = tl.load(hsave_ptr + ((pid_b.to(tl.int64) * K * dim + vch[:, None]) * N + offs_n[None, :]) * n_chunks + c,
+                             mask=mask_dn, other=0.0)
+                dA = tl.exp(dt[:, None, :] * A[:, :, None])
+                dA = tl.where(mask_t[None, None, :], dA, 1.0)
+                bx = (dt * u)[:, None, :] * Bv[None, :, :]
+                aa, bb = tl.associative_scan((dA, bx), 2, _combine)
+                hs = aa * h0[:, :, None] + bb
+                if HAS_Z:
+                    y = tl.sum(hs * Cv[None, :, :], axis=1)
+                    if HAS_D:
+                        y += Dv[:, None] * u
+                    dzv = dout * y * sz * (1.0 + zz * (1.0 - sz))
+                    tl.store(dz_ptr + row + pos[None, :], dzv, mask=m2)
+                q = gs * (hs - bx)  # g_t * dA_t * h_{t-1}
+                ddt = tl.sum(gs * Bv[None, :, :] * u[:, None, :] + q * A[:, :, None], axis=1)
+                dA_acc += tl.sum(q * dt[:, None, :], axis=2)
+                duv = tl.sum(gs * Bv[None, :, :], axis=1) * dt
+                if HAS_D:
+                    duv += dy * Dv[:, None]
+                    dD_acc += tl.sum(dy * u, axis=1)
+                if SOFTPLUS:
+                    ddt = ddt * tl.sigmoid(dt_raw)
+                ddt = tl.where(m2, ddt, 0.0)
+                dbias_acc += tl.sum(ddt, axis=1)
+                tl.store(ddelta_ptr + drow + pos[None, :], ddt, mask=m2)
+                if CROSS:
+                    tl.atomic_add(du_ptr + row + pos[None, :], duv, mask=m2, sem="relaxed")
+                else:
+                    tl.store(du_ptr + row + pos[None, :], duv, mask=m2)
+                # B and C are shared by the channels of a group: sum this block's share in (zeroed) float32
+                dBv = tl.sum(gs * (dt * u)[:, None, :], axis=0)
+                dCv = tl.sum(hs * dy[:, None, :], axis=0)
+                tl.atomic_add(dBp_ptr + bc_off + pos[None, :], dBv, mask=mnt, sem="relaxed")
+                tl.atomic_add(dCp_ptr + bc_off + pos[None, :], dCv, mask=mnt, sem="relaxed")
+        if LOCAL:
+            tl.store(gseg_ptr + seg_base + seg, g, mask=mask_dn)
+            tl.store(pseg_ptr + seg_base + seg, prod, mask=mask_dn)
+        else:
+            tl.store(dA_ptr + seg_base + seg, dA_acc, mask=mask_dn)
+            if HAS_D:
+                tl.store(dD_ptr + vrow + seg, dD_acc, mask=mask_d)
+            if HAS_BIAS:
+                tl.store(dbias_ptr + vrow + seg, dbias_acc, mask=mask_d)

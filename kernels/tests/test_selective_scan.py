@@ -114,18 +114,23 @@ def test_cross_scan_merge_roundtrip():
     assert torch.allclose(cross_merge(xs, 4, 5), 4 * x.reshape(2, 3, 20))
 
 
+def cross_inputs(b, d, h, w, N, dev):
+    """Inputs of the four-direction scan on a (h, w) map, fresh random each run."""
+    g = torch.Generator().manual_seed(torch.seed() % (2**31))
+    x = dict(x=torch.randn(b, d, h, w, generator=g), delta=torch.randn(b, 4, d, h, w, generator=g) * 0.5,
+             A=-(torch.rand(4 * d, N, generator=g) + 0.05), B=torch.randn(b, 4, N, h, w, generator=g),
+             C=torch.randn(b, 4, N, h, w, generator=g), D=torch.randn(4 * d, generator=g),
+             delta_bias=torch.randn(4 * d, generator=g) * 0.3)
+    return {k: v.to(dev) for k, v in x.items()}
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("hw,N", [((5, 7), 1), ((8, 3), 4), ((1, 6), 1)])
 def test_cross_selective_scan(backend, hw, N):
     dev = device_for(backend)
     h, w = hw
     b, d = 2, 8
-    g = torch.Generator().manual_seed(torch.seed() % (2**31))
-    x = dict(x=torch.randn(b, d, h, w, generator=g), delta=torch.randn(b, 4, d, h, w, generator=g) * 0.5,
-             A=-(torch.rand(4 * d, N, generator=g) + 0.05), B=torch.randn(b, 4, N, h, w, generator=g),
-             C=torch.randn(b, 4, N, h, w, generator=g), D=torch.randn(4 * d, generator=g),
-             delta_bias=torch.randn(4 * d, generator=g) * 0.3)
-    x = {k: v.to(dev) for k, v in x.items()}
+    x = cross_inputs(b, d, h, w, N, dev)
     gr = _grads(lambda t: cross_selective_scan_ref(**t), x, 3)
     gb = _grads(lambda t: cross_selective_scan(**t, backend=backend), x, 3)
     ref = cross_selective_scan_ref(**x)
@@ -223,3 +228,59 @@ def test_cross_scan_inference_path_equals_the_reference_in_float64(hw, N, opts):
     seqs = cross_scan(torch.arange(h * w, dtype=torch.float64).view(1, 1, h, w))[0, :, 0]
     for k in range(4):                                         # the index is cross_scan's order
         assert torch.equal(direction_index(k, h, w).double(), seqs[k])
+
+
+# The chunked scan: a sequence split into segments across programs (two passes and a carry loop).
+# 16-step tiles make the short test sequences many tiles long; SSM_SEGMENTS forces the split that the
+# GPU heuristic only takes for long sequences with few channels. Poisoned buffers (conftest) make a
+# segment pair or partial gradient that is never written fail the test.
+@pytest.mark.parametrize("segments,expect", [(2, 2), (4, 3), (9, 9)])
+@pytest.mark.parametrize("shape,opts", [((2, 8, 130, 4, 2), (True, True, True, True)),
+                                        ((1, 4, 141, 1, None), (False, False, False, False))],
+                         ids=["N4-G2-Dzb", "N1-plain"])
+def test_segmented_scan_forward_and_gradients(monkeypatch, segments, expect, shape, opts):
+    from ssm_kernels import triton_launch
+    dev = device_for("triton")
+    monkeypatch.setenv("SSM_BLOCK_L", "16")
+    monkeypatch.setenv("SSM_SEGMENTS", str(segments))
+    batch, dim, L, N, G = shape
+    wd, wz, wb, sp = opts
+    x = make_inputs(batch, dim, L, N, G, torch.float32, dev, wd, wz, wb)
+    ref, ref_last = selective_scan_ref(**x, delta_softplus=sp, return_last_state=True)
+    out, last, _, meta = triton_launch.forward(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"],
+                                               x["delta_bias"], sp, None, torch.float32, save=False)
+    assert meta["n_chunks"] == 9 and meta["n_seg"] == expect  # 130 or 141 steps in 16-step tiles
+    assert rel_err(out, ref) < TOL[torch.float32]
+    assert rel_err(last, ref_last) < TOL[torch.float32]
+    gr = _grads(lambda t: selective_scan_ref(**t, delta_softplus=sp), x, 5)
+    gb = _grads(lambda t: selective_scan_fn(**t, delta_softplus=sp, backend="triton"), x, 5)
+    for k in gr:
+        assert rel_err(gb[k], gr[k]) < GRAD_TOL[torch.float32], k
+
+
+def test_segmented_cross_scan(monkeypatch):
+    dev = device_for("triton")
+    monkeypatch.setenv("SSM_BLOCK_L", "16")
+    monkeypatch.setenv("SSM_SEGMENTS", "3")
+    b, d, h, w, N = 2, 4, 8, 5, 1  # 40 steps: three tiles, one per segment, in each of the four directions
+    x = cross_inputs(b, d, h, w, N, dev)
+    gr = _grads(lambda t: cross_selective_scan_ref(**t), x, 3)
+    gb = _grads(lambda t: cross_selective_scan(**t, backend="triton"), x, 3)
+    assert rel_err(cross_selective_scan(**x, backend="triton"), cross_selective_scan_ref(**x)) < 2e-5
+    for k in gr:
+        assert rel_err(gb[k], gr[k]) < 1e-4, k
+
+
+def test_segment_count_heuristic(monkeypatch):
+    from ssm_kernels.triton_launch import _segments, plan_segments
+    # split only a grid with fewer programs than SMs, then to ~16 programs per SM, >= 2 tiles a segment
+    assert plan_segments(programs=128, n_chunks=392, sms=132) == 17
+    assert plan_segments(programs=384, n_chunks=392, sms=132) == 1
+    assert plan_segments(programs=4, n_chunks=10, sms=132) == 5
+    monkeypatch.delenv("SSM_SEGMENTS", raising=False)
+    assert _segments(16, 96, torch.device("cpu")) == (1, 96)  # serial off the GPU unless asked
+    monkeypatch.setenv("SSM_SEGMENTS", "7")
+    n, tps = _segments(16, 96, torch.device("cpu"))
+    assert (n, tps) == (7, 14) and (n - 1) * tps < 96 <= n * tps  # no empty segment
+    monkeypatch.setenv("SSM_SEGMENTS", "500")
+    assert _segments(16, 96, torch.device("cpu")) == (96, 1)

@@ -1,0 +1,126 @@
+"""The chunked scan on the GPU: the serial kernel (SSM_SEGMENTS=1) beside the segmented one at several
+occupancy targets (SSM_SEG_PER_SM), same tensors, same run; medians of triton.testing.do_bench.
+
+    python kernels/benchmarks/sweep_segments.py --json segments.json
+
+Every configuration is checked against the serial kernel's output and gradients first (max relative
+difference printed); the table gives ms and the speed-up over serial. Shapes: the N = 1 shapes of
+bench_scan.py (SRMA-Mamba at a 224 x 224 x 64 patch), its N = 16 shapes, and the fused four-direction
+scan at the stage shapes of the 224 x 224 x 64 patch and of the liver training patch (128 x 128 x 48).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+import triton.testing as tt
+
+from ssm_kernels import cross_selective_scan, selective_scan_fn
+
+PLAIN = [(2, 384, 401408, 1, 4), (2, 768, 50176, 1, 4), (2, 1536, 6272, 1, 4), (2, 128, 401408, 1, 4),
+         (2, 384, 50176, 16, 1), (32, 768, 784, 16, 1), (8, 1536, 2048, 16, 1)]
+# (batch, d_inner, H, W) of the four-direction scan: 224x224x64 patch stages, then the liver training patch's
+CROSS = [(2, 96, 112, 3584), (2, 192, 56, 896), (2, 384, 28, 224), (2, 96, 64, 1536), (2, 192, 32, 384),
+         (2, 384, 16, 96)]
+CONFIGS = [("serial", {"SSM_SEGMENTS": "1"}), ("per_sm=2", {"SSM_SEG_PER_SM": "2"}),
+           ("per_sm=4", {"SSM_SEG_PER_SM": "4"}), ("per_sm=8", {"SSM_SEG_PER_SM": "8"}),
+           ("per_sm=16", {"SSM_SEG_PER_SM": "16"}), ("per_sm=32", {"SSM_SEG_PER_SM": "32"}),
+           ("default", {})]  # SSM_SEG_PER_SM splits at any grid size; the default only below 1 program/SM
+KEYS = ("SSM_SEGMENTS", "SSM_SEG_PER_SM", "SSM_SEG_MIN_TILES")
+
+
+def use(env):
+    for k in KEYS:
+        os.environ.pop(k, None)
+    os.environ.update(env)
+
+
+def rel(a, b):
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
+
+
+def plain_inputs(b, d, L, N, G, dtype):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g)
+    bc = (b, G, N, L) if G > 1 else (b, N, L)
+    return dict(u=r(b, d, L).to(dtype), delta=(0.5 * r(b, d, L)).to(dtype), A=-(torch.rand(d, N, device="cuda") + 0.1),
+                B=r(*bc).to(dtype), C=r(*bc).to(dtype), D=r(d), delta_bias=0.3 * r(d))
+
+
+def cross_inputs(b, d, h, w):
+    g = torch.Generator(device="cuda").manual_seed(1)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g)
+    return dict(x=r(b, d, h, w), delta=0.5 * r(b, 4, d, h, w), A=-(torch.rand(4 * d, 1, device="cuda") + 0.1),
+                B=r(b, 4, 1, h, w), C=r(b, 4, 1, h, w), D=r(4 * d), delta_bias=0.3 * r(4 * d))
+
+
+def run_case(label, fn, x, rows):
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in x.items()}
+    gout = None
+
+    def fwd():
+        return fn(x)
+
+    def fwdbwd():
+        nonlocal gout
+        for v in leaves.values():
+            v.grad = None
+        o = fn(leaves)
+        if gout is None:
+            gout = torch.randn_like(o, dtype=torch.float32).to(o.dtype)
+        o.backward(gout)
+
+    ref_out = ref_grads = None
+    times = {}
+    for name, env in CONFIGS:
+        use(env)
+        with torch.no_grad():
+            out = fwd()
+        fwdbwd()
+        grads = {k: v.grad.clone() for k, v in leaves.items()}
+        if ref_out is None:
+            ref_out, ref_grads = out, grads
+            diff = 0.0
+        else:
+            diff = max([rel(out, ref_out)] + [rel(grads[k], ref_grads[k]) for k in grads])
+        with torch.no_grad():
+            tf = tt.do_bench(fwd, return_mode="median")
+        tb = tt.do_bench(fwdbwd, return_mode="median")
+        times[name] = (tf, tb)
+        rows.append(dict(case=label, config=name, fwd_ms=tf, fwd_bwd_ms=tb, max_rel_diff_vs_serial=diff,
+                         fwd_speedup=times["serial"][0] / tf, fwd_bwd_speedup=times["serial"][1] / tb))
+        print(f"{label:<40}{name:<20}{tf:9.3f}{tb:10.3f}{times['serial'][0] / tf:7.2f}x"
+              f"{times['serial'][1] / tb:7.2f}x{diff:10.1e}", flush=True)
+    use({})
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--json")
+    p.add_argument("--quick", action="store_true", help="fp32 only")
+    a = p.parse_args()
+    print(f"device {torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).multi_processor_count} SMs")
+    print(f"{'case':<40}{'config':<20}{'fwd ms':>9}{'f+b ms':>10}{'fwd x':>8}{'f+b x':>8}{'max diff':>10}")
+    rows = []
+    for shape in PLAIN:
+        for dtype in ((torch.float32,) if a.quick else (torch.float32, torch.bfloat16)):
+            x = plain_inputs(*shape, dtype)
+            fn = lambda t: selective_scan_fn(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], None,
+                                             t["delta_bias"], True, backend="triton")
+            run_case(f"{shape} {str(dtype)[6:]}", fn, x, rows)
+            del x
+            torch.cuda.empty_cache()
+    for shape in CROSS:
+        x = cross_inputs(*shape)
+        run_case(f"SS2D {shape} float32", lambda t: cross_selective_scan(**t, backend="triton"), x, rows)
+        del x
+        torch.cuda.empty_cache()
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(dict(device=torch.cuda.get_device_name(), rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
