@@ -4,7 +4,12 @@ CHAOS canvas size: where a step's time goes, and the step before / after the sha
 (EMA as one multi-tensor lerp instead of a per-tensor loop over state_dict(); fused or multi-tensor AdamW).
 
     python benchmarks/bench_train_step.py --json step.json           # on the GPU machine
-    python benchmarks/bench_train_step.py --device cpu --dims 8 --steps 2 --chunks 1   # smoke run
+    python benchmarks/bench_train_step.py --device cpu --dims 8 --steps 1 --chunks 1 --patch 64 64 16  # smoke
+    python benchmarks/bench_train_step.py --compare scan --json step.json   # serial vs segmented scan
+
+--compare scan times the step (multi-tensor EMA, fused AdamW) with the Triton scan serial over each
+sequence (SSM_SEGMENTS=1, the kernel before the chunked scan) against the chunked scan as chosen by
+ssm_kernels' heuristic; the variable is switched between chunks in the one process.
 
 Whole steps are timed without synchronising inside them (the rate training gets), in chunks that
 alternate between the variants; the breakdown synchronises around each part (so its sum is a little
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -52,6 +58,7 @@ def main(argv=None):
     p.add_argument("--patch", type=int, nargs=3, default=[128, 128, 48])
     p.add_argument("--steps", type=int, default=20, help="steps per timed chunk")
     p.add_argument("--chunks", type=int, default=5, help="timed chunks per variant (alternating)")
+    p.add_argument("--compare", choices=("optimizer", "scan"), default="optimizer")
     p.add_argument("--json")
     a = p.parse_args(argv)
     dev = torch.device(a.device)
@@ -77,9 +84,20 @@ def main(argv=None):
         opt = adamw(list(model.parameters()), 5e-4, dev, fused=fused and cuda, weight_decay=0.05)
         return model, opt, (EMA if foreach_ema else PerTensorEMA)(model, 0.999, ramp=True)
 
-    variants = {"per-tensor EMA, foreach AdamW (before)": build(False, False),
-                "multi-tensor EMA, foreach AdamW": build(True, False),
-                "multi-tensor EMA, fused AdamW": build(True, True)}
+    if a.compare == "scan":
+        variants = {"serial scan (before)": build(True, True), "segmented scan": build(True, True)}
+        scan_env = {"serial scan (before)": "1", "segmented scan": None}
+    else:
+        variants = {"per-tensor EMA, foreach AdamW (before)": build(False, False),
+                    "multi-tensor EMA, foreach AdamW": build(True, False),
+                    "multi-tensor EMA, fused AdamW": build(True, True)}
+        scan_env = {}
+
+    def use(name):
+        """The scan variant of `name`: SSM_SEGMENTS is read by ssm_kernels at each call."""
+        os.environ.pop("SSM_SEGMENTS", None)
+        if scan_env.get(name):
+            os.environ["SSM_SEGMENTS"] = scan_env[name]
 
     def parts(model, opt, ema):
         idx = torch.randint(len(images), (a.batch_size,), generator=g, device=dev)
@@ -100,13 +118,15 @@ def main(argv=None):
         for _ in parts(*v):
             pass
 
-    for v in variants.values():          # warm-up: Triton compile, cuDNN autotune
+    for name, v in variants.items():     # warm-up: Triton compile, cuDNN autotune
+        use(name)
         for _ in range(3):
             step(v)
     sync()
     whole = {k: [] for k in variants}
     for _ in range(a.chunks):
         for name, v in variants.items():
+            use(name)
             sync()
             t0 = time.perf_counter()
             for _ in range(a.steps):
@@ -115,6 +135,7 @@ def main(argv=None):
             whole[name].append((time.perf_counter() - t0) / a.steps * 1e3)
     breakdown = {}
     for name, v in variants.items():
+        use(name)
         rows = {}
         for _ in range(a.steps):
             sync()
@@ -127,7 +148,7 @@ def main(argv=None):
         breakdown[name] = {k: statistics.median(x) for k, x in rows.items()}
     peak = torch.cuda.max_memory_allocated(dev) / 2 ** 30 if cuda else None
     res = dict(device=torch.cuda.get_device_name(dev) if cuda else "cpu", torch=torch.__version__,
-               dims=a.dims, batch=a.batch_size, patch=a.patch, steps_per_chunk=a.steps, chunks=a.chunks,
+               compare=a.compare, dims=a.dims, batch=a.batch_size, patch=a.patch, steps_per_chunk=a.steps, chunks=a.chunks,
                step_ms={k: statistics.median(x) for k, x in whole.items()}, step_ms_chunks=whole,
                breakdown_ms=breakdown, peak_gib_both_models=peak)
     names = list(variants)
