@@ -17,6 +17,7 @@ import os
 import torch
 import triton.testing as tt
 
+from bench_scan import make  # the plain-scan inputs of the scan benchmark (this folder)
 from ssm_kernels import cross_selective_scan, selective_scan_fn
 
 PLAIN = [(2, 384, 401408, 1, 4), (2, 768, 50176, 1, 4), (2, 1536, 6272, 1, 4), (2, 128, 401408, 1, 4),
@@ -24,11 +25,12 @@ PLAIN = [(2, 384, 401408, 1, 4), (2, 768, 50176, 1, 4), (2, 1536, 6272, 1, 4), (
 # (batch, d_inner, H, W) of the four-direction scan: 224x224x64 patch stages, then the liver training patch's
 CROSS = [(2, 96, 112, 3584), (2, 192, 56, 896), (2, 384, 28, 224), (2, 96, 64, 1536), (2, 192, 32, 384),
          (2, 384, 16, 96)]
-CONFIGS = [("serial", {"SSM_SEGMENTS": "1"}), ("per_sm=2", {"SSM_SEG_PER_SM": "2"}),
-           ("per_sm=4", {"SSM_SEG_PER_SM": "4"}), ("per_sm=8", {"SSM_SEG_PER_SM": "8"}),
-           ("per_sm=16", {"SSM_SEG_PER_SM": "16"}), ("per_sm=32", {"SSM_SEG_PER_SM": "32"}),
-           ("default", {})]  # SSM_SEG_PER_SM splits at any grid size; the default only below 1 program/SM
-KEYS = ("SSM_SEGMENTS", "SSM_SEG_PER_SM", "SSM_SEG_MIN_TILES")
+# per_sm=P: split at any grid size (SSM_SEG_BELOW_PER_SM=inf), aiming at P programs per SM; "default":
+# ssm_kernels' own choice (split only below one program per SM)
+CONFIGS = ([("serial", {"SSM_SEGMENTS": "1"})]
+           + [(f"per_sm={p}", {"SSM_SEG_PER_SM": str(p), "SSM_SEG_BELOW_PER_SM": "inf"}) for p in (2, 4, 8, 16, 32)]
+           + [("default", {})])
+KEYS = ("SSM_SEGMENTS", "SSM_SEG_PER_SM", "SSM_SEG_MIN_TILES", "SSM_SEG_BELOW_PER_SM")
 
 
 def use(env):
@@ -39,14 +41,6 @@ def use(env):
 
 def rel(a, b):
     return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
-
-
-def plain_inputs(b, d, L, N, G, dtype):
-    g = torch.Generator(device="cuda").manual_seed(0)
-    r = lambda *s: torch.randn(*s, device="cuda", generator=g)
-    bc = (b, G, N, L) if G > 1 else (b, N, L)
-    return dict(u=r(b, d, L).to(dtype), delta=(0.5 * r(b, d, L)).to(dtype), A=-(torch.rand(d, N, device="cuda") + 0.1),
-                B=r(*bc).to(dtype), C=r(*bc).to(dtype), D=r(d), delta_bias=0.3 * r(d))
 
 
 def cross_inputs(b, d, h, w):
@@ -106,7 +100,7 @@ def main():
     rows = []
     for shape in PLAIN:
         for dtype in ((torch.float32,) if a.quick else (torch.float32, torch.bfloat16)):
-            x = plain_inputs(*shape, dtype)
+            x = make(*shape, dtype)
             fn = lambda t: selective_scan_fn(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], None,
                                              t["delta_bias"], True, backend="triton")
             run_case(f"{shape} {str(dtype)[6:]}", fn, x, rows)

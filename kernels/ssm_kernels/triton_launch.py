@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 
 import torch
 import triton
@@ -40,8 +41,8 @@ def _blocks(dim, dpg, N, cross, L):
 # (128 programs on 132 SMs) ran 1.4-1.5x faster split to ~16 programs per SM; at 384 programs and more
 # every split was as fast or slower (down to 0.6x: the local pass re-reads u, delta and B). So: split
 # below SEG_BELOW_PER_SM programs per SM, then aim at SEG_PER_SM, keeping SEG_MIN_TILES tiles a segment.
-# Overridable for tuning: SSM_SEGMENTS (a fixed count; 1 = serial), SSM_SEG_PER_SM (then at any grid size,
-# as the sweep measures), SSM_SEG_MIN_TILES.
+# Overridable for tuning: SSM_SEGMENTS (a fixed count; 1 = serial), SSM_SEG_BELOW_PER_SM (inf: split at
+# any grid size, as the sweep measures), SSM_SEG_PER_SM, SSM_SEG_MIN_TILES.
 SEG_BELOW_PER_SM = 1
 SEG_PER_SM = 16
 SEG_MIN_TILES = 2
@@ -55,18 +56,24 @@ def plan_segments(programs: int, n_chunks: int, sms: int, per_sm: int = SEG_PER_
     return max(1, min(triton.cdiv(per_sm * sms, programs), n_chunks // min_tiles))
 
 
+@lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _segments(programs: int, n_chunks: int, device) -> tuple[int, int]:
     """(n_seg, tiles per segment) for a grid of `programs` (batch x channel blocks x directions)."""
-    fixed = int(os.environ.get("SSM_SEGMENTS", 0))
+    env = os.environ.get
+    fixed = int(env("SSM_SEGMENTS", 0))
     if fixed:
         n = fixed
     elif device.type != "cuda":
         n = 1
     else:
-        n = plan_segments(programs, n_chunks, torch.cuda.get_device_properties(device).multi_processor_count,
-                          per_sm=int(os.environ.get("SSM_SEG_PER_SM", 0)) or SEG_PER_SM,
-                          min_tiles=int(os.environ.get("SSM_SEG_MIN_TILES", 0)) or SEG_MIN_TILES,
-                          below_per_sm=float("inf") if os.environ.get("SSM_SEG_PER_SM") else SEG_BELOW_PER_SM)
+        n = plan_segments(programs, n_chunks, _sm_count(device.index or 0),
+                          per_sm=int(env("SSM_SEG_PER_SM", 0)) or SEG_PER_SM,
+                          min_tiles=int(env("SSM_SEG_MIN_TILES", 0)) or SEG_MIN_TILES,
+                          below_per_sm=float(env("SSM_SEG_BELOW_PER_SM", 0)) or SEG_BELOW_PER_SM)
     n = max(1, min(n, n_chunks))
     tps = triton.cdiv(n_chunks, n)
     return triton.cdiv(n_chunks, tps), tps
