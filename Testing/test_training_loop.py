@@ -228,3 +228,42 @@ def test_srma_trains_under_torchrun_on_two_cpu_processes(tmp_path):
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["steps_done"] == 4 and r.stdout.count("step=4 ") == 1       # rank 0 alone logs
     assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 4
+
+
+def test_compare_cv_pairs_cases_and_sign_test(tmp_path, capsys):
+    """The CV comparison reads both CVs' per-fold CSVs, pairs cases by id (not by row order) and gives the
+    exact two-sided sign test (13 of 15: p = 2 * (1 + 15 + 105) / 2**15)."""
+    import csv
+    import math
+    from training.srma.compare_cv import main, sign_test
+    assert math.isclose(sign_test(13, 15), 2 * (1 + 15 + 105) / 2 ** 15)
+    assert sign_test(5, 10) == 1.0
+    for name, shift in (("a", 0.0), ("b", 0.01)):
+        d = tmp_path / name
+        d.mkdir()
+        for f in range(2):
+            ids = [f"case_{f}{j}" for j in range(3)]
+            rows = [dict(id=i, dice=0.9 + 0.01 * j + (shift if i != "case_00" else -5 * shift), hd95_mm=10, assd_mm=2,
+                         precision=0.9, recall=0.9, spleen_in_liver_ml=0.0, device="cpu") for j, i in enumerate(ids)]
+            if name == "b":
+                rows = rows[::-1]                                  # order must not matter
+            with open(d / f"fold{f}_metrics.csv", "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+    diff = main([str(tmp_path / "a"), str(tmp_path / "b"), "--folds", "2", "--without", "case_00"])
+    assert math.isclose(diff["case_00"], -0.05) and all(math.isclose(diff[i], 0.01) for i in diff if i != "case_00")
+    assert "better on 5 of 6" in capsys.readouterr().out
+
+
+def test_organ_confusion_table():
+    """Reference x prediction volumes in mL, with organs painted over the liver in CHAOS label order."""
+    import numpy as np
+    from training.srma.organ_confusion import confusion_ml, predicted_labels
+    ref = np.array([[0, 1, 1, 4, 4, 2]])
+    pred = predicted_labels(np.array([[0, 1, 1, 1, 0, 0]]), {"spleen": np.array([[0, 0, 0, 0, 1, 0]]),
+                                                              "right_kidney": np.zeros((1, 6))}, ref.shape)
+    assert pred.tolist() == [[0, 1, 1, 1, 4, 0]]
+    t = confusion_ml(ref, pred, 0.5)
+    assert t.shape == (5, 5) and t[1, 1] == 1.0 and t[4, 1] == 0.5 and t[4, 4] == 0.5 and t[2, 0] == 0.5
+    assert t.sum() == 3.0
