@@ -75,7 +75,7 @@ def test_both_clis_run_on_the_samples_with_the_shipped_weights(installed):
                        timeout=1800)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads(r.stdout)
-    assert len(rows) == 3 and all(x["weights"].startswith("ultrascannet_busi@") for x in rows)
+    assert len(rows) == 3 and all(x["weights"].startswith("efficientnet_lite0_busi@") for x in rows)
 
 
 def test_one_list_of_runtime_requirements():

@@ -182,7 +182,7 @@ def test_authors_style_checkpoint_loads_by_name(tmp_path):
     from UltraScanClassifierLib.inference import UltrasoundClassifier
     from UltraScanClassifierLib.model import UltraScanNet
     from training.ultrascan.train import load_init
-    shipped = UltrasoundClassifier.load(device="cpu")
+    shipped = UltrasoundClassifier.load("ultrascannet_busi", device="cpu")
     sd = {k: v.float() for k, v in shipped.model.state_dict().items()}
     torch.save({"model": sd, "epoch": 3}, tmp_path / "ckpt.pth")
     other = UltrasoundClassifier.load(tmp_path / "ckpt.pth", device="cpu")

@@ -199,9 +199,9 @@ def test_second_model_by_name_through_the_logic(app):
     logic = UltraScanClassifierLogic(app.scene)
     arr = gray_image("benign/benign (3).png")[:, 17:]
     node = image_node(app.scene, arr)
-    res = logic.classify(node, device="cpu", weights="efficientnet_lite0_busi")
+    res = logic.classify(node, device="cpu", weights="ultrascannet_busi")
     rows = logic.table_rows(res.table_node)
-    assert rows[0]["Weights"].startswith("efficientnet_lite0_busi@")
+    assert rows[0]["Weights"].startswith("ultrascannet_busi@")
     assert np.allclose(ijk_to_ras(res.heatmap_node), ijk_to_ras(node), atol=0, rtol=0)
     default = logic.classify(node, device="cpu", table_node=res.table_node)
-    assert logic.table_rows(default.table_node)[1]["Weights"].startswith("ultrascannet_busi@")
+    assert logic.table_rows(default.table_node)[1]["Weights"].startswith("efficientnet_lite0_busi@")

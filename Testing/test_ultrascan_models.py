@@ -56,7 +56,7 @@ def test_training_key_renaming_covers_every_block():
 
 
 def test_shipped_lite0_verifies_loads_by_name_and_averages_mirrors():
-    assert UltrasoundClassifier.model_names()[0] == "ultrascannet_busi" and LITE in UltrasoundClassifier.model_names()
+    assert UltrasoundClassifier.model_names() == [LITE, "ultrascannet_busi"]   # the more accurate model is the default
     clf = UltrasoundClassifier.load(LITE, device="cpu")
     man = clf.record.manifest
     assert man["architecture"] == "EfficientNet-Lite0" and clf.tta_flip and 0.5 < clf.temperature < 2
@@ -84,11 +84,11 @@ def test_unknown_model_name_is_a_clear_error():
 def test_cli_model_flag(capsys):
     from UltraScanClassifierLib.cli import main
     img = str(SAMPLES / "busi_benign_3.png")
-    assert main([img, "--model", LITE, "--json", "--device", "cpu"]) == 0
+    assert main([img, "--model", "ultrascannet_busi", "--json", "--device", "cpu"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res[0]["weights"].startswith(LITE + "@")
+    assert res[0]["weights"].startswith("ultrascannet_busi@")
     assert main([img, "--json", "--device", "cpu"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["weights"].startswith("ultrascannet_busi@")
+    assert json.loads(capsys.readouterr().out)[0]["weights"].startswith(LITE + "@")   # the default
     with pytest.raises(SystemExit) as e:
         main([img, "--model", LITE, "--weights", str(MODELS_DIR / LITE)])
     assert e.value.code == 2 and "not both" in capsys.readouterr().err

@@ -29,12 +29,12 @@ class UltraScanClassifier(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["Slicer liver and ultrasound AI team"]
         self.parent.helpText = _(
-            "Classifies a breast-ultrasound image as benign, malignant or normal with UltraScanNet "
-            "(Laicu-Hausberger and Popa, 2025). Select a 2D image and click <b>Classify</b>: calibrated "
-            "probabilities, a heatmap of the regions that drove the verdict, and a row in the results table. "
-            "Folder mode classifies every image of a folder. Two shipped models: UltraScanNet (default) and "
-            "EfficientNet-Lite0 (ImageNet-initialised; the more accurate in cross-validation, see its model "
-            "card). Decision support, not a diagnosis.")
+            "Classifies a breast-ultrasound image as benign, malignant or normal. Select a 2D image and click "
+            "<b>Classify</b>: calibrated probabilities, a heatmap of the regions that drove the verdict, and a "
+            "row in the results table. Folder mode classifies every image of a folder. Two shipped models: "
+            "EfficientNet-Lite0 (ImageNet-initialised; the default, the more accurate in cross-validation: "
+            "0.87) and UltraScanNet (Laicu-Hausberger and Popa, 2025; 0.71), see their model cards. "
+            "Decision support, not a diagnosis.")
         self.parent.acknowledgementText = _(
             "Architecture by Laicu-Hausberger and Popa; shipped weights trained on BUSI "
             "(Al-Dhabyani et al., Data in Brief 28, 2020).")

@@ -16,7 +16,7 @@ LICENCE = {"srma_chaos_t2_5class": "weights trained on CHAOS (CC BY-SA 4.0); res
            "ultrascannet_busi": "weights trained on BUSI (Al-Dhabyani et al. 2020); research use, not a medical device",
            "efficientnet_lite0_busi": "weights trained on BUSI from ImageNet EfficientNet-Lite0 (Apache-2.0); "
                                       "research use, not a medical device"}
-DEFAULT = {"SRMASegmenter": "srma_chaos_t2_5class", "UltraScanClassifier": "ultrascannet_busi"}
+DEFAULT = {"SRMASegmenter": "srma_chaos_t2_5class", "UltraScanClassifier": "efficientnet_lite0_busi"}
 
 for module, default in DEFAULT.items():
     res = ROOT / module / "Resources"
