@@ -89,3 +89,17 @@ def test_surface_metrics_against_independent():
     assert m["hd95_mm"] == pytest.approx(hd95, rel=0.05)
     same = segmentation_metrics(t, t, sp)
     assert same["dice"] == 1.0 and same["hd95_mm"] == 0.0
+
+
+def test_distinct_values_equals_numpy_unique():
+    """The labelmap check counts values instead of sorting them: the same values and dtype as np.unique,
+    for every integer type, negative values, and a range too wide to count (falls back to the sort)."""
+    import numpy as np
+    from SRMASegmenterLib.volumes import distinct_values
+    rng = np.random.default_rng(0)
+    for dt in (np.int16, np.uint16, np.uint8, np.int8, np.int32, np.int64, bool):
+        x = rng.integers(-5 if np.dtype(dt).kind == "i" else 0, 2 if dt is bool else 300, size=(5, 40, 40)).astype(dt)
+        d = distinct_values(x)
+        assert np.array_equal(d, np.unique(x)) and d.dtype == np.unique(x).dtype, dt
+    wide = np.array([[-2**40, 0, 7, 2**40]], np.int64)
+    assert np.array_equal(distinct_values(wide), np.unique(wide))

