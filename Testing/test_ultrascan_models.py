@@ -92,3 +92,26 @@ def test_cli_model_flag(capsys):
     with pytest.raises(SystemExit) as e:
         main([img, "--model", LITE, "--weights", str(MODELS_DIR / LITE)])
     assert e.value.code == 2 and "not both" in capsys.readouterr().err
+
+
+def test_mirrored_heatmap_in_one_forward_equals_two_pass():
+    """With mirror averaging the heatmap comes from the same forward that classifies (the target class taken
+    from the averaged logits inside grad_cam): the same logits and heatmap as classifying first and
+    explaining in a second forward, on an image whose mirror changes the logits."""
+    import torch.nn.functional as F
+    from UltraScanClassifierLib.images import check_image
+    from UltraScanClassifierLib.inference import grad_cam, preprocess
+    clf = UltrasoundClassifier.load(LITE, device="cpu")
+    img = read_image(SAMPLES / "busi_malignant_12.png")[0]
+    r = clf.classify(img, heatmap=True)
+    x = preprocess(check_image(img))
+    x2 = torch.cat([x, x.flip(3)])
+    with torch.no_grad():
+        lg = clf.model(x2).float()
+    t = ((lg[:1] + lg[1:]) / 2).argmax(1)
+    logits, cam = grad_cam(clf.model, x2, torch.cat([t, t]))
+    cam = (cam[:1] + cam[1:].flip(3)) / 2
+    h = F.interpolate(cam.float(), size=img.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+    h = (h / h.max()).numpy()
+    assert np.allclose(r.logits, ((logits[:1] + logits[1:]) / 2).numpy()[0], atol=1e-4)
+    assert np.allclose(r.heatmap, h, atol=1e-4) and r.label == clf.classes[int(t)]

@@ -70,11 +70,12 @@ def preprocess(image01: np.ndarray, size: int = INPUT_SIZE) -> torch.Tensor:
 
 def grad_cam(model, x, target=None):
     """Grad-CAM on the last feature map: (logits (B, K), cam (B, 1, h, w) >= 0, not normalised).
-    target: class per image (default: the predicted class). Needs forward_features / forward_head."""
+    target: class per image, or a function of the logits giving it (default: the predicted class), so that
+    the one forward both classifies and explains. Needs forward_features / forward_head."""
     with torch.enable_grad():
         fmap = model.forward_features(x).detach().requires_grad_(True)
         logits = model.forward_head(fmap)
-        top = logits.argmax(dim=1) if target is None else target
+        top = logits.argmax(dim=1) if target is None else target(logits.detach()) if callable(target) else target
         logits.gather(1, top[:, None]).sum().backward()
         w = fmap.grad.mean(dim=(2, 3), keepdim=True)
         cam = torch.relu((w * fmap).sum(dim=1, keepdim=True)).detach()
@@ -137,11 +138,8 @@ class UltrasoundClassifier:
             with torch.no_grad():
                 lg = model(x).float().cpu()
             return (lg[:n] + lg[n:]) / 2 if self.tta_flip else lg, None
-        if self.tta_flip:
-            with torch.no_grad():
-                lg = model(x).float()
-            target = ((lg[:n] + lg[n:]) / 2).argmax(1)
-            logits, cam = grad_cam(model, x, torch.cat([target, target]))
+        if self.tta_flip:                     # one forward: the class of the averaged logits, explained on both
+            logits, cam = grad_cam(model, x, lambda lg: ((lg[:n] + lg[n:]) / 2).argmax(1).repeat(2))
             logits, cam = (logits[:n] + logits[n:]) / 2, (cam[:n] + cam[n:].flip(3)) / 2
         else:
             logits, cam = grad_cam(model, x)
