@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import statistics as st
 from pathlib import Path
 
@@ -33,8 +32,8 @@ def load_cv(folder, folds=5):
 
 def sign_test(wins, n):
     """Two-sided exact sign test p-value for `wins` successes out of n (ties dropped beforehand)."""
-    k = min(wins, n - wins)
-    return min(1.0, 2 * sum(math.comb(n, j) for j in range(k + 1)) / 2 ** n)
+    from scipy.stats import binomtest
+    return float(binomtest(wins, n, 0.5).pvalue)
 
 
 def summary(rows, ids):

@@ -12,7 +12,9 @@ import argparse
 
 import numpy as np
 
-NAMES = ("background", "liver", "right_kidney", "left_kidney", "spleen")   # CHAOS label values 0..4
+from .evaluate import CHAOS_LABELS
+
+NAMES = ("background", *sorted(CHAOS_LABELS, key=CHAOS_LABELS.get))   # index = CHAOS label value
 
 
 def predicted_labels(mask, organs, shape):
