@@ -96,8 +96,9 @@ def test_cli_model_flag(capsys):
 
 def test_mirrored_heatmap_in_one_forward_equals_two_pass():
     """With mirror averaging the heatmap comes from the same forward that classifies (the target class taken
-    from the averaged logits inside grad_cam): the same logits and heatmap as classifying first and
-    explaining in a second forward, on an image whose mirror changes the logits."""
+    from the averaged logits inside grad_cam, the map in closed form): the same logits and heatmap as
+    classifying first and explaining by Grad-CAM's backward in a second forward, on an image whose mirror
+    changes the logits."""
     import torch.nn.functional as F
     from UltraScanClassifierLib.images import check_image
     from UltraScanClassifierLib.inference import grad_cam, preprocess
@@ -109,9 +110,29 @@ def test_mirrored_heatmap_in_one_forward_equals_two_pass():
     with torch.no_grad():
         lg = clf.model(x2).float()
     t = ((lg[:1] + lg[1:]) / 2).argmax(1)
-    logits, cam = grad_cam(clf.model, x2, torch.cat([t, t]))
+    logits, cam = grad_cam(clf.model, x2, torch.cat([t, t]), analytic=False)   # the backward, as published
     cam = (cam[:1] + cam[1:].flip(3)) / 2
     h = F.interpolate(cam.float(), size=img.shape[:2], mode="bilinear", align_corners=False)[0, 0]
     h = (h / h.max()).numpy()
     assert np.allclose(r.logits, ((logits[:1] + logits[1:]) / 2).numpy()[0], atol=1e-4)
     assert np.allclose(r.heatmap, h, atol=1e-4) and r.label == clf.classes[int(t)]
+
+
+@pytest.mark.parametrize("name", [LITE, "ultrascannet_busi"])
+def test_closed_form_cam_equals_the_backward_in_float64(name):
+    """Both shipped heads are a global mean and linear maps (UltraScanNet: eval BatchNorm first), so the
+    closed-form map from cam_weights() is Grad-CAM exactly: equal to the backward's map in float64 for the
+    predicted class and for every other class, on real images; in training mode there is no closed form."""
+    from UltraScanClassifierLib.images import check_image
+    from UltraScanClassifierLib.inference import grad_cam, preprocess
+    model = UltrasoundClassifier.load(name, device="cpu").model.double().eval()
+    x = torch.cat([preprocess(check_image(read_image(p)[0])) for p in sorted(SAMPLES.glob("busi_*.png"))]).double()
+    assert x.shape[0] >= 3
+    for target in (None, torch.tensor([0, 1, 2][:x.shape[0]] + [1] * (x.shape[0] - 3))):
+        lg_a, cam_a = grad_cam(model, x, target)
+        lg_b, cam_b = grad_cam(model, x, target, analytic=False)
+        assert cam_a.shape == cam_b.shape and float(cam_b.amax()) > 0
+        assert torch.allclose(lg_a.double(), lg_b.double(), atol=1e-10)
+        assert torch.allclose(cam_a, cam_b, rtol=1e-9, atol=1e-12 * float(cam_b.amax()))
+    model.train()
+    assert model.cam_weights() is None

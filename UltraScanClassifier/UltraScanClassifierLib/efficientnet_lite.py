@@ -50,6 +50,11 @@ class EfficientNetLite0(nn.Module):
     def forward_head(self, fmap):
         return self.net._fc(self.net._dropout(fmap.mean(dim=(2, 3))))
 
+    def cam_weights(self):
+        """(classes, channels): the linear layer after the global mean (dropout is the identity in eval mode),
+        so Grad-CAM's channel weights are its rows divided by h * w and the heatmap needs no backward."""
+        return None if self.training else self.net._fc.weight
+
     def forward(self, x):
         return self.forward_head(self.forward_features(x))
 

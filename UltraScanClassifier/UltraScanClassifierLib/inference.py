@@ -68,10 +68,24 @@ def preprocess(image01: np.ndarray, size: int = INPUT_SIZE) -> torch.Tensor:
     return normalize(x)
 
 
-def grad_cam(model, x, target=None):
+def grad_cam(model, x, target=None, analytic: bool = True):
     """Grad-CAM on the last feature map: (logits (B, K), cam (B, 1, h, w) >= 0, not normalised).
     target: class per image, or a function of the logits giving it (default: the predicted class), so that
-    the one forward both classifies and explains. Needs forward_features / forward_head."""
+    the one forward both classifies and explains. Needs forward_features / forward_head.
+
+    Where the head is a global mean followed by linear maps (the model's `cam_weights()` gives d logit /
+    d pooled feature), the gradient of a logit is that row / (h * w) at every pixel, so Grad-CAM is computed
+    in closed form from the forward alone: the same map as the backward gives (tested), without the backward
+    pass (analytic=False forces the backward)."""
+    rows = model.cam_weights() if analytic and hasattr(model, "cam_weights") else None
+    if rows is not None:
+        with torch.no_grad():
+            fmap = model.forward_features(x)
+            logits = model.forward_head(fmap).float()
+            top = logits.argmax(dim=1) if target is None else target(logits) if callable(target) else target
+            w = rows.to(fmap.dtype)[top.to(fmap.device)][:, :, None, None] / (fmap.shape[2] * fmap.shape[3])
+            cam = torch.relu((w * fmap).sum(dim=1, keepdim=True))
+        return logits, cam
     with torch.enable_grad():
         fmap = model.forward_features(x).detach().requires_grad_(True)
         logits = model.forward_head(fmap)

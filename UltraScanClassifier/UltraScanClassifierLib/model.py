@@ -370,6 +370,15 @@ class UltraScanNet(nn.Module):
     def forward_head(self, fmap):
         return self.head(self.norm(fmap).mean(dim=(2, 3)))
 
+    def cam_weights(self):
+        """(classes, channels): d logit / d mean-pooled feature map. The head is an eval-mode BatchNorm (a
+        per-channel scale), a global mean and a linear layer, so Grad-CAM's channel weights are these rows
+        divided by h * w, and the heatmap needs no backward. None in training mode (batch statistics)."""
+        if self.training:
+            return None
+        scale = self.norm.weight / torch.sqrt(self.norm.running_var + self.norm.eps)
+        return self.head.weight * scale[None]
+
     def forward(self, x):
         return self.forward_head(self.forward_features(x))
 
