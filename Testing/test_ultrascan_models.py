@@ -136,3 +136,40 @@ def test_closed_form_cam_equals_the_backward_in_float64(name):
         assert torch.allclose(cam_a, cam_b, rtol=1e-9, atol=1e-12 * float(cam_b.amax()))
     model.train()
     assert model.cam_weights() is None
+
+
+def test_cpu_runs_lite0_frozen_with_the_eager_result():
+    """On the CPU the default model's feature extractor runs frozen by TorchScript (built at the first call):
+    the label, probabilities and heatmap equal the eager network's, with and without the heatmap."""
+    from UltraScanClassifierLib.images import check_image
+    img = check_image(read_image(SAMPLES / "busi_malignant_12.png")[0])
+    fast = UltrasoundClassifier.load(LITE, device="cpu")
+    eager = UltrasoundClassifier.load(LITE, device="cpu")
+    eager.cpu_freeze = False
+    a, b = fast.classify(img, heatmap=True), eager.classify(img, heatmap=True)
+    assert isinstance(fast._frozen, torch.jit.ScriptModule) and eager._frozen is None
+    assert a.label == b.label and np.allclose(a.logits, b.logits, atol=1e-4)
+    assert np.allclose(a.heatmap, b.heatmap, atol=1e-4)
+    assert np.allclose(fast.classify(img, heatmap=False).logits, b.logits, atol=1e-4)
+    assert UltrasoundClassifier.load("ultrascannet_busi", device="cpu").cpu_freeze is False   # not traced
+
+
+def test_frozen_features_refused_where_they_differ_from_eager():
+    """A feature extractor whose traced graph does not reproduce eager (here: random) is not frozen."""
+    from UltraScanClassifierLib.inference import frozen_cpu_features
+
+    class Plain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward_features(self, x):
+            return self.conv(x)
+
+    class Noisy(Plain):
+        def forward_features(self, x):
+            return self.conv(x) + torch.randn_like(self.conv(x))
+
+    x = torch.randn(2, 3, 16, 16)
+    assert frozen_cpu_features(Noisy().eval(), x) is None
+    assert frozen_cpu_features(Plain().eval(), x) is not None

@@ -88,19 +88,25 @@ def ultrasound(args, dev):
     out = {}
     for name in UltrasoundClassifier.model_names():
         clf = UltrasoundClassifier.load(name, device=str(dev))
-        row = {}
-        for heat in (True, False):
-            for im in imgs:                   # warm-up
-                clf.classify(im, heatmap=heat)
-            ts = []
-            for _ in range(args.repeats * 3):
-                for im in imgs:
+        # the heatmap by Grad-CAM's backward on the eager network (the path before session 12), in closed form
+        # on the eager network, and the module's path (closed form, on the CPU the frozen network where the
+        # model allows), with the heatmap and without; interleaved image by image so that a busy machine
+        # slows all of them alike
+        freeze = clf.cpu_freeze
+        modes = {"heatmap, backward, eager": (True, False, False), "heatmap, closed form, eager": (True, True, False),
+                 "with heatmap": (True, True, freeze), "label only": (False, True, freeze)}
+        ts = {k: [] for k in modes}
+        for rep in range(args.repeats * 3 + 1):
+            for im in imgs:
+                for k, (heat, analytic, frozen) in modes.items():
+                    clf.analytic_cam, clf.cpu_freeze = analytic, frozen
                     t = time.perf_counter()
                     clf.classify(im, heatmap=heat)
                     sync(dev)
-                    ts.append(time.perf_counter() - t)
-            row["with heatmap" if heat else "label only"] = statistics.median(ts)
-        out[clf.weights_id] = row
+                    if rep:                   # the first round warms up (and freezes)
+                        ts[k].append(time.perf_counter() - t)
+        clf.analytic_cam, clf.cpu_freeze = True, freeze
+        out[clf.weights_id] = {k: statistics.median(v) for k, v in ts.items()}
     return out
 
 
@@ -146,9 +152,11 @@ def main(argv=None):
     if not a.skip_ultrasound:
         res["ultrasound"] = us = ultrasound(a, dev)
         print(f"\nUltrasound classification ({res['device']}), median per image over the 3 samples:")
-        print("| model | with heatmap ms | label only ms |\n|---|---|---|")
+        cols = ["heatmap, backward, eager", "heatmap, closed form, eager", "with heatmap", "label only"]
+        print("| model | heatmap by backward, eager (before) ms | heatmap in closed form, eager ms | "
+              "module path with heatmap (now) ms | label only ms |\n|---|---|---|---|---|")
         for k, v in us.items():
-            print(f"| {k} | {1000 * v['with heatmap']:.0f} | {1000 * v['label only']:.0f} |")
+            print(f"| {k} | " + " | ".join(f"{1000 * v[c]:.0f}" for c in cols) + " |")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 
-import torch
 import torch.nn as nn
 
 # TF EfficientNet-Lite0 block strings: repeats, kernel, stride, expansion, in/out channels; no SE
@@ -31,6 +30,8 @@ def _relu6(module: nn.Module) -> None:
 
 class EfficientNetLite0(nn.Module):
     """EfficientNet-Lite0 classifier with forward_features / forward_head (for Grad-CAM), like UltraScanNet."""
+
+    cpu_freeze = True       # fixed layers, no data-dependent control flow: the CPU runs it frozen (inference.py)
 
     def __init__(self, num_classes: int = 3, in_chans: int = 3, image_size: int = 224):
         super().__init__()

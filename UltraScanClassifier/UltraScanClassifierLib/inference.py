@@ -10,7 +10,9 @@ is carried to the result for the caller's geometry.
 """
 from __future__ import annotations
 
+import copy
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,7 +70,7 @@ def preprocess(image01: np.ndarray, size: int = INPUT_SIZE) -> torch.Tensor:
     return normalize(x)
 
 
-def grad_cam(model, x, target=None, analytic: bool = True):
+def grad_cam(model, x, target=None, analytic: bool = True, features=None):
     """Grad-CAM on the last feature map: (logits (B, K), cam (B, 1, h, w) >= 0, not normalised).
     target: class per image, or a function of the logits giving it (default: the predicted class), so that
     the one forward both classifies and explains. Needs forward_features / forward_head.
@@ -76,11 +78,12 @@ def grad_cam(model, x, target=None, analytic: bool = True):
     Where the head is a global mean followed by linear maps (the model's `cam_weights()` gives d logit /
     d pooled feature), the gradient of a logit is that row / (h * w) at every pixel, so Grad-CAM is computed
     in closed form from the forward alone: the same map as the backward gives (tested), without the backward
-    pass (analytic=False forces the backward)."""
+    pass (analytic=False forces the backward). features: what computes the feature map in that case
+    (default model.forward_features; e.g. its frozen CPU version)."""
     rows = model.cam_weights() if analytic and hasattr(model, "cam_weights") else None
     if rows is not None:
         with torch.no_grad():
-            fmap = model.forward_features(x)
+            fmap = (features or model.forward_features)(x)
             logits = model.forward_head(fmap).float()
             top = logits.argmax(dim=1) if target is None else target(logits) if callable(target) else target
             w = rows.to(fmap.dtype)[top.to(fmap.device)][:, :, None, None] / (fmap.shape[2] * fmap.shape[3])
@@ -96,6 +99,36 @@ def grad_cam(model, x, target=None, analytic: bool = True):
     return logits.detach(), cam
 
 
+class _Features(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.forward_features(x)
+
+
+def frozen_cpu_features(model, example: torch.Tensor):
+    """model.forward_features traced and frozen by TorchScript for the CPU, in channels-last layout, or None
+    where that fails or differs from eager on `example` by more than 1e-4 of its range. Why: frozen, each
+    convolution's BatchNorm is folded and its weights are prepacked once for oneDNN instead of reordered on
+    every call; EfficientNet-Lite0's features for an image and its mirror take 37 instead of 66 ms on 2 cores
+    (docs/BENCHMARKS.md). torch.jit is deprecated in favour of torch.compile, which needs a C++ compiler
+    that a Slicer workstation does not have; so its warning is silenced here and eager is the fallback."""
+    try:
+        net = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            frozen = torch.jit.freeze(torch.jit.trace(_Features(net).eval(), example.contiguous(
+                memory_format=torch.channels_last), check_trace=False))
+            got, want = frozen(example), model.forward_features(example)
+    except Exception:                                   # noqa: BLE001 - any failure means: stay eager
+        return None
+    if got.shape != want.shape or float((got - want).abs().max()) > 1e-4 * max(1.0, float(want.abs().max())):
+        return None
+    return frozen
+
+
 class UltrasoundClassifier:
     def __init__(self, model, record: ModelRecord, device, temperature: float = 1.0):
         self.model = model.eval()
@@ -105,6 +138,11 @@ class UltrasoundClassifier:
         self.classes = list(record.manifest.get("classes", CLASSES))
         # mirror averaging at test time where the model was cross-validated that way (manifest input.tta_flip)
         self.tta_flip = bool(record.manifest.get("input", {}).get("tta_flip", False))
+        self.analytic_cam = True              # heatmap in closed form where the head allows (grad_cam)
+        # on the CPU, the feature extractor frozen by TorchScript where the model says it traces (fixed layers,
+        # no data-dependent control flow); built at the first CPU call, eager if that fails
+        self.cpu_freeze = bool(getattr(model, "cpu_freeze", False))
+        self._frozen = None
 
     @property
     def weights_id(self) -> str:
@@ -142,21 +180,31 @@ class UltrasoundClassifier:
         return cls(net, rec, dev, rec.manifest.get("temperature", 1.0))
 
     # --------------------------------------------------------------------------------------- one image
+    def _features(self, x, device):
+        """What computes the feature map on this device: the frozen CPU extractor where there is one."""
+        if device.type != "cpu" or not self.cpu_freeze:
+            return None
+        if self._frozen is None:
+            self._frozen = frozen_cpu_features(self.model, x) or False
+        return self._frozen or None
+
     def _run(self, x, device, want_heatmap, out_hw):
         model = self.model.to(device)
         x = x.to(device)
         n = x.shape[0]
         if self.tta_flip:                     # the image and its mirror in one batch, logits averaged
             x = torch.cat([x, x.flip(3)])
+        feats = self._features(x, torch.device(device))
         if not want_heatmap:
             with torch.no_grad():
-                lg = model(x).float().cpu()
+                lg = (model.forward_head(feats(x)) if feats else model(x)).float().cpu()
             return (lg[:n] + lg[n:]) / 2 if self.tta_flip else lg, None
         if self.tta_flip:                     # one forward: the class of the averaged logits, explained on both
-            logits, cam = grad_cam(model, x, lambda lg: ((lg[:n] + lg[n:]) / 2).argmax(1).repeat(2))
+            logits, cam = grad_cam(model, x, lambda lg: ((lg[:n] + lg[n:]) / 2).argmax(1).repeat(2),
+                                   analytic=self.analytic_cam, features=feats)
             logits, cam = (logits[:n] + logits[n:]) / 2, (cam[:n] + cam[n:].flip(3)) / 2
         else:
-            logits, cam = grad_cam(model, x)
+            logits, cam = grad_cam(model, x, analytic=self.analytic_cam, features=feats)
         heat = []
         for i in range(cam.shape[0]):
             h = F.interpolate(cam[i:i + 1].float(), size=out_hw[i], mode="bilinear", align_corners=False)[0, 0]
