@@ -71,6 +71,7 @@ liver-steps)   # "S0 S1 S2 S3 S4 SALL" EXTRA...: the 6 liver runs with a fixed s
   liver_runs "$@"
   ;;
 us-variants)   # NAME "ARGS" [NAME "ARGS" ...]: Lite0 teacher-recipe variants, 5 folds + all images each, side by side
+               # carry .carry/busi .carry/imagenet0 .whl [.carry/busi-masks: pointing game, --mask-weight W]
   shift
   setup
   [ -d "$W/data/busi" ] || cp -r .carry/busi "$W/data/busi"
@@ -78,6 +79,10 @@ us-variants)   # NAME "ARGS" [NAME "ARGS" ...]: Lite0 teacher-recipe variants, 5
   export EFFICIENTNET_LITE_DIR=$W/imagenet
   teach=(--model efficientnet_lite0 --epochs 60 --warmup-epochs 3 --cooldown-epochs 0 --lr 5e-4 --min-lr 5e-6
          --warmup-lr 5e-7 --weight-decay 0.05 --aug scratch --tta-flip --eval-every 1000)
+  if [ -d .carry/busi-masks ]; then   # outlines carried: heatmap scores for every run, and --mask-weight can use them
+    [ -d "$W/data/busi-masks" ] || cp -r .carry/busi-masks "$W/data/busi-masks"
+    teach+=(--masks "$W/data/busi-masks")
+  fi
   cd "$W/code"
   while [ $# -ge 2 ]; do
     name=$1; read -r -a va <<< "$2"; shift 2

@@ -224,8 +224,8 @@ def main(argv=None):
     groups = param_groups(model, a.weight_decay)
     heads = None
     if mtr is not None:
-        if not hasattr(model, "forward_features") or a.model != "ultrascannet":
-            raise SystemExit("--mask-weight needs --model ultrascannet")
+        if a.model != "ultrascannet" and not a.model.startswith("efficientnet_lite"):
+            raise SystemExit("--mask-weight needs --model ultrascannet or efficientnet_lite*")
         with torch.no_grad():
             _, st = model.forward_features(torch.zeros(1, 3, a.img_size, a.img_size, device=device), return_stages=True)
         heads = MaskHeads([st[-2].shape[1], st[-1].shape[1]]).to(device)
