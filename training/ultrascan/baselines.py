@@ -148,16 +148,17 @@ class EfficientNetLite(nn.Module):
 
     def forward_features(self, x, return_stages: bool = False):
         """The head convolution's map (B, 1280, H/32, W/32); with return_stages also [last block's output,
-        that map] (for the lesion-outline heads). The package's extract_features, with the stages kept."""
+        that map] (for the lesion-outline heads), the block's output kept by a hook during the package's
+        own extract_features."""
         if not return_stages:
             return self.net.extract_features(x)
-        n = self.net
-        x = n._swish(n._bn0(n._conv_stem(x)))
-        rate = n._global_params.drop_connect_rate
-        for i, block in enumerate(n._blocks):
-            x = block(x, drop_connect_rate=rate * i / len(n._blocks) if rate else rate)
-        fmap = n._swish(n._bn1(n._conv_head(x)))
-        return fmap, [x, fmap]
+        kept = []
+        hook = self.net._blocks[-1].register_forward_hook(lambda _m, _inp, out: kept.append(out))
+        try:
+            fmap = self.net.extract_features(x)
+        finally:
+            hook.remove()
+        return fmap, [kept[0], fmap]
 
     def forward_head(self, fmap):
         return self.net._fc(self.net._dropout(fmap.mean(dim=(2, 3))))

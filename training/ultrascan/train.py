@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import json
 import os
 import sys
@@ -224,8 +225,8 @@ def main(argv=None):
     groups = param_groups(model, a.weight_decay)
     heads = None
     if mtr is not None:
-        if a.model != "ultrascannet" and not a.model.startswith("efficientnet_lite"):
-            raise SystemExit("--mask-weight needs --model ultrascannet or efficientnet_lite*")
+        if "return_stages" not in inspect.signature(model.forward_features).parameters:
+            raise SystemExit(f"--mask-weight needs a model that returns its stages (not {a.model})")
         with torch.no_grad():
             _, st = model.forward_features(torch.zeros(1, 3, a.img_size, a.img_size, device=device), return_stages=True)
         heads = MaskHeads([st[-2].shape[1], st[-1].shape[1]]).to(device)
