@@ -186,6 +186,35 @@ def test_amp_step_clips_and_steps():
     assert torch.allclose(w.detach(), torch.tensor([3.0, 4.0]) - 10 / math.sqrt(200))
 
 
+def test_graphed_step_off_the_gpu_is_the_plain_step_and_leaves_gradients_for_update():
+    """Off the GPU (and whenever capture fails) GraphedStep is forward + loss + backward, eager: the same
+    loss and gradients as autograd on the same module, fresh each call (not accumulated across calls), so
+    that Amp.update then clips and steps exactly as Amp.step would. The CUDA path is checked on the GPU
+    by benchmarks/bench_train_step.py --compare graphs (same loss and gradients, recorded)."""
+    from training.loop import Amp, GraphedStep
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.GELU(), torch.nn.Linear(5, 3)).double()
+    twin = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.GELU(), torch.nn.Linear(5, 3)).double()
+    twin.load_state_dict(net.state_dict())
+    x, y = torch.randn(4, 6, dtype=torch.float64), torch.tensor([0, 2, 1, 2])
+    step = GraphedStep(net.parameters(), lambda a, b: torch.nn.functional.cross_entropy(net(a), b))
+    assert step(x, y) is not None and step(x, y).dtype == torch.float64      # twice: no accumulation
+    assert not step.active and step.failed is None          # CPU tensors: never captured, not a failure
+    ref = torch.nn.functional.cross_entropy(twin(x), y)
+    ref.backward()
+    for p, q in zip(net.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad)
+    assert float(step(x, y)) == float(ref)
+    amp = Amp("off", torch.device("cpu"))
+    o1, o2 = torch.optim.SGD(net.parameters(), lr=0.5), torch.optim.SGD(twin.parameters(), lr=0.5)
+    n1 = amp.update(o1, clip=0.01)
+    n2 = amp.step(torch.nn.functional.cross_entropy(twin(x), y), o2, clip=0.01)
+    assert float(n1) == float(n2) > 0.01                     # the clip acted, on the same norm
+    for p, q in zip(net.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert GraphedStep(net.parameters(), lambda a: a.sum(), enabled=False).failed == "disabled"
+
+
 def test_checkpoint_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     from training import loop
     p = tmp_path / "last.pt"

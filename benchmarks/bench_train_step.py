@@ -6,10 +6,16 @@ CHAOS canvas size: where a step's time goes, and the step before / after the sha
     python benchmarks/bench_train_step.py --json step.json           # on the GPU machine
     python benchmarks/bench_train_step.py --device cpu --dims 8 --steps 1 --chunks 1 --patch 64 64 16  # smoke
     python benchmarks/bench_train_step.py --compare scan --json step.json   # serial vs segmented scan
+    python benchmarks/bench_train_step.py --compare graphs --json step.json # eager vs one CUDA graph
 
 --compare scan times the step (multi-tensor EMA, fused AdamW) with the Triton scan serial over each
 sequence (SSM_SEGMENTS=1, the kernel before the chunked scan) against the chunked scan as chosen by
 ssm_kernels' heuristic; the variable is switched between chunks in the one process.
+
+--compare graphs times the step with its forward + loss + backward eager against the same replayed as one
+CUDA graph (training.loop.GraphedStep, what train.py does by default on a GPU), and first checks that the
+two give the same loss and gradients: both models from one seed, drop-path off for the check only, one
+batch; the largest gradient difference relative to the gradient's largest entry is printed and recorded.
 
 Whole steps are timed without synchronising inside them (the rate training gets), in chunks that
 alternate between the variants; the breakdown synchronises around each part (so its sum is a little
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import time
@@ -26,7 +33,7 @@ import time
 import torch
 
 from SRMASegmenterLib.model import SRMAConfig, SRMAMamba
-from training.loop import EMA, Amp, PerTensorEMA, adamw
+from training.loop import EMA, Amp, GraphedStep, PerTensorEMA, adamw
 from training.srma.augment3d import Augment3DConfig, augment_batch
 from training.srma.data import CHAOS_CLASSES
 from training.srma.train import deep_supervision_loss
@@ -58,7 +65,7 @@ def main(argv=None):
     p.add_argument("--patch", type=int, nargs=3, default=[128, 128, 48])
     p.add_argument("--steps", type=int, default=20, help="steps per timed chunk")
     p.add_argument("--chunks", type=int, default=5, help="timed chunks per variant (alternating)")
-    p.add_argument("--compare", choices=("optimizer", "scan"), default="optimizer")
+    p.add_argument("--compare", choices=("optimizer", "scan", "graphs"), default="optimizer")
     p.add_argument("--json")
     a = p.parse_args(argv)
     dev = torch.device(a.device)
@@ -84,9 +91,21 @@ def main(argv=None):
         opt = adamw(list(model.parameters()), 5e-4, dev, fused=fused and cuda, weight_decay=0.05)
         return model, opt, (EMA if foreach_ema else PerTensorEMA)(model, 0.999, ramp=True)
 
+    graphed = {}                      # variant -> GraphedStep (compare graphs)
     if a.compare == "scan":
         variants = {"serial scan (before)": build(True, True), "segmented scan": build(True, True)}
         scan_env = {"serial scan (before)": "1", "segmented scan": None}
+    elif a.compare == "graphs":
+        variants = {"eager (before)": build(True, True), "CUDA graph": build(True, True)}
+        scan_env = {}
+        for name, (model, _, _) in variants.items():
+            on = name == "CUDA graph"
+
+            def loss_of(x, y, model=model, on=on):
+                with amp.autocast(cache=not on):
+                    outs = model(x)
+                return deep_supervision_loss([o.float() for o in outs], y[:, None], loss_fn)
+            graphed[name] = GraphedStep(model.parameters(), loss_of, enabled=on)
     else:
         variants = {"per-tensor EMA, foreach AdamW (before)": build(False, False),
                     "multi-tensor EMA, foreach AdamW": build(True, False),
@@ -105,6 +124,15 @@ def main(argv=None):
             x, y = augment_batch(images[idx], labels[idx], nc, aug, g)
         yield "augmentation"
         model.train()
+        step_of = next((s for n, s in graphed.items() if variants[n][0] is model), None)
+        if step_of is not None:
+            step_of(x, y)
+            yield "forward + loss + backward"
+            amp.update(opt, 1.0)
+            yield "clip + AdamW"
+            ema.update(model)
+            yield "EMA update"
+            return
         with amp.autocast():
             outs = model(x)
         loss = deep_supervision_loss([o.float() for o in outs], y[:, None], loss_fn)
@@ -118,7 +146,55 @@ def main(argv=None):
         for _ in parts(*v):
             pass
 
-    for name, v in variants.items():     # warm-up: Triton compile, cuDNN autotune
+    check = None
+    if graphed:      # the same loss and gradients, eager and replayed: two more models, drop-path off
+        m0, m1 = build(True, True)[0], build(True, True)[0]
+        m1.load_state_dict(m0.state_dict())
+        for m in (m0, m1):
+            for mod in m.modules():
+                if type(mod).__name__ == "DropPath":
+                    mod.p = 0.0
+            m.train()
+
+        def check_loss(x, y, model, on):
+            with amp.autocast(cache=not on):
+                outs = model(x)
+            return deep_supervision_loss([o.float() for o in outs], y[:, None], loss_fn)
+        s0 = GraphedStep(m0.parameters(), lambda x, y: check_loss(x, y, m0, False), enabled=False)
+        s1 = GraphedStep(m1.parameters(), lambda x, y: check_loss(x, y, m1, True))
+        idx = torch.arange(a.batch_size, device=dev)
+        with torch.no_grad():
+            x, y = augment_batch(images[idx], labels[idx], nc, aug, g)
+        l0 = s0(x, y)
+        g0 = [p_.grad.float().clone() for p_ in m0.parameters()]
+        l0b = s0(x, y)                         # eager again: the run-to-run noise (atomics, bf16)
+        s1(x.clone(), y.clone())               # warms up and captures on this call
+        l1 = s1(x, y)                          # a replay: the graph's own arithmetic
+        sync()
+
+        def diff(ga, gb):
+            """Relative L2 difference over all gradients, and the worst per tensor (tensors whose norm
+            is at least 1e-3 of the largest: the others are rounding noise around a zero gradient)."""
+            na = [float(a_.norm()) for a_ in ga]
+            tot = math.sqrt(sum(float((a_ - b_).norm()) ** 2 for a_, b_ in zip(ga, gb))) / math.sqrt(sum(n * n for n in na))
+            big = max(na)
+            worst = max(float((a_ - b_).norm()) / n for a_, b_, n in zip(ga, gb, na) if n >= 1e-3 * big)
+            return tot, worst
+        noise = diff(g0, [p_.grad.float() for p_ in m0.parameters()])
+        graph = diff(g0, [p_.grad.float() for p_ in m1.parameters()])
+        check = dict(loss_eager=float(l0), loss_eager_again=float(l0b), loss_graph=float(l1),
+                     rel_l2_grad_eager_vs_eager=noise[0], worst_tensor_eager_vs_eager=noise[1],
+                     rel_l2_grad_eager_vs_graph=graph[0], worst_tensor_eager_vs_graph=graph[1],
+                     graph_active=s1.active, capture_failed=s1.failed)
+        print(f"check: loss eager {float(l0):.6f} / again {float(l0b):.6f}, graph {float(l1):.6f}; gradients, "
+              f"relative L2 over all (worst tensor): eager vs eager {noise[0]:.2e} ({noise[1]:.2e}), "
+              f"eager vs graph {graph[0]:.2e} ({graph[1]:.2e}); graph "
+              f"{'captured' if s1.active else 'NOT captured: ' + str(s1.failed)}")
+        if a.chunks == 0:
+            print(json.dumps(check))
+            return
+        del m0, m1, s0, s1
+    for name, v in variants.items():     # warm-up: Triton compile, cuDNN autotune, graph capture
         use(name)
         for _ in range(3):
             step(v)
@@ -150,7 +226,7 @@ def main(argv=None):
     res = dict(device=torch.cuda.get_device_name(dev) if cuda else "cpu", torch=torch.__version__,
                compare=a.compare, dims=a.dims, batch=a.batch_size, patch=a.patch, steps_per_chunk=a.steps, chunks=a.chunks,
                step_ms={k: statistics.median(x) for k, x in whole.items()}, step_ms_chunks=whole,
-               breakdown_ms=breakdown, peak_gib_both_models=peak)
+               breakdown_ms=breakdown, peak_gib_both_models=peak, graph_check=check)
     names = list(variants)
     print(f"{res['device']}, batch {a.batch_size}, patch {tuple(a.patch)}, dims {a.dims}; medians in ms")
     print(f"| part | {' | '.join(names)} |")

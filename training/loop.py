@@ -1,7 +1,7 @@
 """The parts of a training loop that both trainers share, written once: the learning-rate schedule
 (linear warm-up, cosine, an optional flat tail), the clock that ends a schedule by step count or by a
-wall-clock budget, mixed precision with gradient clipping, an EMA of the weights, atomic checkpoints, and
-the torchrun / DistributedDataParallel set-up.
+wall-clock budget, mixed precision with gradient clipping, the forward + loss + backward of a step as one
+CUDA graph, an EMA of the weights, atomic checkpoints, and the torchrun / DistributedDataParallel set-up.
 
 Each trainer (training/srma/train.py, training/ultrascan/train.py) keeps only what is its own: data,
 augmentation, losses, what it logs and what it writes at the end. Development code: not shipped.
@@ -69,17 +69,89 @@ class Amp:
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[name]
         self.scaler = torch.amp.GradScaler(device.type, enabled=name == "fp16")
 
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+    def autocast(self, cache: bool = True):
+        """`cache=False` for code captured in a CUDA graph (no weight cast cached across the capture)."""
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None,
+                              cache_enabled=cache)
 
     def step(self, loss, opt, clip: float):
         opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        return self.update(opt, clip)
+
+    def update(self, opt, clip: float):
+        """Clip the gradients already in p.grad and step the optimiser (the half of `step` after the
+        backward; GraphedStep leaves its gradients there)."""
         self.scaler.unscale_(opt)
         norm = torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
         self.scaler.step(opt)
         self.scaler.update()
         return norm
+
+
+class GraphedStep:
+    """The forward, loss and backward of a training step, captured once as a CUDA graph and replayed at
+    every step: `loss_of(*inputs)` (forward under autocast(cache=False), loss) and its backward are a few
+    hundred small kernels each launched from Python (SRMA-Mamba's step is launch-bound at batch 2 as its
+    inference window was); replayed, they are one launch. Call it with tensors of the same shapes every
+    step; it leaves the gradients in p.grad (the graph's own tensors, overwritten by each replay: never
+    set them to None while a graph is held, so step with Amp.update, not Amp.step) and returns the loss.
+
+    The first CUDA call warms up on a side stream (`warmup` forward + backward passes whose gradients are
+    discarded: lazy initialisation, Triton compilation, cuDNN autotuning), then captures. A capture that
+    fails (an op that syncs with the host, out of memory) gives graphs up for this object (`failed` says
+    why) and the step runs eagerly, with the same arithmetic; so does every call on the CPU or with
+    `enabled=False`. Random ops (drop-path) stay random from replay to replay (PyTorch's graph-safe
+    generator). Not for gradient scaling (fp16) or DistributedDataParallel."""
+
+    def __init__(self, params, loss_of, warmup: int = 3, enabled: bool = True):
+        self.params = [p for p in params if p.requires_grad]
+        self.loss_of, self.warmup = loss_of, int(warmup)
+        self.graph = self.static_in = self.static_loss = None
+        self.failed = None if enabled else "disabled"
+
+    @property
+    def active(self) -> bool:
+        return self.graph is not None
+
+    def _zero(self):
+        for p in self.params:
+            p.grad = None
+
+    def _capture(self, inputs):
+        dev = inputs[0].device
+        try:
+            self.static_in = [x.clone() for x in inputs]
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):
+                    self._zero()
+                    self.loss_of(*self.static_in).backward()
+            torch.cuda.current_stream(dev).wait_stream(side)
+            self._zero()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                loss = self.loss_of(*self.static_in)
+                loss.backward()
+            self.graph, self.static_loss = graph, loss.detach()
+        except Exception as e:  # noqa: BLE001 - any capture failure means: run eagerly
+            self.failed = f"{type(e).__name__}: {e}"
+            self.graph = self.static_in = self.static_loss = None
+            torch.cuda.synchronize(dev)
+
+    def __call__(self, *inputs) -> torch.Tensor:
+        if self.graph is None and self.failed is None and inputs[0].device.type == "cuda":
+            self._capture(inputs)
+        if self.graph is not None:
+            for s, x in zip(self.static_in, inputs, strict=True):
+                s.copy_(x)
+            self.graph.replay()
+            return self.static_loss.clone()
+        self._zero()
+        loss = self.loss_of(*inputs)
+        loss.backward()
+        return loss.detach()
 
 
 class EMA:

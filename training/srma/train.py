@@ -66,6 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"])
+    p.add_argument("--cuda-graphs", default="on", choices=["on", "off"],
+                   help="forward + loss + backward of a step replayed as one CUDA graph (GPU, one process)")
     p.add_argument("--dims", type=int, default=48)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--ckpt-every", type=int, default=250)
@@ -116,7 +118,8 @@ def main(argv=None):
     args = parse_args(argv)
     from monai.losses import DiceCELoss
 
-    from ..loop import EMA, Amp, Clock, WarmupCosine, adamw, load_checkpoint, save_checkpoint, setup_distributed
+    from ..loop import (EMA, Amp, Clock, GraphedStep, WarmupCosine, adamw, load_checkpoint, save_checkpoint,
+                        setup_distributed)
     from .augment3d import Augment3DConfig, augment_batch
     from .data import CHAOS_CLASSES, find_cases, load_case, split_cases
     from SRMASegmenterLib.model import SRMAConfig, SRMAMamba
@@ -193,6 +196,15 @@ def main(argv=None):
                 split_file=args.split, fold=args.fold, data=str(args.data),
                 command="python -m training.srma.train " + " ".join(sys.argv[1:] if argv is None else argv),
                 config=cfg.to_dict(), args=vars(args))
+    graphs = args.cuda_graphs == "on" and device.type == "cuda" and not dist.active and amp.name != "fp16"
+
+    def loss_of(x, target):
+        with amp.autocast(cache=not graphs):
+            outs = net(x)
+        return deep_supervision_loss([o.float() for o in outs], target, loss_fn)
+
+    fwd_bwd = GraphedStep(model.parameters(), loss_of, enabled=graphs)
+    net.train()
     clock = Clock(args.steps, args.max_minutes * 60, elapsed_before)
     losses, t_log = [], time.time()
     while step < args.steps:
@@ -205,11 +217,11 @@ def main(argv=None):
         with torch.no_grad():
             x, y = augment_batch(images[idx], labels[idx], num_classes, aug, g)
         target = y[:, None] if multiclass else (y[:, None] == 1).float()
-        net.train()
-        with amp.autocast():
-            outs = net(x)
-        loss = deep_supervision_loss([o.float() for o in outs], target, loss_fn)
-        amp.step(loss, opt, args.clip)
+        loss = fwd_bwd(x, target)               # gradients left in p.grad
+        if step == 0:
+            say(f"step {step + 1}: forward + backward " + ("as a CUDA graph" if fwd_bwd.active else
+                "eager" + (f" (CUDA graph capture failed: {fwd_bwd.failed})" if graphs else "")))
+        amp.update(opt, args.clip)
         ema.update(model)
         step += 1
         losses.append(loss.detach())
@@ -230,6 +242,7 @@ def main(argv=None):
         save_checkpoint(out / "last.pt", checkpoint(model, opt, ema, step, clock, history, g, meta))
         write_history(history, out)
     meta.update(steps_done=step, stopped_by_time=clock.by_time(step), minutes=round(clock.elapsed() / 60, 2),
+                cuda_graphs="on" if fwd_bwd.active else f"off ({fwd_bwd.failed})",
                 gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
     summary = dict(meta)
     if dist.main:
