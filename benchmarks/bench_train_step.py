@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import time
@@ -37,6 +36,8 @@ from training.loop import EMA, Amp, GraphedStep, PerTensorEMA, adamw
 from training.srma.augment3d import Augment3DConfig, augment_batch
 from training.srma.data import CHAOS_CLASSES
 from training.srma.train import deep_supervision_loss
+
+from graph_check import check_graphed_step
 
 
 def synthetic_canvas(n, size, device, g):
@@ -147,49 +148,15 @@ def main(argv=None):
             pass
 
     check = None
-    if graphed:      # the same loss and gradients, eager and replayed: two more models, drop-path off
-        m0, m1 = build(True, True)[0], build(True, True)[0]
-        m1.load_state_dict(m0.state_dict())
-        for m in (m0, m1):
-            for mod in m.modules():
-                if type(mod).__name__ == "DropPath":
-                    mod.p = 0.0
-            m.train()
-
-        def check_loss(x, y, model, on):
+    if graphed:      # the same loss and gradients, eager and replayed (graph_check.py)
+        def check_loss(model, on, x, y):
             with amp.autocast(cache=not on):
                 outs = model(x)
             return deep_supervision_loss([o.float() for o in outs], y[:, None], loss_fn)
-        s0 = GraphedStep(m0.parameters(), lambda x, y: check_loss(x, y, m0, False), enabled=False)
-        s1 = GraphedStep(m1.parameters(), lambda x, y: check_loss(x, y, m1, True))
         idx = torch.arange(a.batch_size, device=dev)
         with torch.no_grad():
             x, y = augment_batch(images[idx], labels[idx], nc, aug, g)
-        l0 = s0(x, y)
-        g0 = [p_.grad.float().clone() for p_ in m0.parameters()]
-        l0b = s0(x, y)                         # eager again: the run-to-run noise (atomics, bf16)
-        s1(x.clone(), y.clone())               # warms up and captures on this call
-        l1 = s1(x, y)                          # a replay: the graph's own arithmetic
-        sync()
-
-        def diff(ga, gb):
-            """Relative L2 difference over all gradients, and the worst per tensor (tensors whose norm
-            is at least 1e-3 of the largest: the others are rounding noise around a zero gradient)."""
-            na = [float(a_.norm()) for a_ in ga]
-            tot = math.sqrt(sum(float((a_ - b_).norm()) ** 2 for a_, b_ in zip(ga, gb))) / math.sqrt(sum(n * n for n in na))
-            big = max(na)
-            worst = max(float((a_ - b_).norm()) / n for a_, b_, n in zip(ga, gb, na) if n >= 1e-3 * big)
-            return tot, worst
-        noise = diff(g0, [p_.grad.float() for p_ in m0.parameters()])
-        graph = diff(g0, [p_.grad.float() for p_ in m1.parameters()])
-        check = dict(loss_eager=float(l0), loss_eager_again=float(l0b), loss_graph=float(l1),
-                     rel_l2_grad_eager_vs_eager=noise[0], worst_tensor_eager_vs_eager=noise[1],
-                     rel_l2_grad_eager_vs_graph=graph[0], worst_tensor_eager_vs_graph=graph[1],
-                     graph_active=s1.active, capture_failed=s1.failed)
-        print(f"check: loss eager {float(l0):.6f} / again {float(l0b):.6f}, graph {float(l1):.6f}; gradients, "
-              f"relative L2 over all (worst tensor): eager vs eager {noise[0]:.2e} ({noise[1]:.2e}), "
-              f"eager vs graph {graph[0]:.2e} ({graph[1]:.2e}); graph "
-              f"{'captured' if s1.active else 'NOT captured: ' + str(s1.failed)}")
+        check = check_graphed_step(lambda: build(True, True)[0], check_loss, (x, y))
         if a.chunks == 0:
             print(json.dumps(check))
             return

@@ -2,10 +2,13 @@
 
     python benchmarks/bench_ultrascan.py                 # GPU if there is one
     python benchmarks/bench_ultrascan.py --cpu --threads 2
+    python benchmarks/bench_ultrascan.py --models ultrascannet --graphs   # + the step as one CUDA graph
 
 Prints a table (medians) and writes JSON (--json). Random weights: speed does not depend on them.
 On CUDA, UltraScanNet is also timed with the scan on the torch backend, to show what the Triton
-scan buys inside the model.
+scan buys inside the model. --graphs also times the training step with its forward, loss and backward
+replayed as one CUDA graph (training.loop.GraphedStep, what training/ultrascan/train.py does on a GPU),
+the eager and graphed steps alternating, and checks the graph's loss against eager on one batch.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ for p in ("UltraScanClassifier", "SlicerAICommon", "kernels", ""):
 from training.ultrascan.augment import AugmentConfig, train_batch  # noqa: E402
 from UltraScanClassifierLib.model import count_parameters, flops  # noqa: E402
 from training.ultrascan.baselines import build_model  # noqa: E402
+from training.loop import GraphedStep  # noqa: E402
+from graph_check import check_graphed_step  # noqa: E402
 
 
 def timeit(fn, reps, warmup, cuda):
@@ -42,7 +47,7 @@ def timeit(fn, reps, warmup, cuda):
     return statistics.median(ts) * 1000
 
 
-def bench(name, device, amp, reps, train, **kw):
+def bench(name, device, amp, reps, train, graphs=False, **kw):
     cuda = device.type == "cuda"
     model = build_model(name, 3, **kw).to(device)
     dt = torch.bfloat16 if amp else None
@@ -79,6 +84,28 @@ def bench(name, device, amp, reps, train, **kw):
         row["train_step_b32_ms"] = round(timeit(step, max(5, reps // 2), 3, cuda), 1)
         if cuda:
             row["train_peak_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if graphs and cuda:
+            def loss_of(x, y):
+                with torch.autocast(device.type, dtype=dt, enabled=dt is not None, cache_enabled=False):
+                    out = model(x)
+                return torch.sum(-y * torch.log_softmax(out.float(), 1), 1).mean()
+            fb = GraphedStep(model.parameters(), loss_of)
+            x0, y0 = train_batch(xb, yb, aug, 3)
+
+            def check_loss(m, on, x, y):
+                with torch.autocast(device.type, dtype=dt, enabled=dt is not None, cache_enabled=not on):
+                    out = m(x)
+                return torch.sum(-y * torch.log_softmax(out.float(), 1), 1).mean()
+            check = check_graphed_step(lambda: build_model(name, 3, **kw).to(device), check_loss, (x0, y0))
+            row.update({f"check_{k}": v for k, v in check.items()})
+
+            def gstep():
+                x, y = train_batch(xb, yb, aug, 3)
+                fb(x, y)
+                opt.step()
+            row["train_step_b32_graph_ms"] = round(timeit(gstep, max(5, reps // 2), 3, cuda), 1)
+            row["train_step_b32_ms_again"] = round(timeit(step, max(5, reps // 2), 3, cuda), 1)
+            row["graph"] = "captured" if fb.active else f"failed: {fb.failed}"
     return row
 
 
@@ -88,6 +115,8 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--models", nargs="*", default=None, help="only these (ultrascannet, resnet50, convnext_tiny)")
+    ap.add_argument("--graphs", action="store_true", help="also the training step as one CUDA graph")
     a = ap.parse_args()
     device = torch.device("cpu" if a.cpu or not torch.cuda.is_available() else "cuda")
     if a.threads:
@@ -99,10 +128,11 @@ def main():
     cfgs = [("ultrascannet", {}), ("resnet50", {}), ("convnext_tiny", {})]
     if device.type == "cuda":
         cfgs.insert(1, ("ultrascannet", {"scan_backend": "torch"}))
+    cfgs = [c for c in cfgs if a.models is None or c[0] in a.models]
     for name, kw in cfgs:
         for amp in ((False, True) if device.type == "cuda" else (False,)):
             rows.append(bench(name, device, amp, a.reps if device.type == "cuda" else 3,
-                              train=device.type == "cuda" and amp, **kw))
+                              train=device.type == "cuda" and amp, graphs=a.graphs and not kw, **kw))
             print(rows[-1], flush=True)
     gflops = {n: round(flops(build_model(n, 3)) / 1e9, 2) for n in ("ultrascannet", "resnet50", "convnext_tiny")}
     dev = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"

@@ -28,6 +28,7 @@ import argparse
 import csv
 import inspect
 import json
+import math
 import os
 import sys
 import time
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..loop import EMA, Amp, Clock, WarmupCosine, adamw, load_checkpoint, save_checkpoint
+from ..loop import EMA, Amp, Clock, GraphedStep, WarmupCosine, adamw, load_checkpoint, save_checkpoint
 from .augment import AugmentConfig, eval_batch, train_batch
 from .data import load_images, load_split, list_busi
 from UltraScanClassifierLib.metrics import classification_report
@@ -83,6 +84,8 @@ def build_parser():
     ap.add_argument("--scan-backend", default=None, choices=[None, "triton", "torch", "ref"],
                     help="selective-scan backend for UltraScanNet (default: best for the device)")
     ap.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto")
+    ap.add_argument("--cuda-graphs", choices=["on", "off"], default="on",
+                    help="forward (+ teacher, mask heads) + loss + backward of a step replayed as one CUDA graph")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=5)
@@ -264,6 +267,30 @@ def main(argv=None):
     if start_epoch == 0 or not csv_path.exists():
         with open(csv_path, "w", newline="") as f:
             csv.writer(f).writerow(fields)
+    graphs = a.cuda_graphs == "on" and device.type == "cuda" and amp.name != "fp16"
+
+    def loss_of(x, y, masks=None):
+        """Forward (student, teacher, mask heads) and loss of one batch: what GraphedStep captures."""
+        with amp.autocast(cache=not graphs):
+            if heads is not None:
+                fmap, st = model.forward_features(x, return_stages=True)
+                logits = model.forward_head(fmap)
+            else:
+                logits = model(x)
+            if teacher is not None:
+                with torch.no_grad():
+                    t_logits = teacher(x).float()
+        loss = torch.sum(-y * F.log_softmax(logits.float(), dim=1), dim=1).mean()
+        if teacher is not None:
+            T = a.kd_temp
+            kd = F.kl_div(F.log_softmax(logits.float() / T, dim=1), F.log_softmax(t_logits / T, dim=1),
+                          log_target=True, reduction="batchmean") * T * T
+            loss = loss + a.kd_weight * kd
+        if heads is not None:
+            loss = loss + a.mask_weight * heads.loss([st[-2], st[-1]], masks)
+        return loss
+
+    fwd_bwd = GraphedStep([p_ for grp in opt.param_groups for p_ in grp["params"]], loss_of, enabled=graphs)
     t_start = time.time()
     clock = Clock(total_epochs * steps_per_epoch, a.time_budget, elapsed_before)
     step = start_epoch * steps_per_epoch
@@ -279,36 +306,23 @@ def main(argv=None):
                 break
             idx = perm[it * a.batch_size:(it + 1) * a.batch_size]
             batch = train_batch(xtr[idx], ytr[idx], aug, len(CLASSES), g, mtr[idx] if mtr is not None else None)
-            x, y = batch[0], batch[1]
             lr = schedule(progress)
             for grp in opt.param_groups:
                 grp["lr"] = lr
-            with amp.autocast():
-                if heads is not None:
-                    fmap, st = model.forward_features(x, return_stages=True)
-                    logits = model.forward_head(fmap)
-                else:
-                    logits = model(x)
-                if teacher is not None:
-                    with torch.no_grad():
-                        t_logits = teacher(x).float()
-            loss = torch.sum(-y * F.log_softmax(logits.float(), dim=1), dim=1).mean()
-            if teacher is not None:
-                T = a.kd_temp
-                kd = F.kl_div(F.log_softmax(logits.float() / T, dim=1), F.log_softmax(t_logits / T, dim=1),
-                              log_target=True, reduction="batchmean") * T * T
-                loss = loss + a.kd_weight * kd
-            if heads is not None:
-                loss = loss + a.mask_weight * heads.loss([st[-2], st[-1]], batch[2])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {it}")
-            amp.step(loss, opt, a.clip_grad)
+            loss = fwd_bwd(*batch[:3] if heads is not None else batch[:2])    # gradients left in p.grad
+            if step == start_epoch * steps_per_epoch:
+                print("[step] forward + backward " + ("as a CUDA graph" if fwd_bwd.active else "eager" + (
+                    f" (CUDA graph capture failed: {fwd_bwd.failed})" if graphs else "")), flush=True)
+            amp.update(opt, a.clip_grad)
             ema.update(model)
             losses.append(loss.detach())
             step += 1
         if not losses:                     # the budget ran out at an epoch boundary
             break
-        row = {"epoch": epoch, "lr": f"{lr:.3e}", "train_loss": f"{torch.stack(losses).mean().item():.4f}",
+        epoch_loss = torch.stack(losses).mean().item()     # one host sync per epoch, not per step
+        if not math.isfinite(epoch_loss):
+            raise FloatingPointError(f"loss is {epoch_loss} in epoch {epoch}")
+        row = {"epoch": epoch, "lr": f"{lr:.3e}", "train_loss": f"{epoch_loss:.4f}",
                "seconds": f"{time.time() - te:.2f}"}
         last = epoch == total_epochs - 1 or clock.progress(step) >= 1
         if xva is not None and ((epoch + 1) % a.eval_every == 0 or last):

@@ -1,0 +1,62 @@
+"""Does a training step replayed as a CUDA graph compute what the eager step computes? Shared by
+bench_train_step.py (SRMA-Mamba) and bench_ultrascan.py (UltraScanNet).
+
+Two copies of one model with drop-path and dropout off (for the check only: a captured graph keeps whatever Python
+branches were taken at capture), one batch: the loss and gradients of the eager step twice (their
+difference is eager's own run-to-run noise: bf16 autocast, float32 atomics in the scan) and of the graph's
+replay. The graph passes when its difference from eager is of the size of eager's from itself."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from training.loop import GraphedStep
+
+
+def no_dropout(model):
+    """Drop-path and dropout off (their random masks would differ between the passes compared)."""
+    for mod in model.modules():
+        if "DropPath" in type(mod).__name__ or isinstance(mod, torch.nn.modules.dropout._DropoutNd):
+            for attr in ("p", "drop_prob"):
+                if hasattr(mod, attr):
+                    setattr(mod, attr, 0.0)
+    return model.train()
+
+
+def grad_difference(ga, gb):
+    """Relative L2 difference over all gradients, and the worst per tensor (tensors whose norm is at
+    least 1e-3 of the largest: the others are rounding noise around a zero gradient)."""
+    na = [float(a.norm()) for a in ga]
+    tot = math.sqrt(sum(float((a - b).norm()) ** 2 for a, b in zip(ga, gb))) / math.sqrt(sum(n * n for n in na))
+    big = max(na)
+    worst = max(float((a - b).norm()) / n for a, b, n in zip(ga, gb, na) if n >= 1e-3 * big)
+    return tot, worst
+
+
+def check_graphed_step(make_model, loss_of, inputs):
+    """make_model() -> a fresh model (same weights each call not needed: the second is loaded from the
+    first); loss_of(model, graphed, *inputs) -> scalar loss. Returns a dict of the measured differences."""
+    m0 = no_dropout(make_model())
+    m1 = no_dropout(make_model())
+    m1.load_state_dict(m0.state_dict())
+    s0 = GraphedStep(m0.parameters(), lambda *x: loss_of(m0, False, *x), enabled=False)
+    s1 = GraphedStep(m1.parameters(), lambda *x: loss_of(m1, True, *x))
+    state = {k: v.clone() for k, v in m1.state_dict().items()}
+    l0 = float(s0(*inputs))
+    g0 = [p.grad.float().clone() for p in m0.parameters() if p.grad is not None]
+    l0b = float(s0(*inputs))
+    s1(*[x.clone() for x in inputs])            # warms up and captures (updates batch-norm statistics)
+    m1.load_state_dict(state)
+    l1 = float(s1(*inputs))                     # a replay: the graph's own arithmetic
+    ge = [p.grad.float() for p in m0.parameters() if p.grad is not None]
+    gg = [p.grad.float() for p in m1.parameters() if p.grad is not None]
+    noise, graph = grad_difference(g0, ge), grad_difference(g0, gg)
+    out = dict(loss_eager=l0, loss_eager_again=l0b, loss_graph=l1,
+               rel_l2_grad_eager_vs_eager=noise[0], worst_tensor_eager_vs_eager=noise[1],
+               rel_l2_grad_eager_vs_graph=graph[0], worst_tensor_eager_vs_graph=graph[1],
+               graph_active=s1.active, capture_failed=s1.failed)
+    print(f"check: loss eager {l0:.6f} / again {l0b:.6f}, graph {l1:.6f}; gradients, relative L2 over all "
+          f"(worst tensor): eager vs eager {noise[0]:.2e} ({noise[1]:.2e}), eager vs graph {graph[0]:.2e} "
+          f"({graph[1]:.2e}); graph {'captured' if s1.active else 'NOT captured: ' + str(s1.failed)}", flush=True)
+    return out
