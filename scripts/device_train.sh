@@ -22,7 +22,8 @@
 # --max-minutes so that every run ends inside the lease, whatever its step rate. Seen: 1 of 4 call
 # boundaries lost the machine in session 7 (18 minutes of runs gone), 1 of 1 in session 6; plan runs
 # that end inside one or two calls. A fresh machine spends ~80 s compiling the Triton kernels on the first
-# step. One H200: 1 run alone 4.4-6.4 steps/s, 2 runs 3.9 each, 3 runs 2.66 each (batch 2).
+# step. One H200: 1 run alone 4.4-6.4 steps/s, 2 runs 3.9 each, 3 runs 2.66 each (batch 2, eager step);
+# with the step as a CUDA graph (session 13): 1 run alone 9.9 steps/s (H100: 9.1-9.4), 2 runs 4.5 each: one run per lease.
 set -uo pipefail
 W=${W:-/root/w}
 mode=$1
