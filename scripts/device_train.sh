@@ -24,6 +24,8 @@
 # that end inside one or two calls. A fresh machine spends ~80 s compiling the Triton kernels on the first
 # step. One H200: 1 run alone 4.4-6.4 steps/s, 2 runs 3.9 each, 3 runs 2.66 each (batch 2, eager step);
 # with the step as a CUDA graph (session 13): 1 run alone 9.9 steps/s (H100: 9.1-9.4), 2 runs 4.5 each: one run per lease.
+# pgrep -f / pkill -f PATTERN also match the shell of the call that runs them (its command line holds
+# PATTERN): write the pattern with a bracket, e.g. pkill -f 'fold [4]', or the call kills / waits on itself.
 set -uo pipefail
 W=${W:-/root/w}
 mode=$1
@@ -87,7 +89,7 @@ us-variants)   # NAME "ARGS" [NAME "ARGS" ...]: Lite0 teacher-recipe variants, 5
   cd "$W/code"
   while [ $# -ge 2 ]; do
     name=$1; read -r -a va <<< "$2"; shift 2
-    for f in 0 1 2 3 4 all; do
+    for f in ${US_FOLDS:-0 1 2 3 4 all}; do   # US_FOLDS="0 1 2 3 4": the CV without the all-images run
       d=$W/runs/us/$name/fold$f; mkdir -p "$d"
       sp=(--split splits/busi_5fold.json); [ $f = all ] && sp=()
       setsid nohup python3 -m training.ultrascan.train --data "$W/data/busi" "${sp[@]}" --fold $f --out "$d" \
