@@ -87,3 +87,23 @@ def test_one_list_of_runtime_requirements():
     deps = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
     assert deps - {"ssm-kernels", "numpy<2.4"} == set(REQUIRED.values())
     assert not {d for d in deps if d.split(">")[0].split("=")[0] in {"pyyaml", "matplotlib", "tqdm"}}
+
+
+def test_resource_dir_missing_everywhere_is_the_folder_beside_not_an_import_error(tmp_path, monkeypatch):
+    """An editable install whose Resources/Models folder is gone made importlib.resources raise
+    NotADirectoryError ("MultiplexedPath only supports directories") while the module was being imported,
+    so SRMASegmenterLib could not even be imported to say "no weights". The lookup now falls back to the
+    folder beside the Lib package, and the loaders report the missing weights with that path."""
+    import importlib.resources
+
+    from slicer_ai_common.resources import resource_dir
+
+    def broken(package):
+        raise NotADirectoryError("MultiplexedPath only supports directories")
+    monkeypatch.setattr(importlib.resources, "files", broken)
+    lib = tmp_path / "ModuleLib" / "inference.py"
+    lib.parent.mkdir()
+    lib.write_text("")
+    assert resource_dir(str(lib), "SomeResources", "Models") == (tmp_path / "Resources" / "Models").resolve()
+    (tmp_path / "Resources" / "Models").mkdir(parents=True)           # present beside: found first
+    assert resource_dir(str(lib), "SomeResources", "Models").is_dir()

@@ -23,6 +23,8 @@ def resource_dir(lib_file: str, package: str, sub: str) -> Path:
         found = Path(str(files(package) / sub))
         if found.is_dir():
             return found
-    except (ModuleNotFoundError, TypeError):
+    except (ModuleNotFoundError, TypeError, OSError):
+        # OSError: an editable install whose resource folder is gone raises NotADirectoryError
+        # ("MultiplexedPath only supports directories") from importlib.resources itself
         pass
     return beside          # missing everywhere: the loaders say "no weights" with this path
