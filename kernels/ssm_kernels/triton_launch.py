@@ -7,7 +7,7 @@ from functools import lru_cache
 import torch
 import triton
 
-from .triton_scan import _scan_bwd_kernel, _scan_fwd_kernel
+from .triton_scan import SHIFTS, _scan_bwd_kernel, _scan_fwd_kernel
 
 
 def _empty(*shape, device, dtype):
@@ -34,6 +34,25 @@ def _blocks(dim, dpg, N, cross, L):
     bl = max(16, min(bl, triton.next_power_of_2(max(L, 1))))
     nw = int(os.environ.get("SSM_NUM_WARPS", 0)) or 4
     return bd, bn, bl, nw
+
+
+def _bwd_blocks(dim, dpg, cross, meta):
+    """The backward's channel block and warps. Its tile length is the forward's (the saved states are per
+    tile); its channel block may differ: a wider block sums dB and dC over more channels in registers
+    before its atomics. SSM_BWD_BLOCK_D / SSM_BWD_NUM_WARPS override (default: the forward's), and
+    SSM_BWD_SHIFT picks how the adjoint gets its decay one step on (reload | gather | divide)."""
+    cap = int(os.environ.get("SSM_BWD_BLOCK_D", 0))
+    bd = meta["bd"] if not cap else (min(cap, triton.next_power_of_2(dim)) if cross else _pow2_divisor(dpg, cap))
+    nw = int(os.environ.get("SSM_BWD_NUM_WARPS", 0)) or meta["nw"]
+    name = os.environ.get("SSM_BWD_SHIFT", "") or BWD_SHIFT
+    if name not in SHIFTS:
+        raise ValueError(f"SSM_BWD_SHIFT={name!r}: choose one of {sorted(SHIFTS)}")
+    return bd, nw, SHIFTS[name]
+
+
+# The backward's default way to the shifted decay; the other two are kept beside it until a GPU sweep
+# (kernels/benchmarks/sweep_backward.py) has timed all three on the benchmark shapes.
+BWD_SHIFT = "reload"
 
 
 # Segments (the chunked scan). The H200 sweep (kernels/benchmarks/sweep_segments.py, docs/BENCHMARKS.md)
@@ -128,7 +147,8 @@ def backward(u, delta, A, B, C, D, z, delta_bias, hsave, dout, softplus, hw, met
     G = Bg.shape[1]
     dpg = dim if cross else dim // G
     H, W = hw if cross else (1, L)
-    bd, bn, bl, nw, n_chunks = meta["bd"], meta["bn"], meta["bl"], meta["nw"], meta["n_chunks"]
+    bn, bl, n_chunks = meta["bn"], meta["bl"], meta["n_chunks"]
+    bd, nw, shift = _bwd_blocks(dim, dpg, cross, meta)
     nblk = triton.cdiv(dim, bd)
     dev = u.device
     f32 = torch.float32
@@ -152,7 +172,8 @@ def backward(u, delta, A, B, C, D, z, delta_bias, hsave, dout, softplus, hw, met
             dbias if dbias is not None else dummy, gseg, pseg,
             dim, L, H, W, N, dpg, n_chunks, G, n_seg, tps)
     flags = dict(K=K, CROSS=cross, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                 SOFTPLUS=softplus, SEGMENTED=n_seg > 1, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, num_warps=nw)
+                 SOFTPLUS=softplus, SEGMENTED=n_seg > 1, SHIFT=shift, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl,
+                 num_warps=nw)
     if n_seg > 1:  # segments 1 .. n_seg - 1 (the first one's start adjoint is never needed)
         _scan_bwd_kernel[(batch, nblk, K * (n_seg - 1))](*args, n_seg - 1, 1, LOCAL=True, **flags)
     _scan_bwd_kernel[(batch, nblk, K * n_seg)](*args, n_seg, 0, LOCAL=False, **flags)

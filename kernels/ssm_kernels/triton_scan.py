@@ -27,6 +27,13 @@ import triton
 import triton.language as tl
 
 
+# how the backward gets the adjoint's decay one step later (the kernel's SHIFT; see _scan_bwd_kernel)
+RELOAD: tl.constexpr = tl.constexpr(0)
+GATHER: tl.constexpr = tl.constexpr(1)
+DIVIDE: tl.constexpr = tl.constexpr(2)
+SHIFTS = {"reload": 0, "gather": 1, "divide": 2}
+
+
 @triton.jit
 def _combine(a1, b1, a2, b2):
     return a1 * a2, a2 * b1 + b2
@@ -145,11 +152,19 @@ def _scan_bwd_kernel(
     dim, L, H, W, N, dpg, n_chunks, n_bc_groups, n_seg, tps, seg_div, seg_off,
     K: tl.constexpr, CROSS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, LOCAL: tl.constexpr, SEGMENTED: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    SHIFT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """dA, dD and dbias are stored per (batch, segment) and summed on the host. LOCAL: segment seg_off +
-    (program % seg_div) stores its start adjoint from a zero end state and the product of the adjoint's
-    decays over it, reading only delta, C, dout (and z)."""
+    (program % seg_div) stores its start carry from a zero end and the product of the carry's decays over
+    it, reading only delta, C, dout (and z).
+
+    The adjoint g_t = a_{t+1} g_{t+1} + C_t dy_t needs the decay one step later. SHIFT chooses how:
+    0 (RELOAD) loads delta again one step on and takes a second exp; 1 (GATHER) computes a_t once and shifts
+    it inside the tile with tl.gather, the tile's last step taking a_{t+1} g_{t+1} whole from the carry
+    (the carry between tiles and segments is then a g rather than g); 2 (DIVIDE) scans
+    y_t = a_t (C_t dy_t + y_{t+1}) = a_t g_t on the unshifted decays and divides, a_t clamped at 2^-60 so
+    that the quotient never meets an underflow (the clamp adds at most 2^-60 g to the next adjoint).
+    GATHER and DIVIDE read delta once and take one exp per state and step."""
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -196,16 +211,16 @@ def _scan_bwd_kernel(
             pos = _seq_pos(t, k, L, H, W, CROSS)
             m2 = mask_d[:, None] & mask_t[None, :]
             mnt = mask_n[:, None] & mask_t[None, :]
-            # delta one step later in sequence order, for the adjoint's decay a_{t+1}
-            t1 = t + 1
-            mask_t1 = t1 < L
-            pos1 = _seq_pos(t1, k, L, H, W, CROSS)
-            dt1 = tl.load(delta_ptr + drow + pos1[None, :], mask=mask_d[:, None] & mask_t1[None, :],
-                          other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dt1 = dt1 + bias[:, None]
-            if SOFTPLUS:
-                dt1 = _softplus(dt1)
+            if SHIFT != RELOAD or not LOCAL:  # this tile's delta and decays
+                dt_raw = tl.load(delta_ptr + drow + pos[None, :], mask=m2, other=0.0).to(tl.float32)
+                if HAS_BIAS:
+                    dt_raw = dt_raw + bias[:, None]
+                if SOFTPLUS:
+                    dt = _softplus(dt_raw)
+                else:
+                    dt = dt_raw
+                dA = tl.exp(dt[:, None, :] * A[:, :, None])
+                dA = tl.where(mask_t[None, None, :], dA, 1.0)
             Cv = tl.load(C_ptr + bc_off + pos[None, :], mask=mnt, other=0.0).to(tl.float32)
             dout = tl.load(dout_ptr + row + pos[None, :], mask=m2, other=0.0).to(tl.float32)
             if HAS_Z:
@@ -214,31 +229,50 @@ def _scan_bwd_kernel(
                 dy = dout * zz * sz
             else:
                 dy = dout
-            # adjoint of the state: g_t = a_{t+1} g_{t+1} + C_t dy_t, reverse scan over the tile
-            a1 = tl.exp(dt1[:, None, :] * A[:, :, None])
-            a1 = tl.where(mask_t1[None, None, :], a1, 1.0)
+            # adjoint of the state: g_t = a_{t+1} g_{t+1} + C_t dy_t, reverse scan over the tile; g carries
+            # the adjoint (RELOAD, GATHER: times its decay) of the first step of the tile after this one
             cb = dy[:, None, :] * Cv[None, :, :]
-            ga, gb = tl.associative_scan((a1, cb), 2, _combine, reverse=True)
-            gs = ga * g[:, :, None] + gb
             first_l = (offs_l == 0)[None, None, :]
-            g = tl.sum(tl.where(first_l, gs, 0.0), axis=2)
+            if SHIFT == RELOAD:  # delta one step later in sequence order, a second exp
+                t1 = t + 1
+                mask_t1 = t1 < L
+                pos1 = _seq_pos(t1, k, L, H, W, CROSS)
+                dt1 = tl.load(delta_ptr + drow + pos1[None, :], mask=mask_d[:, None] & mask_t1[None, :],
+                              other=0.0).to(tl.float32)
+                if HAS_BIAS:
+                    dt1 = dt1 + bias[:, None]
+                if SOFTPLUS:
+                    dt1 = _softplus(dt1)
+                a1 = tl.exp(dt1[:, None, :] * A[:, :, None])
+                a1 = tl.where(mask_t1[None, None, :], a1, 1.0)
+                ga, gb = tl.associative_scan((a1, cb), 2, _combine, reverse=True)
+                gs = ga * g[:, :, None] + gb
+                g = tl.sum(tl.where(first_l, gs, 0.0), axis=2)
+                step = tl.sum(tl.where(first_l, ga, 0.0), axis=2)
+            elif SHIFT == GATHER:  # a_{t+1} from the step beside it; the tile's last step from the carry
+                nxt = tl.minimum(offs_l + 1, BLOCK_L - 1)
+                a1 = tl.gather(dA, tl.broadcast_to(nxt[None, None, :], (BLOCK_D, BLOCK_N, BLOCK_L)), 2)
+                a1 = tl.where((offs_l == BLOCK_L - 1)[None, None, :], 1.0, a1)
+                ga, gb = tl.associative_scan((a1, cb), 2, _combine, reverse=True)
+                gs = ga * g[:, :, None] + gb
+                a_first = tl.sum(tl.where(first_l, dA, 0.0), axis=2)
+                g = a_first * tl.sum(tl.where(first_l, gs, 0.0), axis=2)
+                step = a_first * tl.sum(tl.where(first_l, ga, 0.0), axis=2)
+            else:  # DIVIDE: y_t = a_t g_t on the unshifted decays, then g_t = y_t / a_t
+                ac = tl.maximum(dA, 8.673617379884035e-19)  # 2^-60
+                ga, gb = tl.associative_scan((ac, ac * cb), 2, _combine, reverse=True)
+                ys = ga * g[:, :, None] + gb
+                g = tl.sum(tl.where(first_l, ys, 0.0), axis=2)
+                step = tl.sum(tl.where(first_l, ga, 0.0), axis=2)
+                gs = ys / ac
             if LOCAL:
-                prod = prod * tl.sum(tl.where(first_l, ga, 0.0), axis=2)
+                prod = prod * step
             else:
                 u = tl.load(u_ptr + row + pos[None, :], mask=m2, other=0.0).to(tl.float32)
-                dt_raw = tl.load(delta_ptr + drow + pos[None, :], mask=m2, other=0.0).to(tl.float32)
-                if HAS_BIAS:
-                    dt_raw = dt_raw + bias[:, None]
-                if SOFTPLUS:
-                    dt = _softplus(dt_raw)
-                else:
-                    dt = dt_raw
                 Bv = tl.load(B_ptr + bc_off + pos[None, :], mask=mnt, other=0.0).to(tl.float32)
                 # recompute the states of this tile
                 h0 = tl.load(hsave_ptr + ((pid_b.to(tl.int64) * K * dim + vch[:, None]) * N + offs_n[None, :]) * n_chunks + c,
                              mask=mask_dn, other=0.0)
-                dA = tl.exp(dt[:, None, :] * A[:, :, None])
-                dA = tl.where(mask_t[None, None, :], dA, 1.0)
                 bx = (dt * u)[:, None, :] * Bv[None, :, :]
                 aa, bb = tl.associative_scan((dA, bx), 2, _combine)
                 hs = aa * h0[:, :, None] + bb

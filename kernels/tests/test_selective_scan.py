@@ -284,3 +284,47 @@ def test_segment_count_heuristic(monkeypatch):
     assert (n, tps) == (7, 14) and (n - 1) * tps < 96 <= n * tps  # no empty segment
     monkeypatch.setenv("SSM_SEGMENTS", "500")
     assert _segments(16, 96, torch.device("cpu")) == (96, 1)
+
+
+# The backward's three ways to the adjoint's decay one step on (SSM_BWD_SHIFT), each against the float64
+# reference: serial and split into segments, the four-direction scan, a wider backward channel block than
+# the forward's, and decays that underflow in float32 (exp(delta * A) below 1e-38: DIVIDE's clamp, and the
+# carries across tiles and segments of the others, must not turn them into inf or NaN).
+@pytest.mark.parametrize("shift", ["reload", "gather", "divide"])
+@pytest.mark.parametrize("case", ["serial", "segments", "cross-segments", "wide-bwd-block", "underflow"])
+def test_backward_shift_variants(monkeypatch, shift, case):
+    dev = device_for("triton")
+    monkeypatch.setenv("SSM_BWD_SHIFT", shift)
+    monkeypatch.setenv("SSM_BLOCK_L", "16")
+    monkeypatch.setenv("SSM_SEGMENTS", "3" if "segments" in case or case == "underflow" else "1")
+    if case == "cross-segments":
+        x = cross_inputs(2, 4, 8, 5, 1, dev)
+        gr = _grads(lambda t: cross_selective_scan_ref(**t), x, 3)
+        gb = _grads(lambda t: cross_selective_scan(**t, backend="triton"), x, 3)
+    else:
+        shape = (2, 8, 130, 4, 2) if case != "serial" else (2, 8, 61, 1, None)
+        x = make_inputs(*shape, torch.float32, dev)
+        if case == "wide-bwd-block":  # forward one channel a program, backward four (within a group of 4)
+            monkeypatch.setenv("SSM_BLOCK_D", "1")
+            monkeypatch.setenv("SSM_BWD_BLOCK_D", "8")
+        if case == "underflow":  # delta * A down to about -200 on a third of the steps
+            x["A"] = x["A"] * 40.0
+            x["delta"] = torch.where(torch.rand_like(x["delta"]) < 0.33, x["delta"].abs() + 2.0, x["delta"])
+        gr = _grads(lambda t: selective_scan_ref(**t, delta_softplus=True), x, 7)
+        gb = _grads(lambda t: selective_scan_fn(**t, delta_softplus=True, backend="triton"), x, 7)
+    for k in gr:
+        assert rel_err(gb[k], gr[k]) < GRAD_TOL[torch.float32], (k, rel_err(gb[k], gr[k]))
+
+
+def test_backward_block_and_shift_choice(monkeypatch):
+    from ssm_kernels.triton_launch import _bwd_blocks
+    meta = dict(bd=2, nw=4)
+    monkeypatch.delenv("SSM_BWD_BLOCK_D", raising=False)
+    monkeypatch.delenv("SSM_BWD_SHIFT", raising=False)
+    assert _bwd_blocks(384, 96, False, meta)[:2] == (2, 4)  # the forward's unless asked
+    monkeypatch.setenv("SSM_BWD_BLOCK_D", "64")
+    assert _bwd_blocks(384, 96, False, meta)[0] == 32  # never straddles a group of B and C (96 = 32 x 3)
+    assert _bwd_blocks(24, 24, True, meta)[0] == 32  # the four-direction scan has one group per direction
+    monkeypatch.setenv("SSM_BWD_SHIFT", "sideways")
+    with pytest.raises(ValueError, match="SSM_BWD_SHIFT"):
+        _bwd_blocks(384, 96, False, meta)

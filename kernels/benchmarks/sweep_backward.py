@@ -1,0 +1,90 @@
+"""The scan's backward on the GPU (issue 13, items 2-3): how the adjoint gets its decay one step on
+(SSM_BWD_SHIFT: reload = a second load of delta and a second exp, as before; gather = one exp, shifted
+inside the tile; divide = one exp, scan of a_t g_t on the unshifted decays), the backward's own channel block
+(SSM_BWD_BLOCK_D: wider blocks sum dB / dC over more channels before their atomics), and for N = 16 the
+forward's channel block and tile (wider blocks read B and C once for several channels, shorter tiles keep
+their states in registers). Same tensors, same run, medians of triton.testing.do_bench; every configuration
+is checked against the first (today's default) for output and all gradients.
+
+    python kernels/benchmarks/sweep_backward.py --json backward.json [--quick]
+
+--quick: fp32 only and the shift x block grid without the N = 16 forward layouts (those run in fp32).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from bench_scan import make  # the plain-scan inputs of the scan benchmark (this folder)
+from ssm_kernels import cross_selective_scan, selective_scan_fn
+from sweep_segments import CROSS, PLAIN, cross_inputs, run_case
+
+SHIFTS = ("reload", "gather", "divide")
+
+
+def backward_configs(N):
+    """Today's default first, then shift x backward channel block (x forward layout for N = 16)."""
+    blocks = (0, 4, 8, 16) if N <= 2 else (0, 2, 4)  # 0: the forward's block (2 at N = 1, 1 at N = 16)
+    out = [("default", {})]
+    for shift in SHIFTS:
+        for bd in blocks:
+            env = {"SSM_BWD_SHIFT": shift}
+            if bd:
+                env["SSM_BWD_BLOCK_D"] = str(bd)
+            name = f"{shift} bwd_bd={bd or 'fwd'}"
+            if (shift, bd) != ("reload", 0):
+                out.append((name, env))
+    return out
+
+
+def n16_layouts():
+    """Forward channel block x tile at N = 16 (today: 1 channel x 128 steps), backward as the forward."""
+    out = []
+    for bd, bl in ((2, 128), (4, 64), (4, 32), (8, 32), (8, 16), (2, 64)):
+        for shift in ("reload", "gather"):
+            out.append((f"{shift} fwd bd={bd} bl={bl}",
+                        {"SSM_BWD_SHIFT": shift, "SSM_BLOCK_D": str(bd), "SSM_BLOCK_L": str(bl)}))
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--json")
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args()
+    print(f"device {torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).multi_processor_count} SMs")
+    print(f"{'case':<40}{'config':<28}{'fwd ms':>9}{'f+b ms':>10}{'fwd x':>8}{'f+b x':>8}{'max diff':>10}")
+    rows = []
+    for shape in PLAIN:
+        N = shape[3]
+        for dtype in ((torch.float32,) if a.quick else (torch.float32, torch.bfloat16)):
+            layouts = N > 2 and dtype == torch.float32 and not a.quick
+            configs = backward_configs(N) + (n16_layouts() if layouts else [])
+            x = make(*shape, dtype)
+            fn = lambda t: selective_scan_fn(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], None,
+                                             t["delta_bias"], True, backend="triton")
+            run_case(f"{shape} {str(dtype)[6:]}", fn, x, rows, configs)
+            del x
+            torch.cuda.empty_cache()
+    for shape in CROSS:
+        x = cross_inputs(*shape)
+        run_case(f"SS2D {shape} float32", lambda t: cross_selective_scan(**t, backend="triton"), x, rows,
+                 backward_configs(1))
+        del x
+        torch.cuda.empty_cache()
+    best = {}
+    for r in rows:
+        if "failed" not in r and r["fwd_bwd_speedup"] > best.get(r["case"], {}).get("fwd_bwd_speedup", 0):
+            best[r["case"]] = r
+    print("\nbest fwd+bwd per case:")
+    for case, r in best.items():
+        print(f"{case:<40}{r['config']:<28}{r['fwd_bwd_ms']:10.3f}{r['fwd_bwd_speedup']:7.2f}x")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(dict(device=torch.cuda.get_device_name(), rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
