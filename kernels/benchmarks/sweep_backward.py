@@ -1,7 +1,8 @@
 """The scan's backward on the GPU (issue 13, items 2-3): how the adjoint gets its decay one step on
-(SSM_BWD_SHIFT: reload = a second load of delta and a second exp, as before; gather = one exp, shifted
-inside the tile; divide = one exp, scan of a_t g_t on the unshifted decays), the backward's own channel block
-(SSM_BWD_BLOCK_D: wider blocks sum dB / dC over more channels before their atomics), and for N = 16 the
+(SSM_BWD_SHIFT: reload = a second load of delta and a second exp, as before; divide = one exp, a scan of
+a_t g_t on the unshifted decays), the backward's own tile (SSM_BWD_BLOCK_L: the forward saves the state
+at the start of each; shorter tiles hold fewer registers), its own channel block (SSM_BWD_BLOCK_D: wider
+blocks sum dB / dC over more channels before their atomics), and for N = 16 the
 forward's channel block and tile (wider blocks read B and C once for several channels, shorter tiles keep
 their states in registers). Same tensors, same run, medians of triton.testing.do_bench; every configuration
 is checked against the first (today's default) for output and all gradients.
@@ -21,29 +22,33 @@ from bench_scan import make  # the plain-scan inputs of the scan benchmark (this
 from ssm_kernels import cross_selective_scan, selective_scan_fn
 from sweep_segments import CROSS, PLAIN, cross_inputs, run_case
 
-SHIFTS = ("reload", "gather", "divide")
+SHIFTS = ("reload", "divide")
 
 
 def backward_configs(N):
-    """Today's default first, then shift x backward channel block (x forward layout for N = 16)."""
-    blocks = (0, 4, 8, 16) if N <= 2 else (0, 2, 4)  # 0: the forward's block (2 at N = 1, 1 at N = 16)
+    """Today's default first, then shift x backward tile x backward channel block (ptxas_report.py: the
+    backward holds 255 registers at today's tiles, two programs per SM; shorter tiles hold fewer)."""
+    tiles, blocks = ((0, 512, 256, 128), (0, 4)) if N <= 2 else ((0, 64, 32), (0, 4))  # 0: the forward's
     out = [("default", {})]
     for shift in SHIFTS:
-        for bd in blocks:
-            env = {"SSM_BWD_SHIFT": shift}
-            if bd:
-                env["SSM_BWD_BLOCK_D"] = str(bd)
-            name = f"{shift} bwd_bd={bd or 'fwd'}"
-            if (shift, bd) != ("reload", 0):
-                out.append((name, env))
+        for bl in tiles:
+            for bd in blocks:
+                if (shift, bl, bd) == ("reload", 0, 0):
+                    continue
+                env = {"SSM_BWD_SHIFT": shift}
+                if bl:
+                    env["SSM_BWD_BLOCK_L"] = str(bl)
+                if bd:
+                    env["SSM_BWD_BLOCK_D"] = str(bd)
+                out.append((f"{shift} bwd bl={bl or 'fwd'} bd={bd or 'fwd'}", env))
     return out
 
 
 def n16_layouts():
-    """Forward channel block x tile at N = 16 (today: 1 channel x 128 steps), backward as the forward."""
+    """Forward channel block x tile at N = 16 (today: 1 channel x 128 steps), backward on the same tiles."""
     out = []
-    for bd, bl in ((2, 128), (4, 64), (4, 32), (8, 32), (8, 16), (2, 64)):
-        for shift in ("reload", "gather"):
+    for bd, bl in ((2, 64), (4, 32), (8, 32), (8, 16)):
+        for shift in SHIFTS:
             out.append((f"{shift} fwd bd={bd} bl={bl}",
                         {"SSM_BWD_SHIFT": shift, "SSM_BLOCK_D": str(bd), "SSM_BLOCK_L": str(bl)}))
     return out

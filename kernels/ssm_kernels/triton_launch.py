@@ -40,7 +40,7 @@ def _bwd_blocks(dim, dpg, cross, meta):
     """The backward's channel block and warps. Its tile length is the forward's (the saved states are per
     tile); its channel block may differ: a wider block sums dB and dC over more channels in registers
     before its atomics. SSM_BWD_BLOCK_D / SSM_BWD_NUM_WARPS override (default: the forward's), and
-    SSM_BWD_SHIFT picks how the adjoint gets its decay one step on (reload | gather | divide)."""
+    SSM_BWD_SHIFT picks how the adjoint gets its decay one step on (reload | divide)."""
     cap = int(os.environ.get("SSM_BWD_BLOCK_D", 0))
     bd = meta["bd"] if not cap else (min(cap, triton.next_power_of_2(dim)) if cross else _pow2_divisor(dpg, cap))
     nw = int(os.environ.get("SSM_BWD_NUM_WARPS", 0)) or meta["nw"]
@@ -50,9 +50,17 @@ def _bwd_blocks(dim, dpg, cross, meta):
     return bd, nw, SHIFTS[name]
 
 
-# The backward's default way to the shifted decay; the other two are kept beside it until a GPU sweep
-# (kernels/benchmarks/sweep_backward.py) has timed all three on the benchmark shapes.
+def _bwd_tile(bl):
+    """The backward's tile length: the forward's (default) or, from SSM_BWD_BLOCK_L, a power-of-2 divisor
+    of it (>= 16). Chosen at the forward, which saves the state at the start of every backward tile."""
+    want = int(os.environ.get("SSM_BWD_BLOCK_L", 0)) or BWD_BLOCK_L or bl
+    return max(16, min(bl, triton.next_power_of_2(want) if want & (want - 1) else want))
+
+
+# The backward's defaults: today's path until a GPU sweep (kernels/benchmarks/sweep_backward.py) has timed
+# the other shift and shorter backward tiles on the benchmark shapes. BWD_BLOCK_L 0: the forward's tile.
 BWD_SHIFT = "reload"
+BWD_BLOCK_L = 0
 
 
 # Segments (the chunked scan). The H200 sweep (kernels/benchmarks/sweep_segments.py, docs/BENCHMARKS.md)
@@ -110,10 +118,12 @@ def forward(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save):
     H, W = hw if cross else (1, L)
     bd, bn, bl, nw = _blocks(dim, dpg, N, cross, L)
     n_chunks = max(1, triton.cdiv(L, bl))
+    sub = _bwd_tile(bl) if save else bl  # the backward's tile: the forward saves the state at each one's start
+    n_saved = n_chunks * (bl // sub)
     out = (torch.zeros(batch, dim, L, device=u.device, dtype=torch.float32) if cross
            else _empty(batch, dim, L, device=u.device, dtype=out_dtype))
     last = _empty(batch, K * dim, N, device=u.device, dtype=torch.float32)
-    hsave = (_empty(batch, K * dim, N, n_chunks, device=u.device, dtype=torch.float32) if save
+    hsave = (_empty(batch, K * dim, N, n_saved, device=u.device, dtype=torch.float32) if save
              else torch.empty(0, device=u.device))
     nblk = triton.cdiv(dim, bd)
     n_seg, tps = _segments(batch * nblk * K, n_chunks, u.device)
@@ -126,14 +136,16 @@ def forward(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save):
             delta_bias if delta_bias is not None else dummy, out, last, hsave, hseg, pseg,
             dim, L, H, W, N, dpg, n_chunks, G, n_seg, tps)
     flags = dict(K=K, CROSS=cross, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                 SOFTPLUS=softplus, SEGMENTED=n_seg > 1, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, num_warps=nw)
+                 SOFTPLUS=softplus, SEGMENTED=n_seg > 1, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, SUB=sub, num_warps=nw)
     if n_seg > 1:
-        _scan_fwd_kernel[(batch, nblk, K * (n_seg - 1))](*args, n_seg - 1, SAVE=False, STORE_LAST=False,
+        _scan_fwd_kernel[(batch, nblk, K * (n_seg - 1))](*args, n_seg - 1, n_saved, SAVE=False, STORE_LAST=False,
                                                          LOCAL=True, **flags)
-    _scan_fwd_kernel[(batch, nblk, K * n_seg)](*args, n_seg, SAVE=save, STORE_LAST=True, LOCAL=False, **flags)
+    _scan_fwd_kernel[(batch, nblk, K * n_seg)](*args, n_seg, n_saved, SAVE=save, STORE_LAST=True, LOCAL=False,
+                                               **flags)
     if out.dtype != out_dtype:
         out = out.to(out_dtype)
-    meta = dict(bd=bd, bn=bn, bl=bl, nw=nw, n_chunks=n_chunks, n_seg=n_seg, G=G, grouped_input=True)
+    meta = dict(bd=bd, bn=bn, bl=bl, nw=nw, n_chunks=n_chunks, n_seg=n_seg, G=G, grouped_input=True,
+                sub=sub, n_saved=n_saved)
     return out, last, hsave, meta
 
 
@@ -147,7 +159,8 @@ def backward(u, delta, A, B, C, D, z, delta_bias, hsave, dout, softplus, hw, met
     G = Bg.shape[1]
     dpg = dim if cross else dim // G
     H, W = hw if cross else (1, L)
-    bn, bl, n_chunks = meta["bn"], meta["bl"], meta["n_chunks"]
+    bn, bl, n_saved = meta["bn"], meta["sub"], meta["n_saved"]  # the backward's tiles: the saved states'
+    n_chunks = max(1, triton.cdiv(L, bl))
     bd, nw, shift = _bwd_blocks(dim, dpg, cross, meta)
     nblk = triton.cdiv(dim, bd)
     dev = u.device
@@ -175,8 +188,8 @@ def backward(u, delta, A, B, C, D, z, delta_bias, hsave, dout, softplus, hw, met
                  SOFTPLUS=softplus, SEGMENTED=n_seg > 1, SHIFT=shift, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl,
                  num_warps=nw)
     if n_seg > 1:  # segments 1 .. n_seg - 1 (the first one's start adjoint is never needed)
-        _scan_bwd_kernel[(batch, nblk, K * (n_seg - 1))](*args, n_seg - 1, 1, LOCAL=True, **flags)
-    _scan_bwd_kernel[(batch, nblk, K * n_seg)](*args, n_seg, 0, LOCAL=False, **flags)
+        _scan_bwd_kernel[(batch, nblk, K * (n_seg - 1))](*args, n_seg - 1, 1, n_saved, LOCAL=True, **flags)
+    _scan_bwd_kernel[(batch, nblk, K * n_seg)](*args, n_seg, 0, n_saved, LOCAL=False, **flags)
     if ungrouped:
         dB, dC = dB[:, 0], dC[:, 0]
     return (du.to(u.dtype), ddelta.to(delta.dtype), dA.sum((0, 3)).to(A.dtype), dB.to(B.dtype).view(B.shape),

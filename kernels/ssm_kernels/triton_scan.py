@@ -29,9 +29,8 @@ import triton.language as tl
 
 # how the backward gets the adjoint's decay one step later (the kernel's SHIFT; see _scan_bwd_kernel)
 RELOAD: tl.constexpr = tl.constexpr(0)
-GATHER: tl.constexpr = tl.constexpr(1)
-DIVIDE: tl.constexpr = tl.constexpr(2)
-SHIFTS = {"reload": 0, "gather": 1, "divide": 2}
+DIVIDE: tl.constexpr = tl.constexpr(1)
+SHIFTS = {"reload": 0, "divide": 1}
 
 
 @triton.jit
@@ -57,12 +56,14 @@ def _softplus(x):
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     out_ptr, last_ptr, hsave_ptr, hseg_ptr, pseg_ptr,
-    dim, L, H, W, N, dpg, n_chunks, n_bc_groups, n_seg, tps, seg_div,
+    dim, L, H, W, N, dpg, n_chunks, n_bc_groups, n_seg, tps, seg_div, n_saved,
     K: tl.constexpr, CROSS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr, STORE_LAST: tl.constexpr,
     LOCAL: tl.constexpr, SEGMENTED: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, SUB: tl.constexpr,
 ):
+    """SAVE stores the state at the start of every SUB steps (the backward's tile, BLOCK_L or a divisor of
+    it): slot c * (BLOCK_L // SUB) + j of the n_saved per channel and state."""
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -116,12 +117,16 @@ def _scan_fwd_kernel(
             dA = tl.where(mask_t[None, None, :], dA, 1.0)
             bx = (dt * u)[:, None, :] * Bv[None, :, :]
             if SAVE and not LOCAL:
-                sp = hsave_ptr + ((pid_b.to(tl.int64) * K * dim + vch[:, None]) * N + offs_n[None, :]) * n_chunks + c
+                sp = hsave_ptr + ((pid_b.to(tl.int64) * K * dim + vch[:, None]) * N + offs_n[None, :]) * n_saved + c * (BLOCK_L // SUB)
                 tl.store(sp, h, mask=mask_dn)
             aa, bb = tl.associative_scan((dA, bx), 2, _combine)
             hs = aa * h[:, :, None] + bb
             last_l = (offs_l == BLOCK_L - 1)[None, None, :]
             h = tl.sum(tl.where(last_l, hs, 0.0), axis=2)
+            if SAVE and not LOCAL:  # the states at the starts of the tile's later sub-tiles (past L: unused)
+                for j in tl.static_range(1, BLOCK_L // SUB):
+                    hj = tl.sum(tl.where((offs_l == j * SUB - 1)[None, None, :], hs, 0.0), axis=2)
+                    tl.store(sp + j, hj, mask=mask_dn)
             if LOCAL:
                 prod = prod * tl.sum(tl.where(last_l, aa, 0.0), axis=2)
             else:
@@ -149,7 +154,7 @@ def _scan_fwd_kernel(
 def _scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, hsave_ptr,
     du_ptr, ddelta_ptr, dA_ptr, dBp_ptr, dCp_ptr, dD_ptr, dz_ptr, dbias_ptr, gseg_ptr, pseg_ptr,
-    dim, L, H, W, N, dpg, n_chunks, n_bc_groups, n_seg, tps, seg_div, seg_off,
+    dim, L, H, W, N, dpg, n_chunks, n_bc_groups, n_seg, tps, seg_div, seg_off, n_saved,
     K: tl.constexpr, CROSS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, LOCAL: tl.constexpr, SEGMENTED: tl.constexpr,
     SHIFT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
@@ -158,13 +163,16 @@ def _scan_bwd_kernel(
     (program % seg_div) stores its start carry from a zero end and the product of the carry's decays over
     it, reading only delta, C, dout (and z).
 
+    Its tiles (BLOCK_L here) may be shorter than the forward's: the forward then saved the state at the
+    start of each of them (n_saved per channel and state), and a shorter tile holds fewer registers.
+
     The adjoint g_t = a_{t+1} g_{t+1} + C_t dy_t needs the decay one step later. SHIFT chooses how:
-    0 (RELOAD) loads delta again one step on and takes a second exp; 1 (GATHER) computes a_t once and shifts
-    it inside the tile with tl.gather, the tile's last step taking a_{t+1} g_{t+1} whole from the carry
-    (the carry between tiles and segments is then a g rather than g); 2 (DIVIDE) scans
-    y_t = a_t (C_t dy_t + y_{t+1}) = a_t g_t on the unshifted decays and divides, a_t clamped at 2^-60 so
-    that the quotient never meets an underflow (the clamp adds at most 2^-60 g to the next adjoint).
-    GATHER and DIVIDE read delta once and take one exp per state and step."""
+    0 (RELOAD) loads delta again one step on and takes a second exp; 1 (DIVIDE) scans
+    y_t = a_t (C_t dy_t + y_{t+1}) = a_t g_t on the unshifted decays, reading delta once with one exp per
+    state and step, and divides, a_t clamped at 2^-60 so that the quotient never meets an underflow (the
+    clamp adds at most 2^-60 g to the next adjoint). A third way, shifting a_t inside the tile with
+    tl.gather, was dropped: compiled for sm_90a it spilled 100-1700 bytes a thread in every layout
+    (kernels/benchmarks/ptxas_report.py)."""
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -211,7 +219,7 @@ def _scan_bwd_kernel(
             pos = _seq_pos(t, k, L, H, W, CROSS)
             m2 = mask_d[:, None] & mask_t[None, :]
             mnt = mask_n[:, None] & mask_t[None, :]
-            if SHIFT != RELOAD or not LOCAL:  # this tile's delta and decays
+            if SHIFT == DIVIDE or not LOCAL:  # this tile's delta and decays
                 dt_raw = tl.load(delta_ptr + drow + pos[None, :], mask=m2, other=0.0).to(tl.float32)
                 if HAS_BIAS:
                     dt_raw = dt_raw + bias[:, None]
@@ -230,7 +238,7 @@ def _scan_bwd_kernel(
             else:
                 dy = dout
             # adjoint of the state: g_t = a_{t+1} g_{t+1} + C_t dy_t, reverse scan over the tile; g carries
-            # the adjoint (RELOAD, GATHER: times its decay) of the first step of the tile after this one
+            # the adjoint (DIVIDE: times its decay) of the first step of the tile after this one
             cb = dy[:, None, :] * Cv[None, :, :]
             first_l = (offs_l == 0)[None, None, :]
             if SHIFT == RELOAD:  # delta one step later in sequence order, a second exp
@@ -249,15 +257,6 @@ def _scan_bwd_kernel(
                 gs = ga * g[:, :, None] + gb
                 g = tl.sum(tl.where(first_l, gs, 0.0), axis=2)
                 step = tl.sum(tl.where(first_l, ga, 0.0), axis=2)
-            elif SHIFT == GATHER:  # a_{t+1} from the step beside it; the tile's last step from the carry
-                nxt = tl.minimum(offs_l + 1, BLOCK_L - 1)
-                a1 = tl.gather(dA, tl.broadcast_to(nxt[None, None, :], (BLOCK_D, BLOCK_N, BLOCK_L)), 2)
-                a1 = tl.where((offs_l == BLOCK_L - 1)[None, None, :], 1.0, a1)
-                ga, gb = tl.associative_scan((a1, cb), 2, _combine, reverse=True)
-                gs = ga * g[:, :, None] + gb
-                a_first = tl.sum(tl.where(first_l, dA, 0.0), axis=2)
-                g = a_first * tl.sum(tl.where(first_l, gs, 0.0), axis=2)
-                step = a_first * tl.sum(tl.where(first_l, ga, 0.0), axis=2)
             else:  # DIVIDE: y_t = a_t g_t on the unshifted decays, then g_t = y_t / a_t
                 ac = tl.maximum(dA, 8.673617379884035e-19)  # 2^-60
                 ga, gb = tl.associative_scan((ac, ac * cb), 2, _combine, reverse=True)
@@ -271,7 +270,7 @@ def _scan_bwd_kernel(
                 u = tl.load(u_ptr + row + pos[None, :], mask=m2, other=0.0).to(tl.float32)
                 Bv = tl.load(B_ptr + bc_off + pos[None, :], mask=mnt, other=0.0).to(tl.float32)
                 # recompute the states of this tile
-                h0 = tl.load(hsave_ptr + ((pid_b.to(tl.int64) * K * dim + vch[:, None]) * N + offs_n[None, :]) * n_chunks + c,
+                h0 = tl.load(hsave_ptr + ((pid_b.to(tl.int64) * K * dim + vch[:, None]) * N + offs_n[None, :]) * n_saved + c,
                              mask=mask_dn, other=0.0)
                 bx = (dt * u)[:, None, :] * Bv[None, :, :]
                 aa, bb = tl.associative_scan((dA, bx), 2, _combine)

@@ -286,23 +286,27 @@ def test_segment_count_heuristic(monkeypatch):
     assert _segments(16, 96, torch.device("cpu")) == (96, 1)
 
 
-# The backward's three ways to the adjoint's decay one step on (SSM_BWD_SHIFT), each against the float64
+# The backward's two ways to the adjoint's decay one step on (SSM_BWD_SHIFT), each against the float64
 # reference: serial and split into segments, the four-direction scan, a wider backward channel block than
-# the forward's, and decays that underflow in float32 (exp(delta * A) below 1e-38: DIVIDE's clamp, and the
-# carries across tiles and segments of the others, must not turn them into inf or NaN).
-@pytest.mark.parametrize("shift", ["reload", "gather", "divide"])
-@pytest.mark.parametrize("case", ["serial", "segments", "cross-segments", "wide-bwd-block", "underflow"])
+# the forward's, backward tiles a quarter of the forward's (the forward saves the state at each one's
+# start; 130 steps leave the last forward tile partly past the end), and decays that underflow in float32
+# (exp(delta * A) below 1e-38: DIVIDE's clamp, and the carries across tiles and segments, must not turn
+# them into inf or NaN).
+@pytest.mark.parametrize("shift", ["reload", "divide"])
+@pytest.mark.parametrize("case", ["serial", "segments", "cross-segments", "wide-bwd-block", "short-bwd-tiles",
+                                  "cross-short-bwd-tiles", "underflow"])
 def test_backward_shift_variants(monkeypatch, shift, case):
     dev = device_for("triton")
     monkeypatch.setenv("SSM_BWD_SHIFT", shift)
-    monkeypatch.setenv("SSM_BLOCK_L", "16")
+    monkeypatch.setenv("SSM_BLOCK_L", "64" if "short-bwd-tiles" in case else "16")
+    monkeypatch.setenv("SSM_BWD_BLOCK_L", "16")
     monkeypatch.setenv("SSM_SEGMENTS", "3" if "segments" in case or case == "underflow" else "1")
-    if case == "cross-segments":
+    if case.startswith("cross"):
         x = cross_inputs(2, 4, 8, 5, 1, dev)
         gr = _grads(lambda t: cross_selective_scan_ref(**t), x, 3)
         gb = _grads(lambda t: cross_selective_scan(**t, backend="triton"), x, 3)
     else:
-        shape = (2, 8, 130, 4, 2) if case != "serial" else (2, 8, 61, 1, None)
+        shape = (2, 8, 61, 1, None) if case == "serial" else (2, 8, 130, 4, 2)
         x = make_inputs(*shape, torch.float32, dev)
         if case == "wide-bwd-block":  # forward one channel a program, backward four (within a group of 4)
             monkeypatch.setenv("SSM_BLOCK_D", "1")
@@ -317,14 +321,59 @@ def test_backward_shift_variants(monkeypatch, shift, case):
 
 
 def test_backward_block_and_shift_choice(monkeypatch):
-    from ssm_kernels.triton_launch import _bwd_blocks
+    from ssm_kernels.triton_launch import _bwd_blocks, _bwd_tile
     meta = dict(bd=2, nw=4)
     monkeypatch.delenv("SSM_BWD_BLOCK_D", raising=False)
     monkeypatch.delenv("SSM_BWD_SHIFT", raising=False)
     assert _bwd_blocks(384, 96, False, meta)[:2] == (2, 4)  # the forward's unless asked
+    monkeypatch.delenv("SSM_BWD_BLOCK_L", raising=False)
+    assert _bwd_tile(1024) == 1024
+    monkeypatch.setenv("SSM_BWD_BLOCK_L", "300")
+    assert _bwd_tile(1024) == 512 and _bwd_tile(256) == 256  # a power of 2 dividing the forward's tile
+    monkeypatch.setenv("SSM_BWD_BLOCK_L", "4")
+    assert _bwd_tile(1024) == 16
     monkeypatch.setenv("SSM_BWD_BLOCK_D", "64")
     assert _bwd_blocks(384, 96, False, meta)[0] == 32  # never straddles a group of B and C (96 = 32 x 3)
     assert _bwd_blocks(24, 24, True, meta)[0] == 32  # the four-direction scan has one group per direction
     monkeypatch.setenv("SSM_BWD_SHIFT", "sideways")
     with pytest.raises(ValueError, match="SSM_BWD_SHIFT"):
         _bwd_blocks(384, 96, False, meta)
+
+
+# The interpreter runs code that the GPU compiler may reject (or that spills it to death): compile the
+# kernels for sm_90a here, with the ptxas in Triton's wheel, for the default layouts and the candidates of
+# kernels/benchmarks/sweep_backward.py. In a subprocess: under TRITON_INTERPRET=1 the kernels are
+# interpreter objects that cannot be compiled.
+_COMPILE_CHECK = """
+import sys
+from ptxas_report import USES, ptxas_info
+from ssm_kernels.triton_scan import SHIFTS, _scan_bwd_kernel, _scan_fwd_kernel
+flags = USES[sys.argv[1]]
+for bd, bn, bl, sub in ((2, 1, 1024, 256), (1, 16, 128, 32)):
+    print("fwd", bd, bn, bl, sub, ptxas_info(_scan_fwd_kernel, dict(flags, SAVE=True, STORE_LAST=True, LOCAL=False,
+          BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, SUB=sub), 4))
+    for shift in SHIFTS.values():
+        for local in (False, True):
+            print("bwd", shift, local, bd, bn, sub, ptxas_info(_scan_bwd_kernel, dict(flags, LOCAL=local, SHIFT=shift,
+                  BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=sub), 4))
+"""
+
+
+@pytest.mark.parametrize("use", ["plain", "cross"])
+def test_kernels_compile_for_hopper(use):
+    import os
+    import re
+    import subprocess
+    import sys
+    triton = pytest.importorskip("triton")
+    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
+        pytest.skip("this Triton wheel ships no ptxas")
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.join(here, ".."), os.path.join(here, "..", "benchmarks"),
+                                         env.get("PYTHONPATH", "")])
+    r = subprocess.run([sys.executable, "-c", _COMPILE_CHECK, use], capture_output=True, text=True, env=env,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    regs = [int(m) for m in re.findall(r"\((\d+), \d+, \d+, \d+\)", r.stdout)]
+    assert len(regs) == 10 and all(0 < x <= 255 for x in regs), r.stdout

@@ -1,0 +1,91 @@
+"""Registers, spills and shared memory of the scan kernels on a Hopper GPU, without one.
+
+Triton compiles the kernels ahead of time for sm_90a here (its own ptxas ships in the wheel), and
+`ptxas -v` reports what each configuration costs a thread: a kernel at the 255-register cap runs at most two
+128-thread programs per SM, and spilled registers go to local memory. This prunes the GPU sweeps
+(sweep_backward.py, sweep_segments.py) and explains their rows; it does not time anything.
+
+    python kernels/benchmarks/ptxas_report.py [--json report.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from ssm_kernels.triton_scan import SHIFTS, _scan_bwd_kernel, _scan_fwd_kernel
+
+TARGET = GPUTarget("cuda", 90, 32)
+# the two uses: the plain scan with D and a delta bias (bench_scan.py), and the four-direction scan of SS2D
+USES = {
+    "plain": dict(K=1, CROSS=False, HAS_D=True, HAS_Z=False, HAS_BIAS=True, SOFTPLUS=True, SEGMENTED=False),
+    "cross": dict(K=4, CROSS=True, HAS_D=True, HAS_Z=False, HAS_BIAS=True, SOFTPLUS=True, SEGMENTED=False),
+}
+# (N, BLOCK_N, [(BLOCK_D, BLOCK_L, warps), ...]); the first of each list is today's default
+LAYOUTS = [
+    (1, 1, [(2, 1024, 4), (2, 1024, 8), (1, 1024, 4), (2, 512, 4), (4, 512, 8), (2, 256, 4), (4, 256, 4),
+            (2, 128, 4), (4, 1024, 8)]),
+    (16, 16, [(1, 128, 4), (1, 128, 8), (2, 64, 4), (4, 32, 4), (4, 64, 8), (8, 32, 8), (8, 16, 4)]),
+]
+
+
+def ptxas_info(fn, consts, num_warps):
+    """(registers, spill store bytes, spill load bytes, shared bytes) of one compiled configuration."""
+    sig = {n: ("constexpr" if n in consts else "*fp32" if n.endswith("_ptr") else "i32") for n in fn.arg_names}
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=TARGET,
+                       options=dict(num_warps=num_warps))
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(k.asm["ptx"])
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    try:
+        r = subprocess.run([ptxas, f"-arch=sm_{TARGET.arch}a", "-v", f.name, "-o", os.devnull],
+                           capture_output=True, text=True, check=True)
+    finally:
+        os.unlink(f.name)
+    regs = int(re.search(r"Used (\d+) registers", r.stderr).group(1))
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", r.stderr)
+    return regs, int(spill.group(1)), int(spill.group(2)), k.metadata.shared
+
+
+def programs_per_sm(regs, warps):
+    return min(65536 // (-(-regs // 8) * 8 * 32 * warps), 64 // warps)  # registers go out in eights
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--json")
+    a = p.parse_args()
+    rows = []
+    print(f"{'use':<7}{'N':>3}{'kernel':<18}{'BLOCK_D':>8}{'BLOCK_L':>8}{'warps':>6}{'regs':>6}{'spill st/ld B':>15}"
+          f"{'smem B':>8}{'progs/SM':>9}")
+    for use, flags in USES.items():
+        for N, bn, layouts in LAYOUTS:
+            for bd, bl, nw in layouts:
+                kernels = [("fwd", _scan_fwd_kernel, dict(SAVE=True, STORE_LAST=True, LOCAL=False, SUB=bl))]
+                if bl >= 256:  # the forward saving states for backward tiles a quarter of its own
+                    kernels.append(("fwd saves bl/4", _scan_fwd_kernel,
+                                    dict(SAVE=True, STORE_LAST=True, LOCAL=False, SUB=bl // 4)))
+                kernels += [(f"bwd {name}", _scan_bwd_kernel, dict(LOCAL=False, SHIFT=v)) for name, v in SHIFTS.items()]
+                for kname, fn, extra in kernels:
+                    consts = dict(flags, **extra, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl)
+                    regs, st, ld, smem = ptxas_info(fn, consts, nw)
+                    row = dict(use=use, N=N, kernel=kname, BLOCK_D=bd, BLOCK_L=bl, warps=nw, registers=regs,
+                               spill_store_bytes=st, spill_load_bytes=ld, shared_bytes=smem,
+                               programs_per_sm=programs_per_sm(regs, nw))
+                    rows.append(row)
+                    print(f"{use:<7}{N:>3} {kname:<17}{bd:>8}{bl:>8}{nw:>6}{regs:>6}{f'{st}/{ld}':>15}{smem:>8}"
+                          f"{row['programs_per_sm']:>9}", flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(dict(target=f"sm_{TARGET.arch}a", triton=triton.__version__, rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
