@@ -160,7 +160,6 @@ def main(argv=None):
         if a.chunks == 0:
             print(json.dumps(check))
             return
-        del m0, m1, s0, s1
     for name, v in variants.items():     # warm-up: Triton compile, cuDNN autotune, graph capture
         use(name)
         for _ in range(3):
