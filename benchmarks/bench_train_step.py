@@ -7,6 +7,7 @@ CHAOS canvas size: where a step's time goes, and the step before / after the sha
     python benchmarks/bench_train_step.py --device cpu --dims 8 --steps 1 --chunks 1 --patch 64 64 16  # smoke
     python benchmarks/bench_train_step.py --compare scan --json step.json   # serial vs segmented scan
     python benchmarks/bench_train_step.py --compare graphs --json step.json # eager vs one CUDA graph
+    python benchmarks/bench_train_step.py --compare kernels --kernel-env SSM_BWD_BLOCK_L=256 SSM_BWD_SHIFT=divide
 
 --compare scan times the step (multi-tensor EMA, fused AdamW) with the Triton scan serial over each
 sequence (SSM_SEGMENTS=1, the kernel before the chunked scan) against the chunked scan as chosen by
@@ -16,6 +17,10 @@ ssm_kernels' heuristic; the variable is switched between chunks in the one proce
 CUDA graph (training.loop.GraphedStep, what train.py does by default on a GPU), and first checks that the
 two give the same loss and gradients: both models from one seed, drop-path off for the check only, one
 batch; the largest gradient difference relative to the gradient's largest entry is printed and recorded.
+
+--compare kernels times the step (as a CUDA graph on the GPU) with the scan kernels' defaults against the
+same with the ssm_kernels settings of --kernel-env (e.g. a candidate of kernels/benchmarks/sweep_backward.py),
+set while that variant's graph is captured and run.
 
 Whole steps are timed without synchronising inside them (the rate training gets), in chunks that
 alternate between the variants; the breakdown synchronises around each part (so its sum is a little
@@ -66,7 +71,9 @@ def main(argv=None):
     p.add_argument("--patch", type=int, nargs=3, default=[128, 128, 48])
     p.add_argument("--steps", type=int, default=20, help="steps per timed chunk")
     p.add_argument("--chunks", type=int, default=5, help="timed chunks per variant (alternating)")
-    p.add_argument("--compare", choices=("optimizer", "scan", "graphs"), default="optimizer")
+    p.add_argument("--compare", choices=("optimizer", "scan", "graphs", "kernels"), default="optimizer")
+    p.add_argument("--kernel-env", nargs="+", default=[], metavar="SSM_VAR=VALUE",
+                   help="--compare kernels: the candidate's ssm_kernels settings")
     p.add_argument("--json")
     a = p.parse_args(argv)
     dev = torch.device(a.device)
@@ -92,32 +99,41 @@ def main(argv=None):
         opt = adamw(list(model.parameters()), 5e-4, dev, fused=fused and cuda, weight_decay=0.05)
         return model, opt, (EMA if foreach_ema else PerTensorEMA)(model, 0.999, ramp=True)
 
-    graphed = {}                      # variant -> GraphedStep (compare graphs)
+    graphed = {}                      # variant -> GraphedStep (compare graphs, kernels)
     if a.compare == "scan":
         variants = {"serial scan (before)": build(True, True), "segmented scan": build(True, True)}
-        scan_env = {"serial scan (before)": "1", "segmented scan": None}
+        scan_env = {"serial scan (before)": {"SSM_SEGMENTS": "1"}}
+    elif a.compare == "kernels":
+        if not a.kernel_env or not all("=" in kv and kv.startswith("SSM_") for kv in a.kernel_env):
+            p.error("--compare kernels needs --kernel-env SSM_VAR=VALUE ...")
+        cand = " ".join(a.kernel_env)
+        variants = {"kernel defaults (before)": build(True, True), cand: build(True, True)}
+        scan_env = {cand: dict(kv.split("=", 1) for kv in a.kernel_env)}
     elif a.compare == "graphs":
         variants = {"eager (before)": build(True, True), "CUDA graph": build(True, True)}
         scan_env = {}
+    else:
+        variants = {"per-tensor EMA, foreach AdamW (before)": build(False, False),
+                    "multi-tensor EMA, foreach AdamW": build(True, False),
+                    "multi-tensor EMA, fused AdamW": build(True, True)}
+        scan_env = {}
+    if a.compare in ("graphs", "kernels"):
         for name, (model, _, _) in variants.items():
-            on = name == "CUDA graph"
+            on = name != "eager (before)"
 
             def loss_of(x, y, model=model, on=on):
                 with amp.autocast(cache=not on):
                     outs = model(x)
                 return deep_supervision_loss([o.float() for o in outs], y[:, None], loss_fn)
             graphed[name] = GraphedStep(model.parameters(), loss_of, enabled=on)
-    else:
-        variants = {"per-tensor EMA, foreach AdamW (before)": build(False, False),
-                    "multi-tensor EMA, foreach AdamW": build(True, False),
-                    "multi-tensor EMA, fused AdamW": build(True, True)}
-        scan_env = {}
+    env_keys = {k for e in scan_env.values() for k in e}
 
     def use(name):
-        """The scan variant of `name`: SSM_SEGMENTS is read by ssm_kernels at each call."""
-        os.environ.pop("SSM_SEGMENTS", None)
-        if scan_env.get(name):
-            os.environ["SSM_SEGMENTS"] = scan_env[name]
+        """The scan settings of `name`: ssm_kernels reads its SSM_* variables at each call (a graph keeps
+        the kernels of its capture)."""
+        for k in env_keys:
+            os.environ.pop(k, None)
+        os.environ.update(scan_env.get(name, {}))
 
     def parts(model, opt, ema):
         idx = torch.randint(len(images), (a.batch_size,), generator=g, device=dev)
@@ -148,7 +164,7 @@ def main(argv=None):
             pass
 
     check = None
-    if graphed:      # the same loss and gradients, eager and replayed (graph_check.py)
+    if a.compare == "graphs":      # the same loss and gradients, eager and replayed (graph_check.py)
         def check_loss(model, on, x, y):
             with amp.autocast(cache=not on):
                 outs = model(x)

@@ -9,6 +9,7 @@
 #   scripts/device_train.sh status
 #   scripts/device_train.sh run liver|us NAME ARGS...  # one background training run, named, with its own args
 #   scripts/device_train.sh collect SECONDS            # wait for the runs (at most SECONDS), then copy to $OUT
+#   scripts/device_train.sh kernels SECONDS            # the scan's backward sweep + the step with its best (issue 13)
 #   EXPORT_FOLDS=1 ...liver-steps...   # also export each CV fold's weights (for CPU analysis of its held-out cases);
 #                                      # a call brings back about 64 MB: two folds' shards per collect, copy the rest after
 #
@@ -162,6 +163,22 @@ EOF
   pids+=($!)
   for p in "${pids[@]}"; do wait "$p"; done
   echo "all done after $(( $(date +%s) - t_start )) s"
+  ;;
+kernels)   # SECONDS: issue 13's scan measurements in the foreground, before any training on this machine:
+           # the backward sweep (SRMA-Mamba's SS2D shapes, then the plain N = 1 shapes, fp32), then the
+           # training step with the sweep's best SS2D configuration against the defaults. Into $OUT.
+  setup
+  cd "$W/code" || exit 1
+  export PYTHONPATH=$PYTHONPATH:$W/code/kernels/benchmarks
+  (cd kernels/benchmarks && timeout $(( $2 * 2 / 3 )) python3 sweep_backward.py --only ss2d --only n1 --quick \
+    --json "$OUT/sweep_backward.json" > "$OUT/sweep_backward.txt" 2>&1)
+  tail -n 25 "$OUT/sweep_backward.txt"
+  read -r -a kenv <<< "$(sed -n 's/^KERNEL_ENV //p' "$OUT/sweep_backward.txt")"
+  if [ ${#kenv[@]} -gt 0 ]; then
+    timeout $(( $2 / 3 )) python3 benchmarks/bench_train_step.py --compare kernels --kernel-env "${kenv[@]}" \
+      --chunks 3 --json "$OUT/step_kernels.json" > "$OUT/step_kernels.txt" 2>&1
+    tail -n 12 "$OUT/step_kernels.txt"
+  fi
   ;;
 run)   # one named run in the background; its data must have been copied by an earlier call or this one
   kind=$2; name=$3; shift 3
