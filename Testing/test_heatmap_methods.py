@@ -1,0 +1,40 @@
+"""The heatmap-method comparison (training/ultrascan/heatmap_methods.py) on the CPU: its maps and its test."""
+import numpy as np
+import pytest
+import torch
+
+
+def test_mcnemar_exact():
+    from training.ultrascan.heatmap_methods import mcnemar_p
+    a = np.array([1, 1, 1, 1, 1, 0, 0])
+    b = np.array([0, 0, 0, 0, 0, 0, 0])
+    assert mcnemar_p(a, b) == pytest.approx(2 / 32)           # 5 discordant pairs, all one way
+    assert mcnemar_p(a, a) == 1.0
+    assert mcnemar_p(np.array([1, 0]), np.array([0, 1])) == 1.0
+
+
+def test_every_method_gives_a_normalised_map_and_the_mirror_average_is_symmetric():
+    pytest.importorskip("efficientnet_lite_pytorch", reason="pip install '.[train]' for the teacher")
+    from training.ultrascan.baselines import EfficientNetLite
+    from training.ultrascan.heatmap_methods import _blur, heatmaps
+    torch.manual_seed(0)
+    model = EfficientNetLite(0, 3, pretrained=False).eval()
+    img = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    img[1] = torch.cat([img[1, :, :, :32], img[1, :, :, :32].flip(2)], dim=2)   # image 1 is left-right symmetric
+    with torch.no_grad():
+        maps = heatmaps(model, img, size=64, sizes=(96,))
+    assert {"cam", "cam_flip", "cam@96", "gradcam14", "cam*g14", "cam+blur", "gradcam14+blur"} <= set(maps)
+    for k, h in maps.items():
+        assert h.shape == (2, 64, 64), k
+        assert np.isfinite(h).all() and h.min() >= 0 and h.max() <= 1 + 1e-6, k
+    # a symmetric image's mirror is itself: averaging its map with the flipped-back mirror map changes nothing
+    # unless the flip-back is wrong, and then the map is symmetric only if the map was
+    np.testing.assert_allclose(maps["cam_flip"][1], (maps["cam"][1] + maps["cam"][1][:, ::-1]) / 2
+                               / max(1e-12, ((maps["cam"][1] + maps["cam"][1][:, ::-1]) / 2).max()), atol=1e-5)
+    np.testing.assert_allclose(maps["cam_flip"][1], maps["cam_flip"][1][:, ::-1], atol=1e-5)
+    # the blur keeps a constant map and spreads a point
+    one = torch.zeros(1, 33, 33)
+    one[0, 16, 16] = 1.0
+    b = _blur(one, sigma=3.0)
+    assert float(b.sum()) == pytest.approx(1.0, rel=1e-4) and float(b[0, 16, 16]) < 0.05
+    assert torch.allclose(_blur(torch.ones(1, 20, 20)), torch.ones(1, 20, 20), atol=1e-5)

@@ -1,0 +1,174 @@
+"""Which heatmap points at the lesion? Heatmap methods compared on trained fold models (issue 11, item 4).
+
+    python -m training.ultrascan.heatmap_methods RUN_DIR [RUN_DIR ...] --data ../shared/data/busi \
+        --masks ../shared/data/busi-masks [--json out.json]
+
+RUN_DIR: a fold run of training.ultrascan.train (summary.json + final.safetensors, EfficientNet-Lite or
+UltraScanNet). For the benign and malignant images of its validation fold (never trained on), every method
+explains the class the model predicts, on the same 256 x 256 grid as the trainer's own score, against the
+radiologists' outlines: pointing game (hottest pixel within 15 px of the lesion) and IoU of the map above
+its 80th percentile. Per-image hits are paired across methods (McNemar's exact test against `cam`).
+
+Methods:
+- cam: Grad-CAM of the last feature map (closed form, the trainer's score and the runtime without mirror).
+- cam_flip: the same averaged with the mirrored image's map, the class of the averaged logits (what the
+  runtime shows for a model cross-validated with mirror averaging).
+- cam@S: the last map's Grad-CAM from a second forward at S x S (a finer map; the class stays the 224 one).
+- gradcam14: Grad-CAM at the last 14 x 14 block (EfficientNet-Lite: block 10), by backward.
+- cam*g14: the product of cam and gradcam14 (both upsampled), a two-layer fusion.
+- X+blur: X smoothed with a Gaussian of sigma 8 px at 256 before the argmax.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from UltraScanClassifierLib.inference import grad_cam
+from UltraScanClassifierLib.metrics import heatmap_scores
+
+from .augment import eval_batch
+from .baselines import build_model
+from .data import load_images, load_split
+from .train import load_masks
+
+
+def load_run(run: Path):
+    s = json.loads((run / "summary.json").read_text())
+    a = s["args"]
+    name = a["model"]
+    model = _lite(name) if name.startswith("efficientnet_lite") else build_model(name, 3)
+    from safetensors.torch import load_file
+    sd = {k: v.float() for k, v in load_file(str(run / "final.safetensors")).items()}
+    model.load_state_dict(sd)
+    return model.eval(), a
+
+
+def _lite(name):
+    from .baselines import EfficientNetLite
+    return EfficientNetLite(int(name[-1]), 3, pretrained=False)
+
+
+def _norm(h):
+    return h / h.amax(dim=(-2, -1), keepdim=True).clamp(min=1e-12)
+
+
+def _up(cam, hw):
+    return F.interpolate(cam.float(), size=hw, mode="bilinear", align_corners=False)[:, 0]
+
+
+def _blur(h, sigma=8.0):
+    r = int(3 * sigma)
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    k = k / k.sum()
+    x = h[:, None]
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    return x[:, 0]
+
+
+def gradcam_block(model, x, target, block: int):
+    """Grad-CAM at EfficientNet-Lite's block `block` (its output kept by a hook), by backward."""
+    kept = []
+    hook = model.net._blocks[block].register_forward_hook(lambda _m, _i, out: kept.append(out))
+    try:
+        with torch.enable_grad():
+            x = x.clone().requires_grad_(True)
+            logits = model.forward_head(model.forward_features(x))
+            act = kept[0]
+            (g,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), act)
+    finally:
+        hook.remove()
+    w = g.mean(dim=(2, 3), keepdim=True)
+    return torch.relu((w * act).sum(dim=1, keepdim=True)).detach()
+
+
+def heatmaps(model, images_u8, size=224, batch=16, sizes=(320, 448)):
+    """method -> (N, H, W) heatmaps on the images' own grid, each normalised to [0, 1]."""
+    hw = images_u8.shape[-2:]
+    lite = hasattr(model, "net") and hasattr(model.net, "_blocks")
+    out = {}
+    for i in range(0, len(images_u8), batch):
+        x = eval_batch(images_u8[i:i + batch], size)
+        n = x.shape[0]
+        logits, cam = grad_cam(model, x)
+        top = logits.argmax(1)
+        maps = {"cam": _norm(_up(cam, hw))}
+        lg2, cam2 = grad_cam(model, torch.cat([x, x.flip(3)]), lambda lg: ((lg[:n] + lg[n:]) / 2).argmax(1).repeat(2))
+        maps["cam_flip"] = _norm(_up((cam2[:n] + cam2[n:].flip(3)) / 2, hw))
+        for s in sizes:
+            _, cs = grad_cam(model, eval_batch(images_u8[i:i + batch], s), top)
+            maps[f"cam@{s}"] = _norm(_up(cs, hw))
+        if lite:
+            g14 = _norm(_up(gradcam_block(model, x, top, 10), hw))
+            maps["gradcam14"] = g14
+            maps["cam*g14"] = _norm(maps["cam"] * g14)
+        for k in list(maps):
+            maps[f"{k}+blur"] = _norm(_blur(maps[k]))
+        for k, v in maps.items():
+            out.setdefault(k, []).append(v)
+    return {k: torch.cat(v).numpy() for k, v in out.items()}
+
+
+def hits(heat, masks, radius_px=15.0):
+    """Per image with a lesion: 1 if the hottest pixel is within radius_px of it."""
+    from scipy import ndimage
+    out = []
+    for h, m in zip(heat, masks):
+        if not m.any():
+            continue
+        iy, ix = np.unravel_index(int(np.argmax(h)), h.shape)
+        out.append(float(ndimage.distance_transform_edt(~m)[iy, ix] <= radius_px))
+    return np.array(out)
+
+
+def mcnemar_p(a, b):
+    """Exact two-sided McNemar p for paired 0/1 outcomes."""
+    n01, n10 = int(((a == 0) & (b == 1)).sum()), int(((a == 1) & (b == 0)).sum())
+    n = n01 + n10
+    if n == 0:
+        return 1.0
+    k = min(n01, n10)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--data", required=True)
+    p.add_argument("--masks", required=True)
+    p.add_argument("--json")
+    a = p.parse_args(argv)
+    torch.set_grad_enabled(False)
+    per = {}
+    rows = []
+    for run in map(Path, a.runs):
+        model, args = load_run(run)
+        names = load_split(args["split"])["folds"][int(args["fold"])]
+        x, _ = load_images(a.data, names, args["load_size"])
+        m = load_masks(a.masks, names, args["load_size"])[:, 0].numpy() > 0
+        maps = heatmaps(model, x, args["img_size"])
+        for k, h in maps.items():
+            sc = heatmap_scores(h, m)
+            per.setdefault(k, []).append(hits(h, m))
+            rows.append(dict(run=str(run), method=k, **sc))
+            print(f"{run.name:<24}{k:<20} pointing {sc['pointing_game']:.3f}  IoU {sc['heatmap_iou']:.3f}  n {sc['n']}",
+                  flush=True)
+    print(f"\n{'method':<20}{'pointing game':>14}{'vs cam (better/worse)':>24}{'McNemar p':>11}")
+    base = np.concatenate(per["cam"])
+    for k, v in per.items():
+        h = np.concatenate(v)
+        better, worse = int(((h == 1) & (base == 0)).sum()), int(((h == 0) & (base == 1)).sum())
+        print(f"{k:<20}{h.mean():>14.3f}{f'{better} / {worse}':>24}{mcnemar_p(base, h):>11.3f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(dict(rows=rows), indent=1))
+
+
+if __name__ == "__main__":
+    main()
