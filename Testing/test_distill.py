@@ -56,6 +56,9 @@ def test_teacher_then_distilled_student_with_outlines(tmp_path):
               "--masks", str(MASKS), "--eval-every", "1", "--img-size", "64", "--load-size", "64"]
     t = main(common + ["--model", "efficientnet_lite0", "--out", str(tmp_path / "t"), "--aug", "scratch", "--tta-flip"])
     assert "heatmap" in t and 0 <= t["heatmap"]["pointing_game"] <= 1
+    hm = t["heatmap_methods"]      # the other methods, scored on the same images
+    assert {"cam", "cam_flip", "cam@96", "cam@128", "gradcam14", "cam+blur"} <= set(hm)
+    assert hm["cam"]["pointing_game"] == t["heatmap"]["pointing_game"] and all(v["n"] == hm["cam"]["n"] for v in hm.values())
     s = main(common + ["--out", str(tmp_path / "s"), "--aug", "distill", "--teacher", str(tmp_path / "t" / "final.safetensors"),
                        "--teacher-model", "efficientnet_lite0", "--mask-weight", "0.5", "--export", str(tmp_path / "m")])
     rows = (tmp_path / "s" / "metrics.csv").read_text().splitlines()[1:]

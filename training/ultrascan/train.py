@@ -368,6 +368,12 @@ def main(argv=None):
             summary["heatmap"] = heatmap_scores(heat, mva[:, 0].numpy() > 0)
             print(f"[val] heatmap: pointing game {summary['heatmap']['pointing_game']:.3f}, "
                   f"IoU {summary['heatmap']['heatmap_iou']:.3f} (n {summary['heatmap']['n']})", flush=True)
+            from .heatmap_methods import heatmaps   # the other heatmap methods, for issue 11's comparison
+            masks = mva[:, 0].numpy() > 0
+            summary["heatmap_methods"] = {k: heatmap_scores(h, masks)
+                                          for k, h in heatmaps(ema.module, xva, a.img_size).items()}
+            print("[val] heatmap methods, pointing game: " + ", ".join(
+                f"{k} {v['pointing_game']:.3f}" for k, v in summary["heatmap_methods"].items()), flush=True)
     if a.export:
         from .export import export
         rec = export(out / "final.safetensors", a.export, record={"training": {k: summary[k] for k in (
