@@ -37,9 +37,8 @@ def _blocks(dim, dpg, N, cross, L):
 
 
 def _bwd_blocks(dim, dpg, cross, meta):
-    """The backward's channel block and warps. Its tile length is the forward's (the saved states are per
-    tile); its channel block may differ: a wider block sums dB and dC over more channels in registers
-    before its atomics. SSM_BWD_BLOCK_D / SSM_BWD_NUM_WARPS override (default: the forward's), and
+    """The backward's channel block and warps (its tile length: _bwd_tile). A wider channel block than the
+    forward's sums dB and dC over more channels in registers before its atomics. SSM_BWD_BLOCK_D / SSM_BWD_NUM_WARPS override (default: the forward's), and
     SSM_BWD_SHIFT picks how the adjoint gets its decay one step on (reload | divide)."""
     cap = int(os.environ.get("SSM_BWD_BLOCK_D", 0))
     bd = meta["bd"] if not cap else (min(cap, triton.next_power_of_2(dim)) if cross else _pow2_divisor(dpg, cap))
@@ -54,7 +53,7 @@ def _bwd_tile(bl):
     """The backward's tile length: the forward's (default) or, from SSM_BWD_BLOCK_L, a power-of-2 divisor
     of it (>= 16). Chosen at the forward, which saves the state at the start of every backward tile."""
     want = int(os.environ.get("SSM_BWD_BLOCK_L", 0)) or BWD_BLOCK_L or bl
-    return max(16, min(bl, triton.next_power_of_2(want) if want & (want - 1) else want))
+    return max(16, min(bl, triton.next_power_of_2(want)))
 
 
 # The backward's defaults: today's path until a GPU sweep (kernels/benchmarks/sweep_backward.py) has timed

@@ -30,7 +30,7 @@ import triton.language as tl
 # how the backward gets the adjoint's decay one step later (the kernel's SHIFT; see _scan_bwd_kernel)
 RELOAD: tl.constexpr = tl.constexpr(0)
 DIVIDE: tl.constexpr = tl.constexpr(1)
-SHIFTS = {"reload": 0, "divide": 1}
+SHIFTS = {"reload": RELOAD.value, "divide": DIVIDE.value}
 
 
 @triton.jit

@@ -63,14 +63,10 @@ def _up(cam, hw):
 
 
 def _blur(h, sigma=8.0):
-    r = int(3 * sigma)
-    t = torch.arange(-r, r + 1, dtype=torch.float32, device=h.device)
-    k = torch.exp(-t ** 2 / (2 * sigma ** 2))
-    k = k / k.sum()
-    x = h[:, None]
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
-    return x[:, 0]
+    """(N, H, W) smoothed by a sampled Gaussian (radius 3 sigma), edges replicated (MONAI's separable filter)."""
+    from monai.networks.layers import gaussian_1d, separable_filtering
+    k = gaussian_1d(torch.tensor(float(sigma)), truncated=3.0, approx="sampled", normalize=True).to(h.device)
+    return separable_filtering(h[:, None].float(), [k, k], mode="replicate")[:, 0]
 
 
 def gradcam_block(model, x, target, block: int):
@@ -102,7 +98,7 @@ def heatmaps(model, images_u8, size=224, batch=16, sizes=None):
         logits, cam = grad_cam(model, x)
         top = logits.argmax(1)
         maps = {"cam": _norm(_up(cam, hw))}
-        lg2, cam2 = grad_cam(model, torch.cat([x, x.flip(3)]), lambda lg: ((lg[:n] + lg[n:]) / 2).argmax(1).repeat(2))
+        _, cam2 = grad_cam(model, torch.cat([x, x.flip(3)]), lambda lg: ((lg[:n] + lg[n:]) / 2).argmax(1).repeat(2))
         maps["cam_flip"] = _norm(_up((cam2[:n] + cam2[n:].flip(3)) / 2, hw))
         for s in sizes:
             _, cs = grad_cam(model, eval_batch(images_u8[i:i + batch], s), top)
@@ -118,16 +114,9 @@ def heatmaps(model, images_u8, size=224, batch=16, sizes=None):
     return {k: torch.cat(v).cpu().numpy() for k, v in out.items()}
 
 
-def hits(heat, masks, radius_px=15.0):
-    """Per image with a lesion: 1 if the hottest pixel is within radius_px of it."""
-    from scipy import ndimage
-    out = []
-    for h, m in zip(heat, masks):
-        if not m.any():
-            continue
-        iy, ix = np.unravel_index(int(np.argmax(h)), h.shape)
-        out.append(float(ndimage.distance_transform_edt(~m)[iy, ix] <= radius_px))
-    return np.array(out)
+def hits(heat, masks):
+    """Per image with a lesion: 1 if it passes the pointing game (heatmap_scores on that image alone)."""
+    return np.array([heatmap_scores(h[None], m[None])["pointing_game"] for h, m in zip(heat, masks) if m.any()])
 
 
 def mcnemar_p(a, b):

@@ -158,20 +158,6 @@ class MaskHeads(torch.nn.Module):
         return total / len(self.heads)
 
 
-def cam_heatmaps(model, images_u8, size, batch=32):
-    """Grad-CAM of the predicted class, on the images' own (load_size) grid, normalised to [0, 1]."""
-    from UltraScanClassifierLib.inference import grad_cam
-
-    model.eval()
-    out = []
-    for i in range(0, len(images_u8), batch):
-        x = eval_batch(images_u8[i:i + batch], size)
-        _, cam = grad_cam(model, x)
-        h = F.interpolate(cam.float(), size=images_u8.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        out.append((h / h.amax(dim=(1, 2), keepdim=True).clamp(min=1e-12)).cpu())
-    return torch.cat(out).numpy()
-
-
 def load_init(model, path):
     """Initial weights by name where shapes fit (an ImageNet checkpoint has a 1000-class head)."""
     from slicer_ai_common.weights import load_weights_file
@@ -364,14 +350,14 @@ def main(argv=None):
               f"macro-F1 {summary['val']['macro_f1']:.4f}", flush=True)
         if mva is not None and hasattr(ema.module, "forward_features"):
             from UltraScanClassifierLib.metrics import heatmap_scores
-            heat = cam_heatmaps(ema.module, xva, a.img_size)
-            summary["heatmap"] = heatmap_scores(heat, mva[:, 0].numpy() > 0)
-            print(f"[val] heatmap: pointing game {summary['heatmap']['pointing_game']:.3f}, "
-                  f"IoU {summary['heatmap']['heatmap_iou']:.3f} (n {summary['heatmap']['n']})", flush=True)
-            from .heatmap_methods import heatmaps   # the other heatmap methods, for issue 11's comparison
+            from .heatmap_methods import heatmaps   # Grad-CAM of the predicted class, and the other methods
             masks = mva[:, 0].numpy() > 0
+            ema.module.eval()
             summary["heatmap_methods"] = {k: heatmap_scores(h, masks)
                                           for k, h in heatmaps(ema.module, xva, a.img_size).items()}
+            summary["heatmap"] = summary["heatmap_methods"]["cam"]
+            print(f"[val] heatmap: pointing game {summary['heatmap']['pointing_game']:.3f}, "
+                  f"IoU {summary['heatmap']['heatmap_iou']:.3f} (n {summary['heatmap']['n']})", flush=True)
             print("[val] heatmap methods, pointing game: " + ", ".join(
                 f"{k} {v['pointing_game']:.3f}" for k, v in summary["heatmap_methods"].items()), flush=True)
     if a.export:
