@@ -43,23 +43,30 @@ def _bwd_blocks(dim, dpg, cross, meta):
     cap = int(os.environ.get("SSM_BWD_BLOCK_D", 0))
     bd = meta["bd"] if not cap else (min(cap, triton.next_power_of_2(dim)) if cross else _pow2_divisor(dpg, cap))
     nw = int(os.environ.get("SSM_BWD_NUM_WARPS", 0)) or meta["nw"]
-    name = os.environ.get("SSM_BWD_SHIFT", "") or BWD_SHIFT
+    name = os.environ.get("SSM_BWD_SHIFT", "") or bwd_defaults(meta["bn"], cross)[0]
     if name not in SHIFTS:
         raise ValueError(f"SSM_BWD_SHIFT={name!r}: choose one of {sorted(SHIFTS)}")
     return bd, nw, SHIFTS[name]
 
 
-def _bwd_tile(bl):
-    """The backward's tile length: the forward's (default) or, from SSM_BWD_BLOCK_L, a power-of-2 divisor
-    of it (>= 16). Chosen at the forward, which saves the state at the start of every backward tile."""
-    want = int(os.environ.get("SSM_BWD_BLOCK_L", 0)) or BWD_BLOCK_L or bl
+def _bwd_tile(bl, bn, cross):
+    """The backward's tile length: a power-of-2 divisor of the forward's tile bl (>= 16), from SSM_BWD_BLOCK_L
+    or bwd_defaults. Chosen at the forward, which saves the state at the start of every backward tile."""
+    want = int(os.environ.get("SSM_BWD_BLOCK_L", 0)) or bwd_defaults(bn, cross)[1] or bl
     return max(16, min(bl, triton.next_power_of_2(want)))
 
 
-# The backward's defaults: today's path until a GPU sweep (kernels/benchmarks/sweep_backward.py) has timed
-# the other shift and shorter backward tiles on the benchmark shapes. BWD_BLOCK_L 0: the forward's tile.
-BWD_SHIFT = "reload"
-BWD_BLOCK_L = 0
+def bwd_defaults(bn, cross):
+    """(shift, tile length; 0 = the forward's) of the backward for a state of bn (padded) and the layout.
+    From the H200 sweep of session 15 (kernels/benchmarks/sweep_backward.py, docs/BENCHMARKS.md): where the
+    state is 1-2 wide (the forward's tile is 1024: SRMA-Mamba's SS2D, UltraScanNet's Mamba blocks), the
+    divide shift with a quarter-length backward tile for the four-direction scan (fwd+bwd 1.02-1.28x on
+    the six SS2D shapes, geometric mean 1.17x; the SRMA-Mamba training step 105.7 -> 100.9 ms) and a half
+    tile for the plain scan (1.00-1.68x on its four shapes). Wider states were not timed on a GPU: there the
+    backward stays as it was (reload, the forward's tile)."""
+    if bn <= 2:
+        return "divide", (256 if cross else 512)
+    return "reload", 0
 
 
 # Segments (the chunked scan). The H200 sweep (kernels/benchmarks/sweep_segments.py, docs/BENCHMARKS.md)
@@ -117,7 +124,7 @@ def forward(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save):
     H, W = hw if cross else (1, L)
     bd, bn, bl, nw = _blocks(dim, dpg, N, cross, L)
     n_chunks = max(1, triton.cdiv(L, bl))
-    sub = _bwd_tile(bl) if save else bl  # the backward's tile: the forward saves the state at each one's start
+    sub = _bwd_tile(bl, bn, cross) if save else bl  # the backward's tile: the forward saves the state at each one's start
     n_saved = n_chunks * (bl // sub)
     out = (torch.zeros(batch, dim, L, device=u.device, dtype=torch.float32) if cross
            else _empty(batch, dim, L, device=u.device, dtype=out_dtype))

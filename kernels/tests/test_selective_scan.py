@@ -322,16 +322,20 @@ def test_backward_shift_variants(monkeypatch, shift, case):
 
 def test_backward_block_and_shift_choice(monkeypatch):
     from ssm_kernels.triton_launch import _bwd_blocks, _bwd_tile
-    meta = dict(bd=2, nw=4)
+    from ssm_kernels.triton_scan import SHIFTS
+    meta = dict(bd=2, nw=4, bn=1)
     monkeypatch.delenv("SSM_BWD_BLOCK_D", raising=False)
     monkeypatch.delenv("SSM_BWD_SHIFT", raising=False)
-    assert _bwd_blocks(384, 96, False, meta)[:2] == (2, 4)  # the forward's unless asked
+    assert _bwd_blocks(384, 96, False, meta) == (2, 4, SHIFTS["divide"])  # the forward's block unless asked
+    # the measured defaults: d_state 1-2, divide; wider states keep reload (not timed on a GPU)
+    assert _bwd_blocks(384, 96, False, dict(meta, bn=16))[2] == SHIFTS["reload"]
     monkeypatch.delenv("SSM_BWD_BLOCK_L", raising=False)
-    assert _bwd_tile(1024) == 1024
+    assert _bwd_tile(1024, 1, True) == 256 and _bwd_tile(1024, 2, False) == 512  # quarter / half tile
+    assert _bwd_tile(128, 16, False) == 128 and _bwd_tile(256, 4, True) == 256  # wider states: the forward's
     monkeypatch.setenv("SSM_BWD_BLOCK_L", "300")
-    assert _bwd_tile(1024) == 512 and _bwd_tile(256) == 256  # a power of 2 dividing the forward's tile
+    assert _bwd_tile(1024, 1, True) == 512 and _bwd_tile(256, 4, False) == 256  # a power of 2 dividing it
     monkeypatch.setenv("SSM_BWD_BLOCK_L", "4")
-    assert _bwd_tile(1024) == 16
+    assert _bwd_tile(1024, 1, False) == 16
     monkeypatch.setenv("SSM_BWD_BLOCK_D", "64")
     assert _bwd_blocks(384, 96, False, meta)[0] == 32  # never straddles a group of B and C (96 = 32 x 3)
     assert _bwd_blocks(24, 24, True, meta)[0] == 32  # the four-direction scan has one group per direction
