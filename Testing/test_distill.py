@@ -59,6 +59,9 @@ def test_teacher_then_distilled_student_with_outlines(tmp_path):
     hm = t["heatmap_methods"]      # the other methods, scored on the same images
     assert {"cam", "cam_flip", "cam@96", "cam@128", "gradcam14", "cam+blur"} <= set(hm)
     assert hm["cam"]["pointing_game"] == t["heatmap"]["pointing_game"] and all(v["n"] == hm["cam"]["n"] for v in hm.values())
+    hh = t["heatmap_hits"]         # and image by image, for paired tests across folds
+    assert len(hh["names"]) == hm["cam"]["n"] and set(hh) == set(hm) | {"names"}
+    assert all(len(hh[k]) == v["n"] and abs(hh[k].count("1") / v["n"] - v["pointing_game"]) < 1e-9 for k, v in hm.items())
     s = main(common + ["--out", str(tmp_path / "s"), "--aug", "distill", "--teacher", str(tmp_path / "t" / "final.safetensors"),
                        "--teacher-model", "efficientnet_lite0", "--mask-weight", "0.5", "--export", str(tmp_path / "m")])
     rows = (tmp_path / "s" / "metrics.csv").read_text().splitlines()[1:]

@@ -5,8 +5,12 @@
     r.label, r.probabilities, r.heatmap  (H, W) in [0, 1] on the input's own pixel grid
 
 The whole image is resized to 224 x 224 (as in training); the heatmap is mapped back onto the input
-grid, so it overlays the input exactly. Pixel spacing is not used by the network (BUSI has none) and
-is carried to the result for the caller's geometry.
+grid, so it overlays the input exactly. Where the model's manifest names a heatmap size
+(`input.heatmap_size`, e.g. 320 for the shipped EfficientNet-Lite0), the heatmap is the Grad-CAM of a
+second forward at that size, explaining the class of the 224 forward: a 10 x 10 instead of a 7 x 7 map,
+which points at the lesion more often (docs/EVALUATION.md: 0.855 vs 0.801 of 518 held-out lesions over
+five folds). Pixel spacing is not used by the network (BUSI has none) and is carried to the result for
+the caller's geometry.
 """
 from __future__ import annotations
 
@@ -139,10 +143,13 @@ class UltrasoundClassifier:
         # mirror averaging at test time where the model was cross-validated that way (manifest input.tta_flip)
         self.tta_flip = bool(record.manifest.get("input", {}).get("tta_flip", False))
         self.analytic_cam = True              # heatmap in closed form where the head allows (grad_cam)
+        # the heatmap from a second, finer forward where the manifest says so (input.heatmap_size); else
+        # from the classifying forward itself
+        self.heatmap_size = int(record.manifest.get("input", {}).get("heatmap_size", 0) or 0) or None
         # on the CPU, the feature extractor frozen by TorchScript where the model says it traces (fixed layers,
-        # no data-dependent control flow); built at the first CPU call, eager if that fails
+        # no data-dependent control flow); one per input shape, built at its first CPU call, eager if that fails
         self.cpu_freeze = bool(getattr(model, "cpu_freeze", False))
-        self._frozen = None
+        self._frozen = {}
 
     @property
     def weights_id(self) -> str:
@@ -184,33 +191,52 @@ class UltrasoundClassifier:
         """What computes the feature map on this device: the frozen CPU extractor where there is one."""
         if device.type != "cpu" or not self.cpu_freeze:
             return None
-        if self._frozen is None:
-            self._frozen = frozen_cpu_features(self.model, x) or False
-        return self._frozen or None
+        key = tuple(x.shape)
+        if key not in self._frozen:
+            self._frozen[key] = frozen_cpu_features(self.model, x) or False
+        return self._frozen[key] or None
 
-    def _run(self, x, device, want_heatmap, out_hw):
+    def _run(self, x, device, want_heatmap, out_hw, x_heat=None):
+        """x: (n, 3, 224, 224); x_heat: the same images at heatmap_size, where the heatmap comes from there."""
         model = self.model.to(device)
         x = x.to(device)
         n = x.shape[0]
         if self.tta_flip:                     # the image and its mirror in one batch, logits averaged
             x = torch.cat([x, x.flip(3)])
         feats = self._features(x, torch.device(device))
-        if not want_heatmap:
+        if not want_heatmap or x_heat is not None:
             with torch.no_grad():
                 lg = (model.forward_head(feats(x)) if feats else model(x)).float().cpu()
-            return (lg[:n] + lg[n:]) / 2 if self.tta_flip else lg, None
+            lg = (lg[:n] + lg[n:]) / 2 if self.tta_flip else lg
+            if not want_heatmap:
+                return lg, None
+            x_heat = x_heat.to(device)        # the finer forward explains the class shown (of the 224 logits)
+            _, cam = grad_cam(model, x_heat, lg.argmax(1).to(device), analytic=self.analytic_cam,
+                              features=self._features(x_heat, torch.device(device)))
+            return lg, self._heat(cam, out_hw)
         if self.tta_flip:                     # one forward: the class of the averaged logits, explained on both
             logits, cam = grad_cam(model, x, lambda lg: ((lg[:n] + lg[n:]) / 2).argmax(1).repeat(2),
                                    analytic=self.analytic_cam, features=feats)
             logits, cam = (logits[:n] + logits[n:]) / 2, (cam[:n] + cam[n:].flip(3)) / 2
         else:
             logits, cam = grad_cam(model, x, analytic=self.analytic_cam, features=feats)
+        return logits.detach().float().cpu(), self._heat(cam, out_hw)
+
+    @staticmethod
+    def _heat(cam, out_hw):
+        """(n, 1, h, w) maps -> n arrays on the images' own grids, each scaled to a maximum of 1."""
         heat = []
         for i in range(cam.shape[0]):
             h = F.interpolate(cam[i:i + 1].float(), size=out_hw[i], mode="bilinear", align_corners=False)[0, 0]
             h = h / h.max() if float(h.max()) > 0 else h
             heat.append(h.cpu().numpy().astype(np.float32))
-        return logits.detach().float().cpu(), heat
+        return heat
+
+    def _heat_input(self, images, heatmap):
+        """The images at heatmap_size for the finer heatmap forward, or None (heatmap from the 224 forward)."""
+        if not heatmap or not self.heatmap_size:
+            return None
+        return torch.cat([preprocess(i, self.heatmap_size) for i in images])
 
     def classify(self, image, spacing=(1.0, 1.0), heatmap: bool = True, name: str = "image",
                  progress: Progress | None = None, notify=None) -> Classification:
@@ -221,9 +247,10 @@ class UltrasoundClassifier:
         if progress:
             progress.step("classifying", 0.1)
         t0 = time.perf_counter()
-        x = preprocess(img)
+        x, xh = preprocess(img), self._heat_input([img], heatmap)
         (logits, heat), used, tried = run_with_fallback(
-            lambda dev, _bs: self._run(x, dev, heatmap, [img.shape[:2]]), self.device, batch_sizes=(1,), notify=notify)
+            lambda dev, _bs: self._run(x, dev, heatmap, [img.shape[:2]], xh), self.device, batch_sizes=(1,),
+            notify=notify)
         if used != self.device:
             self.device = used
         if self.device.type == "cuda":
@@ -259,10 +286,10 @@ class UltrasoundClassifier:
         out = []
         for s in range(0, len(imgs), batch_size):
             chunk = imgs[s:s + batch_size]
-            x = torch.cat([preprocess(i) for i in chunk])
+            x, xh = torch.cat([preprocess(i) for i in chunk]), self._heat_input(chunk, heatmap)
             t0 = time.perf_counter()
             (logits, heat), used, tried = run_with_fallback(
-                lambda dev, _bs: self._run(x, dev, heatmap, [i.shape[:2] for i in chunk]), self.device,
+                lambda dev, _bs: self._run(x, dev, heatmap, [i.shape[:2] for i in chunk], xh), self.device,
                 batch_sizes=(1,), notify=notify)
             self.device = used
             secs = (time.perf_counter() - t0) / len(chunk)

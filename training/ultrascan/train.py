@@ -350,11 +350,15 @@ def main(argv=None):
               f"macro-F1 {summary['val']['macro_f1']:.4f}", flush=True)
         if mva is not None and hasattr(ema.module, "forward_features"):
             from UltraScanClassifierLib.metrics import heatmap_scores
-            from .heatmap_methods import heatmaps   # Grad-CAM of the predicted class, and the other methods
+            from .heatmap_methods import heatmaps, hits   # Grad-CAM of the predicted class, the other methods
             masks = mva[:, 0].numpy() > 0
             ema.module.eval()
-            summary["heatmap_methods"] = {k: heatmap_scores(h, masks)
-                                          for k, h in heatmaps(ema.module, xva, a.img_size).items()}
+            maps = heatmaps(ema.module, xva, a.img_size)
+            summary["heatmap_methods"] = {k: heatmap_scores(h, masks) for k, h in maps.items()}
+            # per image with a lesion, each method's pointing-game hit ("0"/"1"), so that methods and runs can
+            # be paired image by image across folds (McNemar) without the weights
+            summary["heatmap_hits"] = {"names": [n for n, m in zip(val_names, masks) if m.any()],
+                                       **{k: "".join(str(int(v)) for v in hits(h, masks)) for k, h in maps.items()}}
             summary["heatmap"] = summary["heatmap_methods"]["cam"]
             print(f"[val] heatmap: pointing game {summary['heatmap']['pointing_game']:.3f}, "
                   f"IoU {summary['heatmap']['heatmap_iou']:.3f} (n {summary['heatmap']['n']})", flush=True)
