@@ -1,5 +1,4 @@
 """Correctness of every backend against the float64 reference, on fresh random inputs each run."""
-import itertools
 
 import pytest
 import torch
