@@ -142,6 +142,47 @@ def test_train_batch_shapes_targets_and_determinism():
     assert (t.argmax(1) == y).all()                 # no mixing in the scratch preset: smoothing only
 
 
+def test_mask_boxes_in_grid_sample_coordinates():
+    """The box of a mask's pixels in the normalised coordinates grid_sample reads (image edges at -1 and 1)."""
+    from training.ultrascan.augment import mask_boxes
+    m = torch.zeros(2, 1, 64, 32)
+    m[0, 0, 16:48, 8:16] = 1.0                      # rows 16-47 of 64, columns 8-15 of 32
+    box, has = mask_boxes(m)
+    assert has.tolist() == [True, False]
+    assert torch.allclose(box[0], torch.tensor([(8 + 16) / 32 - 1, (16 + 48) / 64 - 1, 8 / 32, 32 / 64]))
+
+
+def test_lesion_crops_centre_on_the_outline_and_leave_other_draws_alone():
+    """With lesion_crop = 1 every image with an outline is cropped around it: through the same affine as the
+    pixels, the outline fills a far larger share of the crop than of the image, its centre near the crop's;
+    images without an outline still get a crop (of 0.3-0.7 of the side, kept inside the image); with
+    lesion_crop = 0 the batch is exactly the plain one (no extra random draws)."""
+    from training.ultrascan.augment import AugmentConfig, train_batch
+    x = torch.randint(0, 255, (8, 3, 128, 128), dtype=torch.uint8)
+    y = torch.tensor([0, 1, 0, 1, 0, 1, 2, 2])
+    masks = torch.zeros(8, 1, 128, 128, dtype=torch.uint8)
+    for i in range(6):                              # small lesions (12 x 16 px) at different places
+        r, c = 10 + 15 * i, 100 - 14 * i
+        masks[i, 0, r:r + 12, c:c + 16] = 255
+    cfg = AugmentConfig.preset("scratch", 64)
+    cfg.ra_ops, cfg.reprob = 0, 0.0
+    plain = train_batch(x, y, cfg, 3, torch.Generator().manual_seed(1), masks)
+    cfg.lesion_crop = 0.0
+    same = train_batch(x, y, cfg, 3, torch.Generator().manual_seed(1), masks)
+    assert all(torch.equal(a, b) for a, b in zip(plain, same))
+    cfg.lesion_crop = 1.0
+    _, _, m = train_batch(x, y, cfg, 3, torch.Generator().manual_seed(1), masks)
+    share = m[:6].mean(dim=(1, 2, 3))
+    whole = masks[:6].float().mean(dim=(1, 2, 3)) / 255
+    assert (share > 4 * whole).all() and (share < 0.5).all()       # (margin 1.6-2.6: 4-10 % of the crop)
+    ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    for i in range(6):
+        w = m[i, 0] / m[i, 0].sum()
+        cy, cx = float((w * ys).sum()), float((w * xs).sum())
+        assert abs(cy - 31.5) < 16 and abs(cx - 31.5) < 16          # jitter: at most a quarter of the half-side
+    assert float(m[6:].sum()) == 0
+
+
 # ------------------------------------------------------------------------------------ console script
 def test_cli_json_and_error_paths(tmp_path, capsys):
     from UltraScanClassifierLib.cli import main

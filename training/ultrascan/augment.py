@@ -33,6 +33,8 @@ class AugmentConfig:
     cutmix_alpha: float = 0.2
     mixup_switch_prob: float = 0.5
     smoothing: float = 0.1
+    lesion_crop: float = 0.0          # per image, the probability of a lesion-centred crop (needs the outlines)
+    lesion_margin: tuple = (1.6, 2.6)  # that crop's half-side / the lesion box's larger half-side
 
     @classmethod
     def preset(cls, name: str, size: int = 224) -> "AugmentConfig":
@@ -70,6 +72,55 @@ def random_resized_crop_affine(n, cfg: AugmentConfig, g, device):
     theta[:, 0, 2] = cx
     theta[:, 1, 2] = cy
     return theta
+
+
+def mask_boxes(maps: torch.Tensor, thresh: float = 0.5):
+    """(B, 1, H, W) maps in [0, 1] -> the box of the pixels >= thresh as (B, 4) (centre x, centre y,
+    half-width, half-height) in grid_sample's normalised coordinates (the image spans [-1, 1],
+    align_corners=False), and (B,) whether any pixel is on."""
+    _, _, h, w = maps.shape
+    on = maps[:, 0] >= thresh
+    rows, cols = on.any(2), on.any(1)
+    ys, xs = torch.arange(h, device=maps.device), torch.arange(w, device=maps.device)
+    y0, y1 = torch.where(rows, ys, h).amin(1), torch.where(rows, ys, -1).amax(1) + 1
+    x0, x1 = torch.where(cols, xs, w).amin(1), torch.where(cols, xs, -1).amax(1) + 1
+    box = torch.stack([(x0 + x1) / w - 1, (y0 + y1) / h - 1, (x1 - x0) / w, (y1 - y0) / h], 1).float()
+    return box, rows.any(1)
+
+
+def square_crop_theta(cx, cy, s, flip=None):
+    """2x3 affines of square crops: centre (cx, cy), half-side s (normalised units; 1 = the whole image),
+    moved inside the image where they fit; flip: -1 mirrors left-right."""
+    cx, cy = cx.clamp(-(1 - s), 1 - s), cy.clamp(-(1 - s), 1 - s)
+    theta = torch.zeros(s.shape[0], 2, 3, device=s.device)
+    theta[:, 0, 0] = s * (flip if flip is not None else 1.0)
+    theta[:, 1, 1] = s
+    theta[:, 0, 2], theta[:, 1, 2] = cx, cy
+    return theta
+
+
+def lesion_crop_affine(theta, masks_u8, cfg: AugmentConfig, g):
+    """Replace the random crop of a fraction cfg.lesion_crop of the images by a square crop around the lesion
+    (half-side lesion_margin x the box's larger half-side, centre jittered by up to a quarter of it); images
+    without a lesion (normal) get a square crop of similar size anywhere, so that a crop does not by itself
+    mean 'lesion'. The flip of the random crop is kept."""
+    n, dev = theta.shape[0], theta.device
+    box, has = mask_boxes(masks_u8.float() / 255)
+    sel = torch.rand(n, generator=g, device=dev) < cfg.lesion_crop
+    margin = _uniform(n, cfg.lesion_margin[0], cfg.lesion_margin[1], g, dev)
+    s = torch.where(has, margin * box[:, 2:].amax(1), _uniform(n, 0.3, 0.7, g, dev)).clamp(0.15, 1.0)
+    jx, jy = ((torch.rand(2, n, generator=g, device=dev) * 2 - 1) * 0.25 * s)
+    cx = torch.where(has, box[:, 0], (torch.rand(n, generator=g, device=dev) * 2 - 1) * (1 - s)) + jx
+    cy = torch.where(has, box[:, 1], (torch.rand(n, generator=g, device=dev) * 2 - 1) * (1 - s)) + jy
+    crop = square_crop_theta(cx, cy, s, torch.sign(theta[:, 0, 0]))
+    return torch.where(sel.view(-1, 1, 1), crop, theta)
+
+
+def crop_batch(images_u8: torch.Tensor, theta: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """uint8 (B, 3, H, W) and crop affines -> the crops at size x size, normalised (evaluation)."""
+    x = images_u8.float() / 255
+    grid = F.affine_grid(theta, (x.shape[0], 3, size, size), align_corners=False)
+    return normalize(F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
 
 
 # RandAugment ops: geometric ones compose into the affine, photometric ones act on pixels in [0, 1]
@@ -230,6 +281,8 @@ def train_batch(images_u8: torch.Tensor, labels: torch.Tensor, cfg: AugmentConfi
     x = images_u8.float() / 255
     n = x.shape[0]
     theta = random_resized_crop_affine(n, cfg, g, x.device)
+    if cfg.lesion_crop > 0 and masks_u8 is not None:
+        theta = lesion_crop_affine(theta, masks_u8, cfg, g)
     plan, theta = rand_augment(x, theta, cfg, g)
     grid = F.affine_grid(theta, (n, 3, cfg.size, cfg.size), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -21,6 +21,10 @@ Beyond the published recipe (issue: ImageNet teacher, outlines, patient training
 - `--masks BUSI_MASKS --mask-weight W`: an auxiliary lesion-mask loss (BCE + soft Dice) on 1x1-conv
   heads over UltraScanNet's last two stages; the heads live in the trainer and are not exported, so
   the shipped state dict keeps the published keys.
+- `--masks BUSI_MASKS --lesion-crop P`: a square crop around the lesion outline for a fraction P of the
+  training images (normal images: a crop of similar size anywhere); `--crop-tta` also scores the
+  validation fold on a crop around each image's Grad-CAM region and on the average of crop and whole
+  image (val_logits_crop.npz, val_logits_fused.npz), the way a runtime could use them without outlines.
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ..loop import EMA, Amp, Clock, GraphedStep, WarmupCosine, adamw, load_checkpoint, save_checkpoint
-from .augment import AugmentConfig, eval_batch, train_batch
+from .augment import AugmentConfig, crop_batch, eval_batch, mask_boxes, square_crop_theta, train_batch
 from .data import load_images, load_split, list_busi
 from UltraScanClassifierLib.metrics import classification_report
 from UltraScanClassifierLib.model import CLASSES, count_parameters
@@ -62,6 +66,12 @@ def build_parser():
     ap.add_argument("--masks", default=None, help="BUSI lesion masks root (<class>/<name>_mask.png)")
     ap.add_argument("--mask-weight", type=float, default=0.0, help="auxiliary lesion-mask loss weight (0: off)")
     ap.add_argument("--tta-flip", action="store_true", help="score the validation fold with horizontal-flip averaging")
+    ap.add_argument("--lesion-crop", type=float, default=0.0,
+                    help="probability per training image of a square crop around its lesion outline (needs --masks; "
+                         "normal images get a crop of similar size anywhere)")
+    ap.add_argument("--crop-tta", action="store_true",
+                    help="also score the validation fold on a crop around each image's Grad-CAM peak region, and "
+                         "the average of that and the whole image (summary val_crop / val_fused)")
     ap.add_argument("--export", default=None, help="UltraScanNet: also write the shipped model folder here")
     ap.add_argument("--out", required=True)
     ap.add_argument("--epochs", type=int, default=150)
@@ -119,6 +129,33 @@ def predict_logits(model, images_u8, size, batch=64, amp_dtype=None, flip=False)
             if flip:
                 lg = (lg + model(x.flip(3)).float()) / 2
         out.append(lg)
+    return torch.cat(out).cpu().numpy()
+
+
+@torch.no_grad()
+def predict_crop_logits(model, images_u8, size, batch=64, flip=False, margin=2.1, heat_size=None):
+    """Logits of a square crop around each image's Grad-CAM region: the map of a second forward at heat_size
+    (default about 1.4 x size, as the runtime's heatmap), for the class of the whole-image logits, above half
+    its maximum; the crop's half-side `margin` x that region's larger half-side (at least 0.15 of the image);
+    the whole image where the map is empty. Flip averaging as predict_logits."""
+    from UltraScanClassifierLib.inference import grad_cam
+    heat_size = heat_size or 32 * round(size * 10 / 7 / 32)
+    model.eval()
+
+    def fwd(x):
+        lg = model(x).float()
+        return (lg + model(x.flip(3)).float()) / 2 if flip else lg
+
+    out = []
+    for i in range(0, len(images_u8), batch):
+        xb = images_u8[i:i + batch]
+        top = fwd(eval_batch(xb, size)).argmax(1)
+        _, cam = grad_cam(model, eval_batch(xb, heat_size), top)
+        cam = F.interpolate(cam.float(), size=xb.shape[-2:], mode="bilinear", align_corners=False)
+        box, has = mask_boxes(cam / cam.amax(dim=(2, 3), keepdim=True).clamp(min=1e-12))
+        s = torch.where(has, (margin * box[:, 2:].amax(1)).clamp(0.15, 1.0), torch.ones_like(box[:, 0]))
+        cx, cy = torch.where(has, box[:, 0], 0.0), torch.where(has, box[:, 1], 0.0)
+        out.append(fwd(crop_batch(xb, square_crop_theta(cx, cy, s), size)))
     return torch.cat(out).cpu().numpy()
 
 
@@ -198,7 +235,8 @@ def main(argv=None):
     xva, yva = load_images(a.data, val_names, a.load_size) if val_names else (None, None)
     mtr = mva = None
     if a.masks:
-        mtr = load_masks(a.masks, train_names, a.load_size).to(device) if a.mask_weight > 0 else None
+        need = a.mask_weight > 0 or a.lesion_crop > 0
+        mtr = load_masks(a.masks, train_names, a.load_size).to(device) if need else None
         mva = load_masks(a.masks, val_names, a.load_size) if val_names else None
     xtr, ytr = xtr.to(device), ytr.to(device)
     if xva is not None:
@@ -212,8 +250,10 @@ def main(argv=None):
         print(f"[init] {n} of {tot} tensors from {a.init}")
     ema = EMA(model, a.ema_decay)
     groups = param_groups(model, a.weight_decay)
+    if (a.mask_weight > 0 or a.lesion_crop > 0) and mtr is None:
+        raise SystemExit("--mask-weight and --lesion-crop need the lesion outlines: --masks BUSI_MASKS")
     heads = None
-    if mtr is not None:
+    if a.mask_weight > 0:
         if "return_stages" not in inspect.signature(model.forward_features).parameters:
             raise SystemExit(f"--mask-weight needs a model that returns its stages (not {a.model})")
         with torch.no_grad():
@@ -230,6 +270,7 @@ def main(argv=None):
     opt = adamw(groups, a.lr, device, betas=(0.9, 0.999), eps=1e-8)
     amp = Amp(a.amp, device)
     aug = AugmentConfig.preset(a.aug, a.img_size)
+    aug.lesion_crop = a.lesion_crop
     steps_per_epoch = max(1, len(train_names) // a.batch_size)      # drop the last partial batch
     total_epochs = a.epochs + a.cooldown_epochs
     # per step: warm-up from warmup_lr, cosine to min_lr at the end of `epochs`, then min_lr (cool-down)
@@ -348,6 +389,14 @@ def main(argv=None):
         summary["val"] = classification_report(lg, yva.numpy(), CLASSES)
         print(f"[val] EMA after the last epoch: accuracy {summary['val']['accuracy']:.4f}, "
               f"macro-F1 {summary['val']['macro_f1']:.4f}", flush=True)
+        if a.crop_tta:
+            lc = predict_crop_logits(ema.module, xva, a.img_size, flip=a.tta_flip, margin=sum(aug.lesion_margin) / 2)
+            for tag, z in (("crop", lc), ("fused", (lg + lc) / 2)):
+                np.savez(out / f"val_logits_{tag}.npz", names=np.array(val_names), labels=yva.numpy(), logits=z)
+                summary[f"val_{tag}"] = classification_report(z, yva.numpy(), CLASSES)
+                print(f"[val] {tag} (Grad-CAM crop{' + whole image' if tag == 'fused' else ''}): accuracy "
+                      f"{summary[f'val_{tag}']['accuracy']:.4f}, macro-F1 {summary[f'val_{tag}']['macro_f1']:.4f}",
+                      flush=True)
         if mva is not None and hasattr(ema.module, "forward_features"):
             from UltraScanClassifierLib.metrics import heatmap_scores
             from .heatmap_methods import heatmaps, hits   # Grad-CAM of the predicted class, the other methods
