@@ -111,11 +111,13 @@ def fit_temperature(logits, y_true, lo: float = 0.05, hi: float = 20.0, iters: i
     return float(math.exp((a + b) / 2))
 
 
-def heatmap_scores(heatmaps, masks, radius_px: float = 15.0, percentile: float = 80.0) -> dict:
+def heatmap_scores(heatmaps, masks, radius_px: float = 15.0, percentile: float = 80.0,
+                   per_image: bool = False) -> dict:
     """Does the heatmap point at the lesion? heatmaps, masks: (N, H, W) on the same pixel grid (256 x 256
     for BUSI), masks boolean; images with an empty mask are skipped.
     pointing game: the hottest pixel lies within radius_px of the mask (distance 0 inside it);
-    IoU: heatmap above its own `percentile`-th percentile vs the mask. -> means and counts."""
+    IoU: heatmap above its own `percentile`-th percentile vs the mask. -> means and counts; per_image: also
+    "hits", each scored image's pointing-game outcome (0 / 1), for paired tests."""
     from scipy import ndimage
 
     hits, ious = [], []
@@ -127,5 +129,6 @@ def heatmap_scores(heatmaps, masks, radius_px: float = 15.0, percentile: float =
         hits.append(float(dist[iy, ix] <= radius_px))
         hot = h >= np.percentile(h, percentile)
         ious.append(float((hot & m).sum() / max(1, (hot | m).sum())))
-    return {"pointing_game": float(np.mean(hits)) if hits else float("nan"),
-            "heatmap_iou": float(np.mean(ious)) if ious else float("nan"), "n": len(hits)}
+    out = {"pointing_game": float(np.mean(hits)) if hits else float("nan"),
+           "heatmap_iou": float(np.mean(ious)) if ious else float("nan"), "n": len(hits)}
+    return {**out, "hits": [int(v) for v in hits]} if per_image else out

@@ -89,7 +89,7 @@ def heatmaps(model, images_u8, size=224, batch=16, sizes=None):
     """method -> (N, H, W) heatmaps on the images' own grid, each normalised to [0, 1]. sizes: the finer
     second forwards (default about 1.4x and 2x size in multiples of 32: 320 and 448 for 224)."""
     hw = images_u8.shape[-2:]
-    sizes = sizes or (32 * round(size * 10 / 7 / 32), 2 * size)
+    sizes = sizes or (finer_size(size), 2 * size)
     lite = hasattr(model, "net") and hasattr(model.net, "_blocks")
     out = {}
     for i in range(0, len(images_u8), batch):
@@ -114,9 +114,15 @@ def heatmaps(model, images_u8, size=224, batch=16, sizes=None):
     return {k: torch.cat(v).cpu().numpy() for k, v in out.items()}
 
 
+def finer_size(size):
+    """The finer second forward's size for a network fed size x size: about 1.4x, a multiple of 32 (320 for
+    224; the runtime's `input.heatmap_size`)."""
+    return 32 * round(size * 10 / 7 / 32)
+
+
 def hits(heat, masks):
-    """Per image with a lesion: 1 if it passes the pointing game (heatmap_scores on that image alone)."""
-    return np.array([heatmap_scores(h[None], m[None])["pointing_game"] for h, m in zip(heat, masks) if m.any()])
+    """Per image with a lesion: 1 if it passes the pointing game."""
+    return np.array(heatmap_scores(heat, masks, per_image=True)["hits"])
 
 
 def mcnemar_p(a, b):
@@ -146,8 +152,8 @@ def main(argv=None):
         m = load_masks(a.masks, names, args["load_size"])[:, 0].numpy() > 0
         maps = heatmaps(model, x, args["img_size"])
         for k, h in maps.items():
-            sc = heatmap_scores(h, m)
-            per.setdefault(k, []).append(hits(h, m))
+            sc = heatmap_scores(h, m, per_image=True)
+            per.setdefault(k, []).append(np.array(sc.pop("hits")))
             rows.append(dict(run=str(run), method=k, **sc))
             print(f"{run.name:<24}{k:<20} pointing {sc['pointing_game']:.3f}  IoU {sc['heatmap_iou']:.3f}  n {sc['n']}",
                   flush=True)

@@ -133,13 +133,15 @@ def predict_logits(model, images_u8, size, batch=64, amp_dtype=None, flip=False)
 
 
 @torch.no_grad()
-def predict_crop_logits(model, images_u8, size, batch=64, flip=False, margin=2.1, heat_size=None):
+def predict_crop_logits(model, images_u8, top, size, batch=64, flip=False, margin=2.1, heat_size=None):
     """Logits of a square crop around each image's Grad-CAM region: the map of a second forward at heat_size
-    (default about 1.4 x size, as the runtime's heatmap), for the class of the whole-image logits, above half
-    its maximum; the crop's half-side `margin` x that region's larger half-side (at least 0.15 of the image);
-    the whole image where the map is empty. Flip averaging as predict_logits."""
+    (default about 1.4 x size, as the runtime's heatmap), for the class `top` (N,) of the whole-image logits,
+    above half its maximum; the crop's half-side `margin` x that region's larger half-side (at least 0.15 of
+    the image); the whole image where the map is empty. Flip averaging as predict_logits."""
     from UltraScanClassifierLib.inference import grad_cam
-    heat_size = heat_size or 32 * round(size * 10 / 7 / 32)
+
+    from .heatmap_methods import finer_size
+    heat_size = heat_size or finer_size(size)
     model.eval()
 
     def fwd(x):
@@ -149,8 +151,7 @@ def predict_crop_logits(model, images_u8, size, batch=64, flip=False, margin=2.1
     out = []
     for i in range(0, len(images_u8), batch):
         xb = images_u8[i:i + batch]
-        top = fwd(eval_batch(xb, size)).argmax(1)
-        _, cam = grad_cam(model, eval_batch(xb, heat_size), top)
+        _, cam = grad_cam(model, eval_batch(xb, heat_size), top[i:i + batch].to(xb.device))
         cam = F.interpolate(cam.float(), size=xb.shape[-2:], mode="bilinear", align_corners=False)
         box, has = mask_boxes(cam / cam.amax(dim=(2, 3), keepdim=True).clamp(min=1e-12))
         s = torch.where(has, (margin * box[:, 2:].amax(1)).clamp(0.15, 1.0), torch.ones_like(box[:, 0]))
@@ -210,6 +211,9 @@ def main(argv=None):
     if "LOCAL_RANK" in os.environ:
         raise SystemExit("training.ultrascan.train runs in one process (624 images train in about a minute on "
                          "one GPU); start it without torchrun")
+    need_masks = a.mask_weight > 0 or a.lesion_crop > 0         # the training images' outlines
+    if need_masks and not a.masks:
+        raise SystemExit("--mask-weight and --lesion-crop need the lesion outlines: --masks BUSI_MASKS")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     from slicer_ai_common.devices import resolve_device
@@ -235,8 +239,7 @@ def main(argv=None):
     xva, yva = load_images(a.data, val_names, a.load_size) if val_names else (None, None)
     mtr = mva = None
     if a.masks:
-        need = a.mask_weight > 0 or a.lesion_crop > 0
-        mtr = load_masks(a.masks, train_names, a.load_size).to(device) if need else None
+        mtr = load_masks(a.masks, train_names, a.load_size).to(device) if need_masks else None
         mva = load_masks(a.masks, val_names, a.load_size) if val_names else None
     xtr, ytr = xtr.to(device), ytr.to(device)
     if xva is not None:
@@ -250,8 +253,6 @@ def main(argv=None):
         print(f"[init] {n} of {tot} tensors from {a.init}")
     ema = EMA(model, a.ema_decay)
     groups = param_groups(model, a.weight_decay)
-    if (a.mask_weight > 0 or a.lesion_crop > 0) and mtr is None:
-        raise SystemExit("--mask-weight and --lesion-crop need the lesion outlines: --masks BUSI_MASKS")
     heads = None
     if a.mask_weight > 0:
         if "return_stages" not in inspect.signature(model.forward_features).parameters:
@@ -390,7 +391,8 @@ def main(argv=None):
         print(f"[val] EMA after the last epoch: accuracy {summary['val']['accuracy']:.4f}, "
               f"macro-F1 {summary['val']['macro_f1']:.4f}", flush=True)
         if a.crop_tta:
-            lc = predict_crop_logits(ema.module, xva, a.img_size, flip=a.tta_flip, margin=sum(aug.lesion_margin) / 2)
+            lc = predict_crop_logits(ema.module, xva, torch.from_numpy(lg.argmax(1)), a.img_size, flip=a.tta_flip,
+                                     margin=sum(aug.lesion_margin) / 2)
             for tag, z in (("crop", lc), ("fused", (lg + lc) / 2)):
                 np.savez(out / f"val_logits_{tag}.npz", names=np.array(val_names), labels=yva.numpy(), logits=z)
                 summary[f"val_{tag}"] = classification_report(z, yva.numpy(), CLASSES)
@@ -399,15 +401,16 @@ def main(argv=None):
                       flush=True)
         if mva is not None and hasattr(ema.module, "forward_features"):
             from UltraScanClassifierLib.metrics import heatmap_scores
-            from .heatmap_methods import heatmaps, hits   # Grad-CAM of the predicted class, the other methods
+            from .heatmap_methods import heatmaps   # Grad-CAM of the predicted class, and the other methods
             masks = mva[:, 0].numpy() > 0
             ema.module.eval()
-            maps = heatmaps(ema.module, xva, a.img_size)
-            summary["heatmap_methods"] = {k: heatmap_scores(h, masks) for k, h in maps.items()}
+            scores = {k: heatmap_scores(h, masks, per_image=True)
+                      for k, h in heatmaps(ema.module, xva, a.img_size).items()}
             # per image with a lesion, each method's pointing-game hit ("0"/"1"), so that methods and runs can
             # be paired image by image across folds (McNemar) without the weights
             summary["heatmap_hits"] = {"names": [n for n, m in zip(val_names, masks) if m.any()],
-                                       **{k: "".join(str(int(v)) for v in hits(h, masks)) for k, h in maps.items()}}
+                                       **{k: "".join(map(str, v.pop("hits"))) for k, v in scores.items()}}
+            summary["heatmap_methods"] = scores
             summary["heatmap"] = summary["heatmap_methods"]["cam"]
             print(f"[val] heatmap: pointing game {summary['heatmap']['pointing_game']:.3f}, "
                   f"IoU {summary['heatmap']['heatmap_iou']:.3f} (n {summary['heatmap']['n']})", flush=True)
