@@ -59,11 +59,11 @@ def _bwd_tile(bl, bn, cross):
 def bwd_defaults(bn, cross):
     """(shift, tile length; 0 = the forward's) of the backward for a state of bn (padded) and the layout.
     From the H200 sweep of session 15 (kernels/benchmarks/sweep_backward.py, docs/BENCHMARKS.md): where the
-    state is 1-2 wide (the forward's tile is 1024: SRMA-Mamba's SS2D, UltraScanNet's Mamba blocks), the
+    state is 1-2 wide (the forward's tile is 1024: SRMA-Mamba's SS2D and the plain N = 1 shapes), the
     divide shift with a quarter-length backward tile for the four-direction scan (fwd+bwd 1.02-1.28x on
     the six SS2D shapes, geometric mean 1.17x; the SRMA-Mamba training step 105.7 -> 100.9 ms) and a half
-    tile for the plain scan (1.00-1.68x on its four shapes). Wider states were not timed on a GPU: there the
-    backward stays as it was (reload, the forward's tile)."""
+    tile for the plain scan (1.00-1.68x on its four shapes). Wider states (UltraScanNet's d_state 8, N = 16)
+    were not timed on a GPU: there the backward stays as it was (reload, the forward's tile)."""
     if bn <= 2:
         return "divide", (256 if cross else 512)
     return "reload", 0
