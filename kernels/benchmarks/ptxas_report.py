@@ -25,8 +25,11 @@ from ssm_kernels.triton_scan import SHIFTS, _scan_bwd_kernel, _scan_fwd_kernel
 TARGET = GPUTarget("cuda", 90, 32)
 # the two uses: the plain scan with D and a delta bias (bench_scan.py), and the four-direction scan of SS2D
 USES = {
-    "plain": dict(K=1, CROSS=False, HAS_D=True, HAS_Z=False, HAS_BIAS=True, SOFTPLUS=True, SEGMENTED=False),
-    "cross": dict(K=4, CROSS=True, HAS_D=True, HAS_Z=False, HAS_BIAS=True, SOFTPLUS=True, SEGMENTED=False),
+    "plain": dict(KP=1, KD=1, CROSS=False, COLS=False, HAS_D=True, HAS_Z=False, HAS_BIAS=True, SOFTPLUS=True, SEGMENTED=False),
+    "cross": dict(KP=4, KD=2, CROSS=True, COLS=False, HAS_D=True, HAS_Z=False, HAS_BIAS=True, SOFTPLUS=True,
+                  SEGMENTED=False),  # the transposed layout's second launch (KD=2 != KP)
+    "cross-strided": dict(KP=4, KD=4, CROSS=True, COLS=True, HAS_D=True, HAS_Z=False, HAS_BIAS=True, SOFTPLUS=True,
+                          SEGMENTED=False),
 }
 # (N, BLOCK_N, [(BLOCK_D, BLOCK_L, warps), ...]); the first of each list is today's default
 LAYOUTS = [

@@ -36,36 +36,39 @@ def _blocks(dim, dpg, N, cross, L):
     return bd, bn, bl, nw
 
 
-def _bwd_blocks(dim, dpg, cross, meta):
+def _bwd_blocks(dim, dpg, layout, meta):
     """The backward's channel block and warps (its tile length: _bwd_tile). A wider channel block than the
     forward's sums dB and dC over more channels in registers before its atomics. SSM_BWD_BLOCK_D / SSM_BWD_NUM_WARPS override (default: the forward's), and
     SSM_BWD_SHIFT picks how the adjoint gets its decay one step on (reload | divide)."""
     cap = int(os.environ.get("SSM_BWD_BLOCK_D", 0))
+    cross = layout != "plain"
     bd = meta["bd"] if not cap else (min(cap, triton.next_power_of_2(dim)) if cross else _pow2_divisor(dpg, cap))
     nw = int(os.environ.get("SSM_BWD_NUM_WARPS", 0)) or meta["nw"]
-    name = os.environ.get("SSM_BWD_SHIFT", "") or bwd_defaults(meta["bn"], cross)[0]
+    name = os.environ.get("SSM_BWD_SHIFT", "") or bwd_defaults(meta["bn"], layout)[0]
     if name not in SHIFTS:
         raise ValueError(f"SSM_BWD_SHIFT={name!r}: choose one of {sorted(SHIFTS)}")
     return bd, nw, SHIFTS[name]
 
 
-def _bwd_tile(bl, bn, cross):
+def _bwd_tile(bl, bn, layout):
     """The backward's tile length: a power-of-2 divisor of the forward's tile bl (>= 16), from SSM_BWD_BLOCK_L
     or bwd_defaults. Chosen at the forward, which saves the state at the start of every backward tile."""
-    want = int(os.environ.get("SSM_BWD_BLOCK_L", 0)) or bwd_defaults(bn, cross)[1] or bl
+    want = int(os.environ.get("SSM_BWD_BLOCK_L", 0)) or bwd_defaults(bn, layout)[1] or bl
     return max(16, min(bl, triton.next_power_of_2(want)))
 
 
-def bwd_defaults(bn, cross):
-    """(shift, tile length; 0 = the forward's) of the backward for a state of bn (padded) and the layout.
+def bwd_defaults(bn, layout):
+    """(shift, tile length; 0 = the forward's) of the backward for a state of bn (padded) and the layout
+    ("plain", or the four-direction scan's "transpose" / "strided": cross_layout).
     From the H200 sweep of session 15 (kernels/benchmarks/sweep_backward.py, docs/BENCHMARKS.md): where the
     state is 1-2 wide (the forward's tile is 1024: SRMA-Mamba's SS2D and the plain N = 1 shapes), the
-    divide shift with a quarter-length backward tile for the four-direction scan (fwd+bwd 1.02-1.28x on
-    the six SS2D shapes, geometric mean 1.17x; the SRMA-Mamba training step 105.7 -> 100.9 ms) and a half
-    tile for the plain scan (1.00-1.68x on its four shapes). Wider states (UltraScanNet's d_state 8, N = 16)
-    were not timed on a GPU: there the backward stays as it was (reload, the forward's tile)."""
+    divide shift with a quarter-length backward tile for the strided four-direction scan (fwd+bwd
+    1.02-1.28x on the six SS2D shapes, geometric mean 1.17x; the SRMA-Mamba training step 105.7 -> 100.9
+    ms) and a half tile for the plain scan (1.00-1.68x on its four shapes). The transposed four-direction
+    layout reads like the plain scan and takes its half tile (not yet timed). Wider states (UltraScanNet's d_state 8,
+    N = 16) were not timed on a GPU: there the backward stays as it was (reload, the forward's tile)."""
     if bn <= 2:
-        return "divide", (256 if cross else 512)
+        return "divide", (256 if layout == "strided" else 512)
     return "reload", 0
 
 
@@ -112,90 +115,149 @@ def _segments(programs: int, n_chunks: int, device) -> tuple[int, int]:
     return triton.cdiv(n_chunks, tps), tps
 
 
+def cross_layout() -> str:
+    """How the four-direction scan reads the column-major directions: "strided" (the default: read in
+    place through a strided index; no copies, scattered loads) or "transpose" (directions 1 and 3 run as
+    rows of a transposed copy of x, delta, B and C, their output and gradients transposed back).
+    SSM_CROSS_LAYOUT overrides. Why "transpose" exists: the H200 step profile of session 16
+    (benchmarks/scan_shapes_srma.py, docs/BENCHMARKS.md) found the strided forward at 21-36x the time of
+    a copy of its bytes on SRMA-Mamba's large maps, and the same scan laid out row-major (the plain kernel
+    on 4 x channels) 2.7-3.8x faster forward, 2.3-3.7x forward + backward. The transposed layout itself
+    was not yet timed on a GPU (the session's device time ran out), so it is not the default."""
+    name = os.environ.get("SSM_CROSS_LAYOUT", "") or "strided"
+    if name not in ("transpose", "strided"):
+        raise ValueError(f"SSM_CROSS_LAYOUT={name!r}: choose transpose or strided")
+    return name
+
+
+def _t(x, h, w):
+    """(..., h*w) in row-major (h, w) -> (..., w*h) row-major in (w, h): the column-major sequence."""
+    return x.unflatten(-1, (h, w)).transpose(-1, -2).contiguous().flatten(-2)
+
+
+def _passes(cross, layout):
+    """The launches of one scan: (KD, n_dirs, k_step, k_off, cols, transposed?) each."""
+    if not cross:
+        return [(1, 1, 1, 0, False, False)]
+    if layout == "strided":
+        return [(4, 4, 1, 0, True, False)]
+    return [(4, 2, 2, 0, False, False), (2, 2, 2, 1, False, True)]
+
+
 def forward(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save):
     batch, dim, L = u.shape
     cross = hw is not None
-    K = 4 if cross else 1
+    KP = 4 if cross else 1
     N = A.shape[1]
     if B.dim() == 3:
         B, C = B.unsqueeze(1), C.unsqueeze(1)
     G = B.shape[1]
     dpg = dim if cross else dim // G
     H, W = hw if cross else (1, L)
+    layout = cross_layout() if cross else "plain"
     bd, bn, bl, nw = _blocks(dim, dpg, N, cross, L)
     n_chunks = max(1, triton.cdiv(L, bl))
-    sub = _bwd_tile(bl, bn, cross) if save else bl  # the backward's tile: the forward saves the state at each one's start
+    sub = _bwd_tile(bl, bn, layout) if save else bl  # the backward's tile: the forward saves the state at each one's start
     n_saved = n_chunks * (bl // sub)
-    out = (torch.zeros(batch, dim, L, device=u.device, dtype=torch.float32) if cross
-           else _empty(batch, dim, L, device=u.device, dtype=out_dtype))
-    last = _empty(batch, K * dim, N, device=u.device, dtype=torch.float32)
-    hsave = (_empty(batch, K * dim, N, n_saved, device=u.device, dtype=torch.float32) if save
-             else torch.empty(0, device=u.device))
+    dev = u.device
+    out = (torch.zeros(batch, dim, L, device=dev, dtype=torch.float32) if cross
+           else _empty(batch, dim, L, device=dev, dtype=out_dtype))
+    last = _empty(batch, KP * dim, N, device=dev, dtype=torch.float32)
+    hsave = (_empty(batch, KP * dim, N, n_saved, device=dev, dtype=torch.float32) if save
+             else torch.empty(0, device=dev))
     nblk = triton.cdiv(dim, bd)
-    n_seg, tps = _segments(batch * nblk * K, n_chunks, u.device)
-    dummy = u
-    hseg = pseg = dummy
+    passes = _passes(cross, layout)
+    n_seg, tps = _segments(batch * nblk * passes[0][1], n_chunks, dev)
+    hseg = pseg = u
     if n_seg > 1:  # each segment's end state from zero and its product of decays
-        hseg = _empty(batch, K * dim, N, n_seg, device=u.device, dtype=torch.float32)
-        pseg = _empty(batch, K * dim, N, n_seg, device=u.device, dtype=torch.float32)
-    args = (u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-            delta_bias if delta_bias is not None else dummy, out, last, hsave, hseg, pseg,
-            dim, L, H, W, N, dpg, n_chunks, G, n_seg, tps)
-    flags = dict(K=K, CROSS=cross, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                 SOFTPLUS=softplus, SEGMENTED=n_seg > 1, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, SUB=sub, num_warps=nw)
-    if n_seg > 1:
-        _scan_fwd_kernel[(batch, nblk, K * (n_seg - 1))](*args, n_seg - 1, n_saved, SAVE=False, STORE_LAST=False,
-                                                         LOCAL=True, **flags)
-    _scan_fwd_kernel[(batch, nblk, K * n_seg)](*args, n_seg, n_saved, SAVE=save, STORE_LAST=True, LOCAL=False,
-                                               **flags)
+        hseg = _empty(batch, KP * dim, N, n_seg, device=dev, dtype=torch.float32)
+        pseg = _empty(batch, KP * dim, N, n_seg, device=dev, dtype=torch.float32)
+    for KD, n_dirs, k_step, k_off, cols, trans in passes:
+        uu, dd, BB, CC, oo, hh, ww = u, delta, B, C, out, H, W
+        if trans:  # directions 1 and 3: rows of the transposed map
+            uu = _t(u, H, W)
+            dd = _t(delta.view(batch, 4, dim, L)[:, 1::2], H, W).view(batch, 2 * dim, L)
+            BB, CC = _t(B[:, 1::2], H, W), _t(C[:, 1::2], H, W)
+            oo = torch.zeros_like(out)
+            hh, ww = W, H
+        args = (uu, dd, A, BB, CC, D if D is not None else u, z if z is not None else u,
+                delta_bias if delta_bias is not None else u, oo, last, hsave, hseg, pseg,
+                dim, L, hh, ww, N, dpg, n_chunks, BB.shape[1], k_step, k_off, n_seg, tps)
+        flags = dict(KP=KP, KD=KD, CROSS=cross, COLS=cols, HAS_D=D is not None, HAS_Z=z is not None,
+                     HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, SEGMENTED=n_seg > 1, BLOCK_D=bd,
+                     BLOCK_N=bn, BLOCK_L=bl, SUB=sub, num_warps=nw)
+        if n_seg > 1:
+            _scan_fwd_kernel[(batch, nblk, n_dirs * (n_seg - 1))](*args, n_seg - 1, n_saved, SAVE=False,
+                                                                  STORE_LAST=False, LOCAL=True, **flags)
+        _scan_fwd_kernel[(batch, nblk, n_dirs * n_seg)](*args, n_seg, n_saved, SAVE=save, STORE_LAST=True,
+                                                        LOCAL=False, **flags)
+        if trans:
+            out.view(batch, dim, H, W).add_(oo.view(batch, dim, W, H).transpose(-1, -2))
     if out.dtype != out_dtype:
         out = out.to(out_dtype)
     meta = dict(bd=bd, bn=bn, bl=bl, nw=nw, n_chunks=n_chunks, n_seg=n_seg, G=G, grouped_input=True,
-                sub=sub, n_saved=n_saved)
+                sub=sub, n_saved=n_saved, layout=layout)
     return out, last, hsave, meta
 
 
 def backward(u, delta, A, B, C, D, z, delta_bias, hsave, dout, softplus, hw, meta):
     batch, dim, L = u.shape
     cross = hw is not None
-    K = 4 if cross else 1
+    KP = 4 if cross else 1
     N = A.shape[1]
     ungrouped = B.dim() == 3
     Bg, Cg = (B.unsqueeze(1), C.unsqueeze(1)) if ungrouped else (B, C)
     G = Bg.shape[1]
     dpg = dim if cross else dim // G
     H, W = hw if cross else (1, L)
+    layout = meta["layout"]
     bn, bl, n_saved = meta["bn"], meta["sub"], meta["n_saved"]  # the backward's tiles: the saved states'
     n_chunks = max(1, triton.cdiv(L, bl))
-    bd, nw, shift = _bwd_blocks(dim, dpg, cross, meta)
+    bd, nw, shift = _bwd_blocks(dim, dpg, layout, meta)
     nblk = triton.cdiv(dim, bd)
     dev = u.device
     f32 = torch.float32
-    n_seg, tps = _segments(batch * nblk * K, n_chunks, dev)
+    passes = _passes(cross, layout)
+    n_seg, tps = _segments(batch * nblk * passes[0][1], n_chunks, dev)
     du = torch.zeros(batch, dim, L, device=dev, dtype=f32) if cross else _empty(batch, dim, L, device=dev, dtype=f32)
-    ddelta = _empty(batch, K * dim, L, device=dev, dtype=f32)
-    dA = _empty(batch, K * dim, N, n_seg, device=dev, dtype=f32)  # per batch and segment, summed below
+    ddelta = _empty(batch, KP * dim, L, device=dev, dtype=f32)
+    dA = _empty(batch, KP * dim, N, n_seg, device=dev, dtype=f32)  # per batch and segment, summed below
     dB = torch.zeros(batch, G, N, L, device=dev, dtype=f32)  # summed over channel blocks with atomics
     dC = torch.zeros(batch, G, N, L, device=dev, dtype=f32)
-    dD = _empty(batch, K * dim, n_seg, device=dev, dtype=f32) if D is not None else None
+    dD = _empty(batch, KP * dim, n_seg, device=dev, dtype=f32) if D is not None else None
     dz = _empty(batch, dim, L, device=dev, dtype=f32) if z is not None else None
-    dbias = _empty(batch, K * dim, n_seg, device=dev, dtype=f32) if delta_bias is not None else None
-    dummy = du
-    gseg = pseg = dummy
+    dbias = _empty(batch, KP * dim, n_seg, device=dev, dtype=f32) if delta_bias is not None else None
+    gseg = pseg = du
     if n_seg > 1:  # each segment's start adjoint from a zero end and its product of the adjoint's decays
-        gseg = _empty(batch, K * dim, N, n_seg, device=dev, dtype=f32)
-        pseg = _empty(batch, K * dim, N, n_seg, device=dev, dtype=f32)
-    args = (u, delta, A, Bg, Cg, D if D is not None else dummy, z if z is not None else dummy,
-            delta_bias if delta_bias is not None else dummy, dout, hsave,
-            du, ddelta, dA, dB, dC, dD if dD is not None else dummy, dz if dz is not None else dummy,
-            dbias if dbias is not None else dummy, gseg, pseg,
-            dim, L, H, W, N, dpg, n_chunks, G, n_seg, tps)
-    flags = dict(K=K, CROSS=cross, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                 SOFTPLUS=softplus, SEGMENTED=n_seg > 1, SHIFT=shift, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl,
-                 num_warps=nw)
-    if n_seg > 1:  # segments 1 .. n_seg - 1 (the first one's start adjoint is never needed)
-        _scan_bwd_kernel[(batch, nblk, K * (n_seg - 1))](*args, n_seg - 1, 1, n_saved, LOCAL=True, **flags)
-    _scan_bwd_kernel[(batch, nblk, K * n_seg)](*args, n_seg, 0, n_saved, LOCAL=False, **flags)
+        gseg = _empty(batch, KP * dim, N, n_seg, device=dev, dtype=f32)
+        pseg = _empty(batch, KP * dim, N, n_seg, device=dev, dtype=f32)
+    for KD, n_dirs, k_step, k_off, cols, trans in passes:
+        uu, dd, BB, CC, go, gu, gd, gB, gC, hh, ww = u, delta, Bg, Cg, dout, du, ddelta, dB, dC, H, W
+        if trans:  # directions 1 and 3 as rows of the transposed map; their gradients transposed back below
+            uu, go = _t(u, H, W), _t(dout, H, W)
+            dd = _t(delta.view(batch, 4, dim, L)[:, 1::2], H, W).view(batch, 2 * dim, L)
+            BB, CC = _t(Bg[:, 1::2], H, W), _t(Cg[:, 1::2], H, W)
+            gu = torch.zeros_like(du)
+            gd = _empty(batch, 2 * dim, L, device=dev, dtype=f32)
+            gB, gC = torch.zeros_like(BB, dtype=f32), torch.zeros_like(CC, dtype=f32)
+            hh, ww = W, H
+        args = (uu, dd, A, BB, CC, D if D is not None else du, z if z is not None else du,
+                delta_bias if delta_bias is not None else du, go, hsave,
+                gu, gd, dA, gB, gC, dD if dD is not None else du, dz if dz is not None else du,
+                dbias if dbias is not None else du, gseg, pseg,
+                dim, L, hh, ww, N, dpg, n_chunks, BB.shape[1], k_step, k_off, n_seg, tps)
+        flags = dict(KP=KP, KD=KD, CROSS=cross, COLS=cols, HAS_D=D is not None, HAS_Z=z is not None,
+                     HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, SEGMENTED=n_seg > 1, SHIFT=shift,
+                     BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, num_warps=nw)
+        if n_seg > 1:  # segments 1 .. n_seg - 1 (the first one's start adjoint is never needed)
+            _scan_bwd_kernel[(batch, nblk, n_dirs * (n_seg - 1))](*args, n_seg - 1, 1, n_saved, LOCAL=True, **flags)
+        _scan_bwd_kernel[(batch, nblk, n_dirs * n_seg)](*args, n_seg, 0, n_saved, LOCAL=False, **flags)
+        if trans:
+            back = lambda t: t.unflatten(-1, (W, H)).transpose(-1, -2)  # noqa: E731 (W, H) rows -> (H, W)
+            du.view(batch, dim, H, W).add_(back(gu))
+            ddelta.view(batch, 4, dim, H, W)[:, 1::2].copy_(back(gd.view(batch, 2, dim, L)))
+            dB.view(batch, 4, N, H, W)[:, 1::2].copy_(back(gB))
+            dC.view(batch, 4, N, H, W)[:, 1::2].copy_(back(gC))
     if ungrouped:
         dB, dC = dB[:, 0], dC[:, 0]
     return (du.to(u.dtype), ddelta.to(delta.dtype), dA.sum((0, 3)).to(A.dtype), dB.to(B.dtype).view(B.shape),

@@ -6,10 +6,15 @@ carried between tiles in registers. The backward recomputes the states from the 
 saved by the forward (batch x channels x N x tiles floats) and runs the adjoint recurrence
 g_t = a_{t+1} g_{t+1} + C_t dy_t as a reverse scan, walking the tiles from the end.
 
-With CROSS=True the same kernels run the four VMamba directions over a (H, W) map stored row-major:
-direction k (the grid's third axis) reads sequence step t at position pos_k(t) (row-major,
-column-major, both reversed) and adds its output into the map with atomics, so no cross-scanned copy
-is ever materialised. Gradients of B and C, shared by a group of channels, are summed the same way.
+With CROSS=True the same kernels run VMamba's four directions k over a (H, W) map stored row-major
+(k = 0 row-major, 1 column-major, 2 and 3 the same reversed) and add their outputs into one map with
+atomics. One launch runs n_dirs of them: direction k = prog * k_step + k_off, where prog is the grid's
+direction index. k picks the parameters (A, D, delta_bias) and the saved-state slots (KP = 4 of them);
+delta, B and C hold KD direction slices, slice k when KD == KP, else slice prog. COLS=True reads the
+column-major directions through a strided index (t -> (t % H) * W + t // H), so no copy is made but
+every load of such a tile touches scattered addresses; the launcher's other layout runs directions 0
+and 2 on the map and 1 and 3 as rows of a transposed copy (KD = 2), see triton_launch.cross_layout.
+Gradients of B and C, shared by a group of channels, are summed with atomics too.
 
 Segments (the chunked scan, for shapes with few channels and long L): the tiles of a sequence are split
 into n_seg segments, each its own program, so that batch x channel blocks x directions x segments fill
@@ -39,11 +44,13 @@ def _combine(a1, b1, a2, b2):
 
 
 @triton.jit
-def _seq_pos(t, k, L, H, W, CROSS: tl.constexpr):
-    """Position in the row-major (H, W) map of step t of direction k (identity unless CROSS)."""
+def _seq_pos(t, k, L, H, W, CROSS: tl.constexpr, COLS: tl.constexpr):
+    """Position in the row-major (H, W) map of step t of direction k (identity unless CROSS; the
+    column-major gather only with COLS)."""
     if CROSS:
         t = tl.where(k >= 2, L - 1 - t, t)
-        t = tl.where(k % 2 == 1, (t % H) * W + t // H, t)
+        if COLS:
+            t = tl.where(k % 2 == 1, (t % H) * W + t // H, t)
     return t
 
 
@@ -56,8 +63,8 @@ def _softplus(x):
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     out_ptr, last_ptr, hsave_ptr, hseg_ptr, pseg_ptr,
-    dim, L, H, W, N, dpg, n_chunks, n_bc_groups, n_seg, tps, seg_div, n_saved,
-    K: tl.constexpr, CROSS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    dim, L, H, W, N, dpg, n_chunks, n_bc_groups, k_step, k_off, n_seg, tps, seg_div, n_saved,
+    KP: tl.constexpr, KD: tl.constexpr, CROSS: tl.constexpr, COLS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr, STORE_LAST: tl.constexpr,
     LOCAL: tl.constexpr, SEGMENTED: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, SUB: tl.constexpr,
@@ -73,14 +80,19 @@ def _scan_fwd_kernel(
     offs_l = tl.arange(0, BLOCK_L)
     mask_dn = mask_d[:, None] & mask_n[None, :]
     u_base = u_ptr + pid_b.to(tl.int64) * dim * L + offs_d[:, None].to(tl.int64) * L
-    k = tl.program_id(2) // seg_div       # direction
+    prog = tl.program_id(2) // seg_div    # this launch's direction index
+    k = prog * k_step + k_off             # the direction (parameters, saved states)
+    if KD == KP:
+        kd = k                            # its slice of delta, B, C
+    else:
+        kd = prog
     seg = tl.program_id(2) % seg_div      # segment of tiles [seg * tps, (seg + 1) * tps)
     c_lo = seg * tps
     c_hi = tl.minimum(c_lo + tps, n_chunks)
     if True:
         vch = k * dim + offs_d
         if CROSS:
-            grp = k
+            grp = kd
         else:
             grp = (pid_d * BLOCK_D) // dpg
         A = tl.load(A_ptr + vch[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
@@ -88,11 +100,11 @@ def _scan_fwd_kernel(
             Dv = tl.load(D_ptr + vch, mask=mask_d, other=0.0).to(tl.float32)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + vch, mask=mask_d, other=0.0).to(tl.float32)
-        d_base = delta_ptr + pid_b.to(tl.int64) * K * dim * L + vch[:, None].to(tl.int64) * L
+        d_base = delta_ptr + pid_b.to(tl.int64) * KD * dim * L + (kd * dim + offs_d)[:, None].to(tl.int64) * L
         bc_off = (pid_b.to(tl.int64) * n_bc_groups + grp) * N * L + offs_n[:, None] * L
         o_base = out_ptr + pid_b.to(tl.int64) * dim * L + offs_d[:, None].to(tl.int64) * L
         # segment pairs (end state from zero, product of decays) of this channel block: [..., s]
-        seg_base = ((pid_b.to(tl.int64) * K * dim + vch[:, None]) * N + offs_n[None, :]) * n_seg
+        seg_base = ((pid_b.to(tl.int64) * KP * dim + vch[:, None]) * N + offs_n[None, :]) * n_seg
         h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
         if SEGMENTED and not LOCAL:  # the true start state: compose the segments before this one
             for s in range(0, seg):
@@ -103,7 +115,7 @@ def _scan_fwd_kernel(
         for c in range(c_lo, c_hi):
             t = c * BLOCK_L + offs_l
             mask_t = t < L
-            pos = _seq_pos(t, k, L, H, W, CROSS)
+            pos = _seq_pos(t, k, L, H, W, CROSS, COLS)
             m2 = mask_d[:, None] & mask_t[None, :]
             u = tl.load(u_base + pos[None, :], mask=m2, other=0.0).to(tl.float32)
             dt = tl.load(d_base + pos[None, :], mask=m2, other=0.0).to(tl.float32)
@@ -117,7 +129,7 @@ def _scan_fwd_kernel(
             dA = tl.where(mask_t[None, None, :], dA, 1.0)
             bx = (dt * u)[:, None, :] * Bv[None, :, :]
             if SAVE and not LOCAL:
-                sp = hsave_ptr + ((pid_b.to(tl.int64) * K * dim + vch[:, None]) * N + offs_n[None, :]) * n_saved + c * (BLOCK_L // SUB)
+                sp = hsave_ptr + ((pid_b.to(tl.int64) * KP * dim + vch[:, None]) * N + offs_n[None, :]) * n_saved + c * (BLOCK_L // SUB)
                 tl.store(sp, h, mask=mask_dn)
             aa, bb = tl.associative_scan((dA, bx), 2, _combine)
             hs = aa * h[:, :, None] + bb
@@ -146,7 +158,7 @@ def _scan_fwd_kernel(
             tl.store(hseg_ptr + seg_base + seg, h, mask=mask_dn)
             tl.store(pseg_ptr + seg_base + seg, prod, mask=mask_dn)
         elif STORE_LAST:
-            tl.store(last_ptr + (pid_b.to(tl.int64) * K * dim + vch[:, None]) * N + offs_n[None, :], h,
+            tl.store(last_ptr + (pid_b.to(tl.int64) * KP * dim + vch[:, None]) * N + offs_n[None, :], h,
                      mask=mask_dn & (seg == seg_div - 1))
 
 
@@ -154,8 +166,8 @@ def _scan_fwd_kernel(
 def _scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, hsave_ptr,
     du_ptr, ddelta_ptr, dA_ptr, dBp_ptr, dCp_ptr, dD_ptr, dz_ptr, dbias_ptr, gseg_ptr, pseg_ptr,
-    dim, L, H, W, N, dpg, n_chunks, n_bc_groups, n_seg, tps, seg_div, seg_off, n_saved,
-    K: tl.constexpr, CROSS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    dim, L, H, W, N, dpg, n_chunks, n_bc_groups, k_step, k_off, n_seg, tps, seg_div, seg_off, n_saved,
+    KP: tl.constexpr, KD: tl.constexpr, CROSS: tl.constexpr, COLS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, LOCAL: tl.constexpr, SEGMENTED: tl.constexpr,
     SHIFT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
@@ -182,14 +194,19 @@ def _scan_bwd_kernel(
     offs_l = tl.arange(0, BLOCK_L)
     mask_dn = mask_d[:, None] & mask_n[None, :]
     row = pid_b.to(tl.int64) * dim * L + offs_d[:, None].to(tl.int64) * L
-    k = tl.program_id(2) // seg_div
+    prog = tl.program_id(2) // seg_div
+    k = prog * k_step + k_off
+    if KD == KP:
+        kd = k
+    else:
+        kd = prog
     seg = tl.program_id(2) % seg_div + seg_off
     c_lo = seg * tps
     c_hi = tl.minimum(c_lo + tps, n_chunks)
     if True:
         vch = k * dim + offs_d
         if CROSS:
-            grp = k
+            grp = kd
         else:
             grp = (pid_d * BLOCK_D) // dpg
         A = tl.load(A_ptr + vch[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
@@ -197,10 +214,10 @@ def _scan_bwd_kernel(
             Dv = tl.load(D_ptr + vch, mask=mask_d, other=0.0).to(tl.float32)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + vch, mask=mask_d, other=0.0).to(tl.float32)
-        drow = pid_b.to(tl.int64) * K * dim * L + vch[:, None].to(tl.int64) * L
+        drow = pid_b.to(tl.int64) * KD * dim * L + (kd * dim + offs_d)[:, None].to(tl.int64) * L
         bc_off = (pid_b.to(tl.int64) * n_bc_groups + grp) * N * L + offs_n[:, None] * L
-        vrow = (pid_b.to(tl.int64) * K * dim + vch) * n_seg  # per-segment partials of this channel block
-        seg_base = ((pid_b.to(tl.int64) * K * dim + vch[:, None]) * N + offs_n[None, :]) * n_seg
+        vrow = (pid_b.to(tl.int64) * KP * dim + vch) * n_seg  # per-segment partials of this channel block
+        seg_base = ((pid_b.to(tl.int64) * KP * dim + vch[:, None]) * N + offs_n[None, :]) * n_seg
         g = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
         if SEGMENTED and not LOCAL:  # the true adjoint at this segment's end: compose the segments after it
             for si in range(0, n_seg - 1 - seg):
@@ -216,7 +233,7 @@ def _scan_bwd_kernel(
             c = c_hi - 1 - (ci - c_lo)
             t = c * BLOCK_L + offs_l
             mask_t = t < L
-            pos = _seq_pos(t, k, L, H, W, CROSS)
+            pos = _seq_pos(t, k, L, H, W, CROSS, COLS)
             m2 = mask_d[:, None] & mask_t[None, :]
             mnt = mask_n[:, None] & mask_t[None, :]
             if SHIFT == DIVIDE or not LOCAL:  # this tile's delta and decays
@@ -244,7 +261,7 @@ def _scan_bwd_kernel(
             if SHIFT == RELOAD:  # delta one step later in sequence order, a second exp
                 t1 = t + 1
                 mask_t1 = t1 < L
-                pos1 = _seq_pos(t1, k, L, H, W, CROSS)
+                pos1 = _seq_pos(t1, k, L, H, W, CROSS, COLS)
                 dt1 = tl.load(delta_ptr + drow + pos1[None, :], mask=mask_d[:, None] & mask_t1[None, :],
                               other=0.0).to(tl.float32)
                 if HAS_BIAS:
@@ -270,7 +287,7 @@ def _scan_bwd_kernel(
                 u = tl.load(u_ptr + row + pos[None, :], mask=m2, other=0.0).to(tl.float32)
                 Bv = tl.load(B_ptr + bc_off + pos[None, :], mask=mnt, other=0.0).to(tl.float32)
                 # recompute the states of this tile
-                h0 = tl.load(hsave_ptr + ((pid_b.to(tl.int64) * K * dim + vch[:, None]) * N + offs_n[None, :]) * n_saved + c,
+                h0 = tl.load(hsave_ptr + ((pid_b.to(tl.int64) * KP * dim + vch[:, None]) * N + offs_n[None, :]) * n_saved + c,
                              mask=mask_dn, other=0.0)
                 bx = (dt * u)[:, None, :] * Bv[None, :, :]
                 aa, bb = tl.associative_scan((dA, bx), 2, _combine)

@@ -123,9 +123,12 @@ def cross_inputs(b, d, h, w, N, dev):
     return {k: v.to(dev) for k, v in x.items()}
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "triton-strided"])
 @pytest.mark.parametrize("hw,N", [((5, 7), 1), ((8, 3), 4), ((1, 6), 1)])
-def test_cross_selective_scan(backend, hw, N):
+def test_cross_selective_scan(monkeypatch, backend, hw, N):
+    """Both layouts of the Triton four-direction scan: rows of a transposed copy, and strided reads (the default)."""
+    monkeypatch.setenv("SSM_CROSS_LAYOUT", "strided" if backend == "triton-strided" else "transpose")
+    backend = "triton" if backend.startswith("triton") else backend
     dev = device_for(backend)
     h, w = hw
     b, d = 2, 8
@@ -257,8 +260,10 @@ def test_segmented_scan_forward_and_gradients(monkeypatch, segments, expect, sha
         assert rel_err(gb[k], gr[k]) < GRAD_TOL[torch.float32], k
 
 
-def test_segmented_cross_scan(monkeypatch):
+@pytest.mark.parametrize("layout", ["transpose", "strided"])
+def test_segmented_cross_scan(monkeypatch, layout):
     dev = device_for("triton")
+    monkeypatch.setenv("SSM_CROSS_LAYOUT", layout)
     monkeypatch.setenv("SSM_BLOCK_L", "16")
     monkeypatch.setenv("SSM_SEGMENTS", "3")
     b, d, h, w, N = 2, 4, 8, 5, 1  # 40 steps: three tiles, one per segment, in each of the four directions
@@ -292,14 +297,15 @@ def test_segment_count_heuristic(monkeypatch):
 # (exp(delta * A) below 1e-38: DIVIDE's clamp, and the carries across tiles and segments, must not turn
 # them into inf or NaN).
 @pytest.mark.parametrize("shift", ["reload", "divide"])
-@pytest.mark.parametrize("case", ["serial", "segments", "cross-segments", "wide-bwd-block", "short-bwd-tiles",
-                                  "cross-short-bwd-tiles", "underflow"])
+@pytest.mark.parametrize("case", ["serial", "segments", "cross-segments", "cross-strided-segments", "wide-bwd-block",
+                                  "short-bwd-tiles", "cross-short-bwd-tiles", "underflow"])
 def test_backward_shift_variants(monkeypatch, shift, case):
     dev = device_for("triton")
     monkeypatch.setenv("SSM_BWD_SHIFT", shift)
     monkeypatch.setenv("SSM_BLOCK_L", "64" if "short-bwd-tiles" in case else "16")
     monkeypatch.setenv("SSM_BWD_BLOCK_L", "16")
     monkeypatch.setenv("SSM_SEGMENTS", "3" if "segments" in case or case == "underflow" else "1")
+    monkeypatch.setenv("SSM_CROSS_LAYOUT", "strided" if "strided" in case else "transpose")
     if case.startswith("cross"):
         x = cross_inputs(2, 4, 8, 5, 1, dev)
         gr = _grads(lambda t: cross_selective_scan_ref(**t), x, 3)
@@ -319,28 +325,40 @@ def test_backward_shift_variants(monkeypatch, shift, case):
         assert rel_err(gb[k], gr[k]) < GRAD_TOL[torch.float32], (k, rel_err(gb[k], gr[k]))
 
 
+def test_cross_layout_choice(monkeypatch):
+    from ssm_kernels.triton_launch import cross_layout
+    monkeypatch.delenv("SSM_CROSS_LAYOUT", raising=False)
+    assert cross_layout() == "strided"  # the measured one until the transposed layout is timed on a GPU
+    monkeypatch.setenv("SSM_CROSS_LAYOUT", "transpose")
+    assert cross_layout() == "transpose"
+    monkeypatch.setenv("SSM_CROSS_LAYOUT", "diagonal")
+    with pytest.raises(ValueError, match="SSM_CROSS_LAYOUT"):
+        cross_layout()
+
+
 def test_backward_block_and_shift_choice(monkeypatch):
     from ssm_kernels.triton_launch import _bwd_blocks, _bwd_tile
     from ssm_kernels.triton_scan import SHIFTS
     meta = dict(bd=2, nw=4, bn=1)
     monkeypatch.delenv("SSM_BWD_BLOCK_D", raising=False)
     monkeypatch.delenv("SSM_BWD_SHIFT", raising=False)
-    assert _bwd_blocks(384, 96, False, meta) == (2, 4, SHIFTS["divide"])  # the forward's block unless asked
+    assert _bwd_blocks(384, 96, "plain", meta) == (2, 4, SHIFTS["divide"])  # the forward's block unless asked
     # the measured defaults: d_state 1-2, divide; wider states keep reload (not timed on a GPU)
-    assert _bwd_blocks(384, 96, False, dict(meta, bn=16))[2] == SHIFTS["reload"]
+    assert _bwd_blocks(384, 96, "plain", dict(meta, bn=16))[2] == SHIFTS["reload"]
     monkeypatch.delenv("SSM_BWD_BLOCK_L", raising=False)
-    assert _bwd_tile(1024, 1, True) == 256 and _bwd_tile(1024, 2, False) == 512  # quarter / half tile
-    assert _bwd_tile(128, 16, False) == 128 and _bwd_tile(256, 4, True) == 256  # wider states: the forward's
+    assert _bwd_tile(1024, 1, "strided") == 256 and _bwd_tile(1024, 2, "plain") == 512  # quarter / half tile
+    assert _bwd_tile(1024, 1, "transpose") == 512  # the transposed four-direction scan reads like the plain one
+    assert _bwd_tile(128, 16, "plain") == 128 and _bwd_tile(256, 4, "strided") == 256  # wider states: the forward's
     monkeypatch.setenv("SSM_BWD_BLOCK_L", "300")
-    assert _bwd_tile(1024, 1, True) == 512 and _bwd_tile(256, 4, False) == 256  # a power of 2 dividing it
+    assert _bwd_tile(1024, 1, "strided") == 512 and _bwd_tile(256, 4, "plain") == 256  # a power of 2 dividing it
     monkeypatch.setenv("SSM_BWD_BLOCK_L", "4")
-    assert _bwd_tile(1024, 1, False) == 16
+    assert _bwd_tile(1024, 1, "plain") == 16
     monkeypatch.setenv("SSM_BWD_BLOCK_D", "64")
-    assert _bwd_blocks(384, 96, False, meta)[0] == 32  # never straddles a group of B and C (96 = 32 x 3)
-    assert _bwd_blocks(24, 24, True, meta)[0] == 32  # the four-direction scan has one group per direction
+    assert _bwd_blocks(384, 96, "plain", meta)[0] == 32  # never straddles a group of B and C (96 = 32 x 3)
+    assert _bwd_blocks(24, 24, "transpose", meta)[0] == 32  # the four-direction scan has one group per direction
     monkeypatch.setenv("SSM_BWD_SHIFT", "sideways")
     with pytest.raises(ValueError, match="SSM_BWD_SHIFT"):
-        _bwd_blocks(384, 96, False, meta)
+        _bwd_blocks(384, 96, "plain", meta)
 
 
 # The interpreter runs code that the GPU compiler may reject (or that spills it to death): compile the
@@ -362,7 +380,7 @@ for bd, bn, bl, sub in ((2, 1, 1024, 256), (1, 16, 128, 32)):
 """
 
 
-@pytest.mark.parametrize("use", ["plain", "cross"])
+@pytest.mark.parametrize("use", ["plain", "cross", "cross-strided"])
 def test_kernels_compile_for_hopper(use):
     import os
     import re
