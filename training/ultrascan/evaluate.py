@@ -23,14 +23,18 @@ SCALARS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "macro_auc
 
 
 def load_folds(run_dir) -> list[dict]:
+    """The out-of-fold logits of a run folder (fold*/val_logits.npz, as train.py writes them) or of its
+    copy under docs/eval (fold*_val_logits.npz)."""
     folds = []
-    for d in sorted(Path(run_dir).glob("fold[0-9]*")):
-        f = d / "val_logits.npz"
-        if f.is_file():
+    run_dir = Path(run_dir)
+    for d in sorted(run_dir.glob("fold[0-9]*")):
+        f = d / "val_logits.npz" if d.is_dir() else d
+        name = d.name if d.is_dir() else d.name.removesuffix("_val_logits.npz")
+        if f.is_file() and (d.is_dir() or d.name.endswith("_val_logits.npz")):
             z = np.load(f)
-            folds.append({"fold": d.name, "names": list(z["names"]), "labels": z["labels"], "logits": z["logits"]})
+            folds.append({"fold": name, "names": list(z["names"]), "labels": z["labels"], "logits": z["logits"]})
     if not folds:
-        raise FileNotFoundError(f"{run_dir}: no fold*/val_logits.npz")
+        raise FileNotFoundError(f"{run_dir}: no fold*/val_logits.npz or fold*_val_logits.npz")
     return folds
 
 
