@@ -10,6 +10,7 @@
 #   scripts/device_train.sh run liver|us NAME ARGS...  # one background training run, named, with its own args
 #   scripts/device_train.sh collect SECONDS            # wait for the runs (at most SECONDS), then copy to $OUT
 #   scripts/device_train.sh kernels SECONDS            # the scan's backward sweep + the step with its best (issue 13)
+#   scripts/device_train.sh layout SECONDS             # the SS2D scan's transposed layout vs strided, kernel + step
 #   EXPORT_FOLDS=1 ...liver-steps...   # also export each CV fold's weights (for CPU analysis of its held-out cases);
 #                                      # a call brings back about 64 MB: two folds' shards per collect, copy the rest after
 #
@@ -179,6 +180,23 @@ kernels)   # SECONDS: issue 13's scan measurements in the foreground, before any
       --chunks 3 --json "$OUT/step_kernels.json" > "$OUT/step_kernels.txt" 2>&1
     tail -n 12 "$OUT/step_kernels.txt"
   fi
+  ;;
+layout)    # SECONDS: the SS2D scan's transposed layout against the strided default (issue 13, session 16), in
+           # the foreground before any training: kernel shapes, the step's scans by shape, the training step
+           # at the trainer's patch and at 224 x 224 x 64 (CUDA graph, alternating). Into $OUT.
+  setup
+  cd "$W/code" || exit 1
+  t=$2
+  timeout $(( t / 5 )) python3 kernels/benchmarks/bench_cross_layout.py --json "$OUT/cross_layout.json" 2>&1 | tail -n 4
+  for lay in strided transpose; do
+    SSM_CROSS_LAYOUT=$lay timeout $(( t / 10 )) python3 benchmarks/scan_shapes_srma.py --steps 3 \
+      --json "$OUT/scan_shapes_224_$lay.json" 2>&1 | tail -n 1
+  done
+  timeout $(( t / 4 )) python3 benchmarks/bench_train_step.py --compare kernels --kernel-env SSM_CROSS_LAYOUT=transpose \
+    --chunks 3 --json "$OUT/step_layout_128.json" > "$OUT/step_layout_128.txt" 2>&1; tail -n 8 "$OUT/step_layout_128.txt"
+  timeout $(( t / 4 )) python3 benchmarks/bench_train_step.py --compare kernels --kernel-env SSM_CROSS_LAYOUT=transpose \
+    --patch 224 224 64 --steps 8 --chunks 2 --json "$OUT/step_layout_224.json" > "$OUT/step_layout_224.txt" 2>&1
+  tail -n 8 "$OUT/step_layout_224.txt"
   ;;
 run)   # one named run in the background; its data must have been copied by an earlier call or this one
   kind=$2; name=$3; shift 3
