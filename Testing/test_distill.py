@@ -55,11 +55,12 @@ def test_teacher_then_distilled_student_with_outlines(tmp_path):
               "--warmup-epochs", "1", "--cooldown-epochs", "0", "--batch-size", "8", "--limit", "16", "--device", "cpu",
               "--masks", str(MASKS), "--eval-every", "1", "--img-size", "64", "--load-size", "64"]
     t = main(common + ["--model", "efficientnet_lite0", "--out", str(tmp_path / "t"), "--aug", "scratch", "--tta-flip",
-                       "--lesion-crop", "0.5", "--crop-tta"])
+                       "--lesion-crop", "0.5", "--crop-tta", "--class-weights", "balanced"])
     # lesion crops in training, and the Grad-CAM crop scored beside the whole image: fused = their mean
     z = {k: np.load(tmp_path / "t" / f"val_logits{k}.npz")["logits"] for k in ("", "_crop", "_fused")}
     assert np.allclose(z["_fused"], (z[""] + z["_crop"]) / 2) and not np.allclose(z[""], z["_crop"])
     assert {"val_crop", "val_fused"} <= set(t) and t["val_fused"]["n"] == t["val"]["n"]
+    assert t["args"]["class_weights"] == "balanced"       # trained with the balanced loss (its maths: test_ultrascan_lib)
     assert "heatmap" in t and 0 <= t["heatmap"]["pointing_game"] <= 1
     hm = t["heatmap_methods"]      # the other methods, scored on the same images
     assert {"cam", "cam_flip", "cam@96", "cam@128", "gradcam14", "cam+blur"} <= set(hm)

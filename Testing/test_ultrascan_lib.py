@@ -251,3 +251,20 @@ def test_batch_inference_equals_one_by_one():
         one = clf.classify(img, heatmap=True)
         assert b.label == one.label and np.allclose(b.logits, one.logits, atol=1e-4)
         assert b.heatmap.shape == img.shape[:2] and np.allclose(b.heatmap, one.heatmap, atol=1e-3)
+
+
+def test_balanced_class_weights_and_weighted_loss_against_float64():
+    import torch.nn.functional as F
+    from training.ultrascan.train import balanced_class_weights, weighted_soft_ce
+    w = balanced_class_weights(torch.tensor([0, 0, 0, 1, 2, 2]), 3)
+    assert torch.allclose(w, torch.tensor([6 / 9, 6 / 3, 6 / 6]))                 # n / (K n_c): mean 1 per image
+    assert balanced_class_weights(torch.tensor([0, 0, 2]), 3)[1] == 0              # an absent class: 0, not inf
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 3, generator=g)
+    y = torch.softmax(torch.randn(5, 3, generator=g) * 3, 1)                      # mixed, smoothed targets
+    ref = [sum(-y[i, c].double() * F.log_softmax(logits.double(), 1)[i, c] for c in range(3))
+           * sum(y[i, c].double() * w[c].double() for c in range(3)) for i in range(5)]
+    assert abs(float(weighted_soft_ce(logits, y, w)) - float(sum(ref) / 5)) < 1e-6
+    plain = -(y.double() * F.log_softmax(logits.double(), 1)).sum(1).mean()
+    assert abs(float(weighted_soft_ce(logits, y)) - float(plain)) < 1e-6         # no weights: the plain loss
+    assert abs(float(weighted_soft_ce(logits, y, torch.ones(3))) - float(plain)) < 1e-6

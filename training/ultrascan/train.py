@@ -25,6 +25,9 @@ Beyond the published recipe (issue: ImageNet teacher, outlines, patient training
   training images (normal images: a crop of similar size anywhere); `--crop-tta` also scores the
   validation fold on a crop around each image's Grad-CAM region and on the average of crop and whole
   image (val_logits_crop.npz, val_logits_fused.npz), the way a runtime could use them without outlines.
+- `--class-weights balanced`: each image's cross-entropy weighted by its (mixed) target's class weight,
+  n / (classes x n_class) over the training images (BUSI: benign 0.59, malignant 1.24, normal 1.96),
+  for the classes that the twin-free images show weakest (normal, then malignant recall).
 """
 from __future__ import annotations
 
@@ -69,6 +72,8 @@ def build_parser():
     ap.add_argument("--lesion-crop", type=float, default=0.0,
                     help="probability per training image of a square crop around its lesion outline (needs --masks; "
                          "normal images get a crop of similar size anywhere)")
+    ap.add_argument("--class-weights", choices=["none", "balanced"], default="none",
+                    help="balanced: weight each image's loss by n / (classes x n_class) of its target class")
     ap.add_argument("--crop-tta", action="store_true",
                     help="also score the validation fold on a crop around each image's Grad-CAM peak region, and "
                          "the average of that and the whole image (summary val_crop / val_fused)")
@@ -106,6 +111,23 @@ def build_parser():
                     help="seconds: the schedule runs on max(step / steps, time / budget) and ends with whichever "
                          "comes first (recorded in summary.json)")
     return ap
+
+
+def balanced_class_weights(labels, num_classes: int):
+    """n / (num_classes x n_c) per class c over `labels` (mean weight over the images: 1); a class without
+    images gets 0."""
+    counts = torch.bincount(labels.flatten().cpu(), minlength=num_classes).double()
+    w = torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp_min(1)), torch.zeros_like(counts))
+    return w.float()
+
+
+def weighted_soft_ce(logits, y_soft, class_weights=None):
+    """Mean over the batch of the soft-target cross-entropy, each image's term times the class weight of
+    its target (for a mixed target, the mix of its classes' weights)."""
+    ce = torch.sum(-y_soft * F.log_softmax(logits.float(), dim=1), dim=1)
+    if class_weights is not None:
+        ce = ce * (y_soft @ class_weights)
+    return ce.mean()
 
 
 def param_groups(model, weight_decay):
@@ -242,6 +264,9 @@ def main(argv=None):
         mtr = load_masks(a.masks, train_names, a.load_size).to(device) if need_masks else None
         mva = load_masks(a.masks, val_names, a.load_size) if val_names else None
     xtr, ytr = xtr.to(device), ytr.to(device)
+    cw = balanced_class_weights(ytr, len(CLASSES)).to(device) if a.class_weights == "balanced" else None
+    if cw is not None:
+        print(f"[loss] class weights {dict(zip(CLASSES, [round(float(v), 3) for v in cw]))}", flush=True)
     if xva is not None:
         xva = xva.to(device)
     print(f"[data] {len(train_names)} train / {len(val_names)} val images loaded in {time.time() - t0:.1f} s", flush=True)
@@ -308,7 +333,7 @@ def main(argv=None):
             if teacher is not None:
                 with torch.no_grad():
                     t_logits = teacher(x).float()
-        loss = torch.sum(-y * F.log_softmax(logits.float(), dim=1), dim=1).mean()
+        loss = weighted_soft_ce(logits, y, cw)
         if teacher is not None:
             T = a.kd_temp
             kd = F.kl_div(F.log_softmax(logits.float() / T, dim=1), F.log_softmax(t_logits / T, dim=1),
