@@ -264,3 +264,19 @@ def test_cli_organs_labelmap_geometry_and_json(tiny5_folder, tmp_path):
     rep = json.loads((tmp_path / "o" / "res.json").read_text())
     assert set(rep["organ_volumes_ml"]) == {"spleen", "right_kidney", "left_kidney"}
     assert main([str(src), "-o", str(out), "--weights", str(tiny5_folder), "--organs", "liver,pancreas"]) == 2
+
+
+def test_resolution_ceiling_is_exact_on_the_native_grid_and_falls_when_coarser():
+    from training.srma.resolution_ceiling import liver_dice_through_grid
+
+    z, y, x = np.mgrid[:24, :64, :64]
+    labels = np.zeros((64, 64, 24), np.int64)
+    ball = ((x.T - 31.3) ** 2 + (y.T - 30.7) ** 2) * 1.25 ** 2 + ((z.T - 11.6) * 5.0) ** 2 < 30.0 ** 2
+    labels[ball] = 1
+    labels[:6, :6, :] = 4                         # another organ: must not count as liver
+    spacing = (1.25, 1.25, 5.0)
+    same = liver_dice_through_grid(labels, spacing, spacing)
+    fine_z = liver_dice_through_grid(labels, spacing, (5.0, 5.0, 5.0))
+    coarse = liver_dice_through_grid(labels, spacing, (5.0, 5.0, 10.0))
+    assert same == pytest.approx(1.0)
+    assert 0.85 < coarse < fine_z < 1.0
