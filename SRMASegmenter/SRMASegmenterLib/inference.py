@@ -45,10 +45,6 @@ class InferenceConfig:
                                        # volume, Dice 0.999 against the fp32 masks; docs/BENCHMARKS.md)
     tta: bool = False                  # mirror test-time augmentation (anterior-posterior and cranio-caudal
                                        # flips, the axes mirrored in training; never left-right)
-    phase_tta: str = "none"            # "k" / "ijk": also run the window shifted by one model voxel along k
-                                       # (2 passes) or along every axis (8 passes) and average: the network's
-                                       # finest output is on a grid twice as coarse as its input (stride-2
-                                       # patch embedding), so each shift samples it at another phase
     cuda_graphs: bool = True           # GPU: replay the window's forward as a captured CUDA graph (one capture
                                        # per window shape and process; eager if capture fails; docs/BENCHMARKS.md)
 
@@ -177,17 +173,6 @@ class CudaGraphForward:
         return static_out.clone()
 
 
-def phase_shifts(mode: str) -> list:
-    """The (i, j, k) input shifts, in model voxels, of phase test-time augmentation `mode`."""
-    if mode == "none":
-        return [(0, 0, 0)]
-    if mode == "k":
-        return [(0, 0, 0), (0, 0, 1)]
-    if mode == "ijk":
-        return [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]
-    raise ValueError(f"phase_tta must be 'none', 'k' or 'ijk', not {mode!r}")
-
-
 def class_labels(prob, threshold: float = 0.5):
     """Probabilities (C, ...) -> uint8 labels: P > threshold for one channel, else the most probable class
     (ties to the lower index, as numpy's argmax). `max(0).indices` rather than `argmax(0)`: the same
@@ -312,13 +297,11 @@ class LiverSegmenter:
         roi = tuple(cfg.roi_size)
         sw = sw_batch_size or cfg.sw_batch_size
         flips = [()] + ([(3,), (4,)] if cfg.tta else [])
-        shifts = phase_shifts(cfg.phase_tta)
-        views = [(fl, sh) for sh in shifts for fl in flips]
         n_win = 1
         for s, r in zip(x.shape[2:], roi):
             step = max(1, int(r * (1 - cfg.overlap)))
             n_win *= max(1, math.ceil((max(s, r) - r) / step) + 1)
-        n_calls = max(1, math.ceil(n_win / sw)) * len(views)
+        n_calls = max(1, math.ceil(n_win / sw)) * len(flips)
         done = [0]
 
         def predictor(t):
@@ -334,35 +317,8 @@ class LiverSegmenter:
         one_window = all(s <= r for s, r in zip(x.shape[2:], roi))
         total = None
         with torch.inference_mode():
-            for fl, sh in views:
-                if one_window and any(sh):    # the volume placed one model voxel later in the window than the
-                    # unshifted view places it (its tail cropped where it would leave the window), mirrored
-                    # with the window; read back where it was placed
-                    pads0 = one_window_pads(x.shape[2:], roi)
-                    at = [pads0[2 * (2 - a)] + sh[a] for a in range(3)]
-                    n = [min(x.shape[2 + a], roi[a] - at[a]) for a in range(3)]
-                    xp = torch.full((1, x.shape[1], *roi), pad_value, dtype=x.dtype, device=device)
-                    place = tuple(slice(at[a], at[a] + n[a]) for a in range(3))
-                    xp[(slice(None), slice(None), *place)] = x[:, :, :n[0], :n[1], :n[2]].to(device)
-                    xp = xp.flip(fl) if fl else xp
-                    q = predictor(xp)[0]
-                    q = q.flip([d - 1 for d in fl]) if fl else q
-                    p = torch.zeros((q.shape[0], *x.shape[2:]), dtype=q.dtype, device=torch.device(out_device or "cpu"))
-                    p[(slice(None), *(slice(0, n[a]) for a in range(3)))] = q[(slice(None), *place)].to(p.device)
-                    seen = tuple(slice(0, n[a]) for a in range(3))
-                    if total is None:
-                        total = torch.zeros_like(p)
-                        count = torch.zeros((1, *p.shape[1:]), dtype=p.dtype, device=p.device)
-                    total[(slice(None), *seen)] += p[(slice(None), *seen)]
-                    count[(slice(None), *seen)] += 1
-                    continue
-                xi = x
-                if any(sh):          # the volume one model voxel later on the shifted axes: pad in front, and crop
-                    # the end where that would outgrow the window (that pass then does not see the last voxel)
-                    xi = torch.nn.functional.pad(x, [v for a in (2, 1, 0) for v in (sh[a], 0)], value=pad_value)
-                    keep = [n + s if n + s <= r else n for n, s, r in zip(x.shape[2:], sh, roi)]
-                    xi = xi[:, :, :keep[0], :keep[1], :keep[2]]
-                xi = xi.flip(fl) if fl else xi
+            for fl in flips:
+                xi = x.flip(fl) if fl else x
                 if one_window:       # MONAI's padding and crop without its window bookkeeping (same numbers)
                     pads = one_window_pads(xi.shape[2:], roi)
                     xp = torch.nn.functional.pad(xi.to(device), pads, value=pad_value)
@@ -373,13 +329,8 @@ class LiverSegmenter:
                                                  mode="gaussian", cval=pad_value, sw_device=device,
                                                  device=torch.device(out_device or "cpu"))[0]
                 p = p.flip([d - 1 for d in fl]) if fl else p
-                if total is None:
-                    total = torch.zeros_like(p)
-                    count = torch.zeros((1, *p.shape[1:]), dtype=p.dtype, device=p.device)
-                back = tuple(slice(0, p.shape[1 + a] - sh[a]) for a in range(3))   # the voxels this view saw
-                total[(slice(None), *back)] += p[(slice(None), *(slice(sh[a], None) for a in range(3)))]
-                count[(slice(None), *back)] += 1
-        return (total / count).float()
+                total = p if total is None else total + p
+        return (total / len(flips)).float()
 
     def predict(self, arr_kji: np.ndarray, geom: Geometry, progress=None, fallback_notify=None, organs=None):
         """-> (uint8 liver mask in the input's (k, j, i) shape, info dict with timing and device).

@@ -105,8 +105,6 @@ def main(argv=None):
     p.add_argument("--weights")
     p.add_argument("--device", default="auto")
     p.add_argument("--tta", action="store_true", help="mirror test-time augmentation")
-    p.add_argument("--phase-tta", default="none", choices=["none", "k", "ijk"],
-                   help="also average the window shifted by one model voxel (k: 2 passes, ijk: 8)")
     p.add_argument("--cases", nargs="*", help="only these case ids")
     a = p.parse_args(argv)
 
@@ -121,7 +119,7 @@ def main(argv=None):
         cases = va if a.subset == "val" else tr
     if a.cases:
         cases = [c for c in cases if c["id"] in set(a.cases)]
-    seg = LiverSegmenter.load(a.weights, device=a.device, config=InferenceConfig(tta=a.tta, phase_tta=a.phase_tta))
+    seg = LiverSegmenter.load(a.weights, device=a.device, config=InferenceConfig(tta=a.tta))
     rows, summary = evaluate_cases(seg, cases, a.out, log=lambda m: print(m, flush=True))
     print("mean: " + ", ".join(f"{k} {v['mean']:.4g}" for k, v in summary.items()))
     return summary
