@@ -280,3 +280,23 @@ def test_resolution_ceiling_is_exact_on_the_native_grid_and_falls_when_coarser()
     coarse = liver_dice_through_grid(labels, spacing, (5.0, 5.0, 10.0))
     assert same == pytest.approx(1.0)
     assert 0.85 < coarse < fine_z < 1.0
+
+
+def test_a_model_grid_finer_than_the_input_along_k_keeps_the_input_grid(tmp_path):
+    """A model trained on a grid finer than the input's slices (e.g. 3.75 x 3.75 x 3.85 mm for 7.7 mm slices)
+    sees the volume upsampled along k on its own grid, and its masks come back on the input's grid."""
+    from slicer_ai_common.weights import save_sharded
+    from SRMASegmenterLib.inference import LiverSegmenter
+    from SRMASegmenterLib.volumes import Geometry
+    m = _tiny5()
+    save_sharded(m.state_dict(), tmp_path / "iso", "iso", {"config": m.cfg.to_dict(),
+                 "train_spacing_ijk": [5.0, 5.0, 3.85], "inference": {"roi_size": [32, 32, 32]}}, dtype="float32")
+    seg = LiverSegmenter.load(tmp_path / "iso", device="cpu")
+    seen = []
+    inner = seg.predict_probabilities
+    seg.predict_probabilities = lambda x, *a, **k: (seen.append(tuple(x.shape)), inner(x, *a, **k))[1]
+    rng = np.random.default_rng(0)
+    arr = rng.normal(100, 20, (12, 40, 40)).astype(np.int16)           # (k, j, i): 12 slices of 7.7 mm
+    mask, info = seg.predict(arr, Geometry((2.5, 2.5, 7.7), (0.0, 0.0, 0.0), np.eye(3)), organs=["spleen"])
+    assert seen == [(1, 1, 20, 20, 24)]                                  # i, j halved; k doubled
+    assert mask.shape == arr.shape and info["organs"]["spleen"].shape == arr.shape
