@@ -14,6 +14,7 @@ import argparse
 
 import numpy as np
 
+from UltraScanClassifierLib.metrics import confusion_matrix, precision_recall_f1
 from UltraScanClassifierLib.model import CLASSES
 
 from .evaluate import load_folds
@@ -52,16 +53,12 @@ def nested(folds: list[dict], max_loss: float) -> tuple[np.ndarray, np.ndarray, 
 
 
 def rates(pred: np.ndarray, labels: np.ndarray) -> dict:
-    """Accuracy, macro-F1 and per-class recall of class predictions."""
-    out = {"accuracy": float((pred == labels).mean())}
-    f1 = []
-    for c, name in enumerate(CLASSES):
-        tp = float(((pred == c) & (labels == c)).sum())
-        n = float((labels == c).sum())
-        out[f"recall_{name}"] = tp / n if n else float("nan")
-        f1.append(2 * tp / ((pred == c).sum() + n) if n else float("nan"))
-    out["macro_f1"] = float(np.nanmean(f1))
-    return out
+    """Accuracy, macro-F1 and per-class recall of class predictions (the runtime's metrics on a confusion
+    matrix)."""
+    cm = confusion_matrix(labels, pred, len(CLASSES))
+    _, recall, f1 = precision_recall_f1(cm)
+    return {"accuracy": float((pred == labels).mean()), "macro_f1": float(f1.mean()),
+            **{f"recall_{name}": float(recall[c]) for c, name in enumerate(CLASSES)}}
 
 
 def main(argv=None):
