@@ -60,11 +60,11 @@ def main():
 
         def f():
             return cross_selective_scan(x, dl, A, B, C, D, bias, True)
+        g = torch.randn(bsz, d, h, w, device=dev)   # one upstream gradient for both layouts, so theirs compare
         for lay in ("strided", "transpose"):
             os.environ["SSM_CROSS_LAYOUT"] = lay
             with torch.no_grad():
                 row[f"{lay}_fwd_ms"] = med(f)
-            g = torch.randn(bsz, d, h, w, device=dev)
             row[f"{lay}_fwd_bwd_ms"] = med(lambda: torch.autograd.grad(f(), (x, dl, B, C), g))
             res[lay] = (f().detach(), torch.autograd.grad(f(), (x, dl, B, C), g))
         os.environ.pop("SSM_CROSS_LAYOUT")
