@@ -215,6 +215,38 @@ def test_graphed_step_off_the_gpu_is_the_plain_step_and_leaves_gradients_for_upd
     assert GraphedStep(net.parameters(), lambda a: a.sum(), enabled=False).failed == "disabled"
 
 
+def test_kernel_env_check_sees_what_a_setting_changes_and_restores_the_environment(monkeypatch):
+    """benchmarks/graph_check.check_kernel_env, which bench_train_step.py --compare kernels runs before
+    timing a scan setting on the GPU: on a toy model whose forward reads a setting from the environment (as
+    ssm_kernels reads SSM_*), a setting equal to the default gives the defaults' gradients exactly (CPU,
+    deterministic), a setting that changes the arithmetic by 1 % is seen at that size, and the caller's
+    environment comes back as it was."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from graph_check import check_kernel_env
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.lin(x) * float(os.environ.get("SSM_TOY_GAIN", "1"))
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 4)
+
+    def loss_of(model, x):
+        return (model(x) ** 2).mean()
+    monkeypatch.setenv("SSM_TOY_GAIN", "7")
+    same = check_kernel_env(Toy, loss_of, (x,), {"SSM_TOY_GAIN": "1"})
+    assert same["rel_l2_grad_defaults_vs_defaults"] == 0 and same["rel_l2_grad_defaults_vs_candidate"] == 0
+    assert same["loss_candidate"] == same["loss_defaults"]
+    moved = check_kernel_env(Toy, loss_of, (x,), {"SSM_TOY_GAIN": "1.01"})
+    assert moved["rel_l2_grad_defaults_vs_defaults"] == 0
+    assert moved["rel_l2_grad_defaults_vs_candidate"] == pytest.approx(1.01 ** 2 - 1, rel=1e-3)
+    assert os.environ["SSM_TOY_GAIN"] == "7"
+
+
 def test_checkpoint_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     from training import loop
     p = tmp_path / "last.pt"

@@ -20,7 +20,8 @@ batch; the largest gradient difference relative to the gradient's largest entry 
 
 --compare kernels times the step (as a CUDA graph on the GPU) with the scan kernels' defaults against the
 same with the ssm_kernels settings of --kernel-env (e.g. a candidate of kernels/benchmarks/sweep_backward.py),
-set while that variant's graph is captured and run.
+set while that variant's graph is captured and run; first it checks that the settings give the defaults'
+loss and gradients (graph_check.check_kernel_env: one batch, eager; --chunks 0 stops after the check).
 
 Whole steps are timed without synchronising inside them (the rate training gets), in chunks that
 alternate between the variants; the breakdown synchronises around each part (so its sum is a little
@@ -42,7 +43,7 @@ from training.srma.augment3d import Augment3DConfig, augment_batch
 from training.srma.data import CHAOS_CLASSES
 from training.srma.train import deep_supervision_loss
 
-from graph_check import check_graphed_step
+from graph_check import check_graphed_step, check_kernel_env
 
 
 def synthetic_canvas(n, size, device, g):
@@ -173,9 +174,18 @@ def main(argv=None):
         with torch.no_grad():
             x, y = augment_batch(images[idx], labels[idx], nc, aug, g)
         check = check_graphed_step(lambda: build(True, True)[0], check_loss, (x, y))
-        if a.chunks == 0:
-            print(json.dumps(check))
-            return
+    elif a.compare == "kernels":   # the same loss and gradients with the candidate's settings (eager, one batch)
+        def check_loss(model, x, y):
+            with amp.autocast():
+                outs = model(x)
+            return deep_supervision_loss([o.float() for o in outs], y[:, None], loss_fn)
+        idx = torch.arange(a.batch_size, device=dev)
+        with torch.no_grad():
+            x, y = augment_batch(images[idx], labels[idx], nc, aug, g)
+        check = check_kernel_env(lambda: build(True, True)[0], check_loss, (x, y), scan_env[cand])
+    if check is not None and a.chunks == 0:
+        print(json.dumps(check))
+        return
     for name, v in variants.items():     # warm-up: Triton compile, cuDNN autotune, graph capture
         use(name)
         for _ in range(3):
