@@ -37,6 +37,35 @@ def test_config_from_old_manifest_and_mismatch():
         SRMAConfig.from_dict({"out_chans": 5, "class_names": ["background", "liver"]})
 
 
+def test_refinement_head_starts_as_the_identity_and_works_on_the_input_grid():
+    """`refine_channels` (not in the published model) adds FullResRefine: only `refine.*` keys beside the
+    model's own; freshly built it returns the unrefined model's outputs exactly (its last convolution is
+    zero), so weights trained without it continue unchanged; once its output layer is non-zero it changes
+    the finest output only, voxel by voxel on the input grid ), and gradients reach it."""
+    from SRMASegmenterLib.model import SRMAConfig, SRMAMamba
+    plain = _tiny5().eval()
+    torch.manual_seed(1)
+    ref = SRMAMamba(SRMAConfig(dims=8, out_chans=5, class_names=CHAOS5, refine_channels=4)).eval()
+    extra = [k for k in ref.state_dict() if k not in plain.state_dict()]
+    assert extra and all(k.startswith("refine.") for k in extra)
+    assert [k for k in ref.state_dict() if not k.startswith("refine.")] == list(plain.state_dict())
+    ref.load_state_dict({**ref.state_dict(), **plain.state_dict()})
+    x = torch.randn(1, 1, 32, 32, 16)
+    with torch.no_grad():
+        a, b = plain(x), ref(x)
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    torch.nn.init.normal_(ref.refine.out.weight, std=0.5)
+    with torch.no_grad():
+        b = ref(x)
+    assert not torch.allclose(a[0], b[0]) and all(torch.equal(p, q) for p, q in zip(a[1:], b[1:]))
+    ref.train()
+    loss = ref(x)[0].square().mean()
+    loss.backward()
+    assert ref.refine.conv1.weight.grad.abs().sum() > 0
+    assert SRMAConfig.from_dict(ref.cfg.to_dict()).refine_channels == 4
+    assert SRMAConfig.from_dict({"out_chans": 1}).refine_channels == 0          # old manifests: no head
+
+
 def test_augment_identity_when_everything_is_off():
     """Patch = canvas, no transform: the sampling grid must hit voxel centres exactly."""
     from training.srma.augment3d import Augment3DConfig, augment_batch
@@ -188,6 +217,18 @@ def test_training_multiclass_loss_falls(tmp_path):
                "--batch-size", "2", "--patch", "32", "32", "16", "--spacing", "10", "10", "15.4", "--dims", "8",
                "--aug", "none", "--log-every", "4", "--device", "cpu", "--no-eval"])
     assert s2["steps_done"] == 20
+    # the exported weights (no refinement head) continue into a model with one: it starts as the identity
+    s3 = main(["--data", str(CHAOS), "--fold", "all", "--hold-out", "case_20", "--out", str(tmp_path / "refine"),
+               "--steps", "8", "--batch-size", "2", "--patch", "32", "32", "16", "--spacing", "10", "10", "15.4",
+               "--dims", "8", "--refine", "4", "--init", str(tmp_path / "model"), "--aug", "none", "--log-every", "4",
+               "--device", "cpu", "--no-eval", "--export", str(tmp_path / "model_refine")])
+    assert s3["steps_done"] == 8
+    man = json.loads((tmp_path / "model_refine" / "model.json").read_text())
+    assert man["config"]["refine_channels"] == 4
+    from slicer_ai_common.weights import load_weights_file
+    before, after = load_weights_file(tmp_path / "model")[0], load_weights_file(tmp_path / "model_refine")[0]
+    assert not any(k.startswith("refine.") for k in before)
+    assert float(after["refine.out.weight"].float().abs().sum()) > 0        # the head learnt from zero
 
 
 @pytest.fixture(scope="module")

@@ -68,6 +68,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--dims", type=int, default=48)
+    p.add_argument("--refine", type=int, default=0, help="width of the full-resolution refinement head (0: none)")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--patch", type=int, nargs=3, default=[128, 128, 48])
     p.add_argument("--steps", type=int, default=20, help="steps per timed chunk")
@@ -96,7 +97,8 @@ def main(argv=None):
 
     def build(foreach_ema: bool, fused: bool):
         torch.manual_seed(0)
-        model = SRMAMamba(SRMAConfig(dims=a.dims, out_chans=nc, class_names=tuple(CHAOS_CLASSES))).to(dev)
+        model = SRMAMamba(SRMAConfig(dims=a.dims, out_chans=nc, class_names=tuple(CHAOS_CLASSES),
+                                     refine_channels=a.refine)).to(dev)
         opt = adamw(list(model.parameters()), 5e-4, dev, fused=fused and cuda, weight_decay=0.05)
         return model, opt, (EMA if foreach_ema else PerTensorEMA)(model, 0.999, ramp=True)
 
@@ -216,7 +218,7 @@ def main(argv=None):
         breakdown[name] = {k: statistics.median(x) for k, x in rows.items()}
     peak = torch.cuda.max_memory_allocated(dev) / 2 ** 30 if cuda else None
     res = dict(device=torch.cuda.get_device_name(dev) if cuda else "cpu", torch=torch.__version__,
-               compare=a.compare, dims=a.dims, batch=a.batch_size, patch=a.patch, steps_per_chunk=a.steps, chunks=a.chunks,
+               compare=a.compare, dims=a.dims, refine=a.refine, batch=a.batch_size, patch=a.patch, steps_per_chunk=a.steps, chunks=a.chunks,
                step_ms={k: statistics.median(x) for k, x in whole.items()}, step_ms_chunks=whole,
                breakdown_ms=breakdown, peak_gib_both_models=peak, graph_check=check)
     names = list(variants)

@@ -3,7 +3,8 @@ the authors' published state dict (config `vmambav2_tiny_224`), written from the
 and the published parameter names and shapes.
 
 Layout: input (B, 1, H, W, D), H, W, D divisible by 16; four outputs (logits at 1/2, 1/4, 1/8, 1/16
-resolution, each upsampled to the input size), `out_chans` channels each: 1 in the published binary
+resolution, each upsampled to the input size; with `refine_channels` the first is corrected on the input
+grid by FullResRefine, a head the published model does not have), `out_chans` channels each: 1 in the published binary
 configuration (sigmoid), or one per class with background first (softmax), e.g. background, liver,
 right kidney, left kidney, spleen. The selective scans run in ssm_kernels (fused
 four-direction scan), so this file holds no scan of its own.
@@ -36,6 +37,7 @@ class SRMAConfig:
     drop_path_rate: float = 0.2
     decoder_drop_path: float = 0.1
     scan_backend: str | None = None  # None: ssm_kernels picks (triton on CUDA, torch on CPU)
+    refine_channels: int = 0      # 0: as published; >0: a full-resolution refinement head (FullResRefine)
 
     def to_dict(self):
         d = asdict(self)
@@ -229,6 +231,30 @@ def _upsample(x, size):
     return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=False)
 
 
+class FullResRefine(nn.Module):
+    """Not in the published model (`refine_channels` > 0 only): a light head on the input grid. The finest
+    decoder output lies on a grid twice as coarse as the input (the patch embedding has stride 2), so a
+    class boundary can only move in steps of two input voxels. This head sees that output, upsampled, beside
+    the image, and adds a correction from two 3 x 3 x 3 convolutions at the input's resolution. Its last
+    convolution starts at zero: a new head begins as the identity, so weights trained without it continue
+    unchanged (`training.srma.train --init`)."""
+
+    def __init__(self, in_chans, out_chans, channels):
+        super().__init__()
+        self.conv1 = nn.Conv3d(in_chans + out_chans, channels, 3, padding=1)
+        self.norm1 = nn.InstanceNorm3d(channels, affine=True)
+        self.conv2 = nn.Conv3d(channels, channels, 3, padding=1)
+        self.norm2 = nn.InstanceNorm3d(channels, affine=True)
+        self.out = nn.Conv3d(channels, out_chans, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, image, logits):
+        h = F.gelu(self.norm1(self.conv1(torch.cat([image.to(logits.dtype), logits], 1))))
+        h = F.gelu(self.norm2(self.conv2(h)))
+        return logits + self.out(h)
+
+
 class SRMAttention(nn.Module):
     """Spatial reverse attention: refine this scale's features where the coarser map is not yet foreground.
 
@@ -277,6 +303,8 @@ class SRMAMamba(nn.Module):
                                                         **ssm_kw))
         self.out_conv1 = _Conv1x1(e, cfg.out_chans)
         self.apply(self._init_weights)
+        if cfg.refine_channels:            # after _init_weights: its zero start must stay
+            self.refine = FullResRefine(cfg.in_chans, cfg.out_chans, cfg.refine_channels)
 
     @staticmethod
     def _init_weights(m):
@@ -297,4 +325,7 @@ class SRMAMamba(nn.Module):
         a3 = self.attention3(self.translayer3_st(x3), a4)
         a2 = self.attention2(self.translayer2_st(x2), a3)
         a1 = self.attention1(self.translayer1_st(x1), a2)
-        return tuple(_upsample(a, size) for a in (a1, a2, a3, a4))
+        outs = [_upsample(a, size) for a in (a1, a2, a3, a4)]
+        if self.cfg.refine_channels:
+            outs[0] = self.refine(x, outs[0])
+        return tuple(outs)

@@ -69,6 +69,9 @@ def parse_args(argv=None):
     p.add_argument("--cuda-graphs", default="on", choices=["on", "off"],
                    help="forward + loss + backward of a step replayed as one CUDA graph (GPU, one process)")
     p.add_argument("--dims", type=int, default=48)
+    p.add_argument("--refine", type=int, default=0, metavar="CHANNELS",
+                   help="a full-resolution refinement head of this width on the finest output (0: none, as "
+                        "published); --init from weights without one starts it as the identity")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--resume", help="checkpoint (default: OUT/last.pt if present)")
@@ -156,7 +159,8 @@ def main(argv=None):
         p_organ=args.organ_contrast if args.aug == "nnunet" else 0.0, organ_classes=(1, 4) if multiclass else (1,),
         **(dict(contrast=tuple(args.contrast), p_contrast=args.p_contrast) if args.aug == "nnunet" else {}))
 
-    cfg = SRMAConfig(dims=args.dims, out_chans=num_classes if multiclass else 1, class_names=tuple(class_names))
+    cfg = SRMAConfig(dims=args.dims, out_chans=num_classes if multiclass else 1, class_names=tuple(class_names),
+                     refine_channels=args.refine)
     model = SRMAMamba(cfg).to(device)
     decay, no_decay = [], []
     for n, p_ in model.named_parameters():
@@ -184,7 +188,12 @@ def main(argv=None):
         say(f"resumed from {resume} at step {step}")
     elif args.init:
         from slicer_ai_common.weights import load_into, load_weights_file
-        load_into(model, load_weights_file(args.init)[0])
+        sd = load_weights_file(args.init)[0]
+        head = [k for k in model.state_dict() if k.startswith("refine.") and k not in sd]
+        if head:     # weights trained without the refinement head: it starts as the identity (zero output)
+            sd = {**sd, **{k: v for k, v in model.state_dict().items() if k in head}}
+            say(f"{args.init} has no refinement head: it starts as the identity ({len(head)} tensors)")
+        load_into(model, sd)
         ema = EMA(model, args.ema, ramp=True)
         warmup = min(warmup, 0.02)
         say(f"initialised from {args.init} (fresh optimizer, warm-up {warmup:.0%})")
