@@ -341,3 +341,27 @@ def test_a_model_grid_finer_than_the_input_along_k_keeps_the_input_grid(tmp_path
     mask, info = seg.predict(arr, Geometry((2.5, 2.5, 7.7), (0.0, 0.0, 0.0), np.eye(3)), organs=["spleen"])
     assert seen == [(1, 1, 20, 20, 24)]                                  # i, j halved; k doubled
     assert mask.shape == arr.shape and info["organs"]["spleen"].shape == arr.shape
+
+
+def test_error_location_puts_a_one_voxel_rim_in_the_first_band_and_a_far_blob_in_none():
+    """training/srma/error_location.py against cases worked by hand: a reference block predicted one voxel
+    too wide in-plane (1.5 mm voxels) has every error within 3 mm of the surface, and fixing that band
+    gives Dice 1; a false blob 20 mm away is outside every band up to 16 mm; distances use the spacing."""
+    from training.srma.error_location import error_location
+    t = np.zeros((6, 20, 20), bool)
+    t[1:5, 5:15, 5:15] = True
+    rim = t.copy()
+    rim[1:5, 4:16, 4:16] = True
+    r = error_location(rim, t, (7.7, 1.5, 1.5))
+    assert r["fp"] == 4 * (144 - 100) and r["fn"] == 0
+    assert r["err_within_3mm"] == 1.0 and r["dice_if_band_right_3mm"] == 1.0
+    assert r["dice"] == pytest.approx(2 * 400 / (400 + 576))
+    blob = t.copy()
+    blob[2, 0:2, 0:2] = True                       # far from the block in-plane, on a liver slice
+    far = error_location(blob, t, (7.7, 10.0, 10.0))   # 10 mm voxels: the blob is >= 30 mm away
+    assert far["fp"] == 4 and far["err_within_16mm"] == 0.0 and far["dice_if_band_right_16mm"] == far["dice"]
+    assert far["err_on_end_slices"] == 0.0 and far["err_off_liver_slices"] == 0.0
+    off = t.copy()
+    off[0, 5:15, 5:15] = True                      # a false slice above the liver
+    assert error_location(off, t, (7.7, 1.5, 1.5))["err_off_liver_slices"] == 1.0
+
