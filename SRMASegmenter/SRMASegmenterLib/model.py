@@ -3,10 +3,10 @@ the authors' published state dict (config `vmambav2_tiny_224`), written from the
 and the published parameter names and shapes.
 
 Layout: input (B, 1, H, W, D), H, W, D divisible by 16; four outputs (logits at 1/2, 1/4, 1/8, 1/16
-resolution, each upsampled to the input size; with `refine_channels` the first is corrected on the input
-grid by FullResRefine, a head the published model does not have), `out_chans` channels each: 1 in the published binary
+resolution, each upsampled to the input size), `out_chans` channels each: 1 in the published binary
 configuration (sigmoid), or one per class with background first (softmax), e.g. background, liver,
-right kidney, left kidney, spleen. The selective scans run in ssm_kernels (fused
+right kidney, left kidney, spleen. With `refine_channels` > 0 the first output is corrected on the input
+grid by FullResRefine, a head the published model does not have. The selective scans run in ssm_kernels (fused
 four-direction scan), so this file holds no scan of its own.
 """
 from __future__ import annotations
