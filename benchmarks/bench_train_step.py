@@ -167,24 +167,19 @@ def main(argv=None):
             pass
 
     check = None
-    if a.compare == "graphs":      # the same loss and gradients, eager and replayed (graph_check.py)
-        def check_loss(model, on, x, y):
-            with amp.autocast(cache=not on):
+    if a.compare in ("graphs", "kernels"):   # the same loss and gradients as the reference path, one batch
+        def check_loss(model, x, y, cache=True):
+            with amp.autocast(cache=cache):
                 outs = model(x)
             return deep_supervision_loss([o.float() for o in outs], y[:, None], loss_fn)
         idx = torch.arange(a.batch_size, device=dev)
         with torch.no_grad():
             x, y = augment_batch(images[idx], labels[idx], nc, aug, g)
-        check = check_graphed_step(lambda: build(True, True)[0], check_loss, (x, y))
-    elif a.compare == "kernels":   # the same loss and gradients with the candidate's settings (eager, one batch)
-        def check_loss(model, x, y):
-            with amp.autocast():
-                outs = model(x)
-            return deep_supervision_loss([o.float() for o in outs], y[:, None], loss_fn)
-        idx = torch.arange(a.batch_size, device=dev)
-        with torch.no_grad():
-            x, y = augment_batch(images[idx], labels[idx], nc, aug, g)
-        check = check_kernel_env(lambda: build(True, True)[0], check_loss, (x, y), scan_env[cand])
+        if a.compare == "graphs":      # eager against replayed (graph_check.check_graphed_step)
+            check = check_graphed_step(lambda: build(True, True)[0],
+                                       lambda m, on, x, y: check_loss(m, x, y, cache=not on), (x, y))
+        else:                          # defaults against the candidate's settings (graph_check.check_kernel_env)
+            check = check_kernel_env(lambda: build(True, True)[0], check_loss, (x, y), scan_env[cand])
     if check is not None and a.chunks == 0:
         print(json.dumps(check))
         return

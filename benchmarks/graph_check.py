@@ -9,6 +9,7 @@ replay. The graph passes when its difference from eager is of the size of eager'
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -69,8 +70,6 @@ def check_kernel_env(make_model, loss_of, inputs, env: dict) -> dict:
     settings `env` ({"SSM_CROSS_LAYOUT": "transpose"}, ...), on two copies of one model (drop-path and
     dropout off). The settings pass when their difference from the defaults is of the size of the noise.
     loss_of(model, *inputs) -> scalar loss. The environment is restored afterwards."""
-    import os
-
     m0 = no_dropout(make_model())
     m1 = no_dropout(make_model())
     m1.load_state_dict(m0.state_dict())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+from pathlib import Path
 
 import numpy as np
 
@@ -74,7 +75,6 @@ def main(argv=None):
     keys = [k for k in rows[0] if k != "id"]
     print("mean " + " ".join(f"{k} {np.mean([r[k] for r in rows]):.3f}" for k in keys))
     if a.csv:
-        from pathlib import Path
         Path(a.csv).parent.mkdir(parents=True, exist_ok=True)
         with open(a.csv, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["id"] + keys)
