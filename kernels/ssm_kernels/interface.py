@@ -92,13 +92,21 @@ def _validate(u, delta, A, B, C, D, z, delta_bias):
         _check("z", z, shape=(batch, dim, L), contiguous=True, device=dev)
 
 
+def _needs_backward(*tensors) -> bool:
+    """Whether autograd will call the backward: grad mode on and some input requiring a gradient. Read at
+    the call, since an autograd.Function's forward runs with grad mode off and its needs_input_grad stays
+    True under torch.no_grad (a model's parameters require gradients in inference too)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 class _TritonScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, want_last, output_fp32, hw):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, want_last, output_fp32, hw, save):
+        """save: a backward follows (_needs_backward at the call): keep the states it starts from, and
+        take the training layout of the four-direction scan (triton_launch.cross_layout)."""
         from . import triton_launch as tlaunch
         out, last, hsave, meta = tlaunch.forward(u, delta, A, B, C, D, z, delta_bias, softplus, hw,
-                                                 torch.float32 if output_fp32 else u.dtype,
-                                                 save=any(ctx.needs_input_grad))
+                                                 torch.float32 if output_fp32 else u.dtype, save=save)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, hsave)
         ctx.softplus, ctx.hw, ctx.meta = softplus, hw, meta
         if want_last:
@@ -112,7 +120,7 @@ class _TritonScan(torch.autograd.Function):
         u, delta, A, B, C, D, z, delta_bias, hsave = ctx.saved_tensors
         grads = tlaunch.backward(u, delta, A, B, C, D, z, delta_bias, hsave, dout.contiguous(), ctx.softplus,
                                  ctx.hw, ctx.meta)
-        return (*grads, None, None, None, None)
+        return (*grads, None, None, None, None, None)
 
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -134,7 +142,8 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
                                     output_fp32)
     return _TritonScan.apply(u, delta, A.contiguous(), B, C, None if D is None else D.contiguous(), z,
                              None if delta_bias is None else delta_bias.contiguous(), bool(delta_softplus),
-                             bool(return_last_state), bool(output_fp32), None)
+                             bool(return_last_state), bool(output_fp32), None,
+                             _needs_backward(u, delta, A, B, C, D, z, delta_bias))
 
 
 def _fused_default() -> bool:
@@ -171,7 +180,7 @@ def cross_selective_scan(x, delta, A, B, C, D=None, delta_bias=None, delta_softp
         y = _TritonScan.apply(x.view(b, d, L), delta.view(b, 4 * d, L), A.contiguous(), B.view(b, 4, N, L),
                               C.view(b, 4, N, L), None if D is None else D.contiguous(), None,
                               None if delta_bias is None else delta_bias.contiguous(), bool(delta_softplus),
-                              False, True, (h, w))
+                              False, True, (h, w), _needs_backward(x, delta, A, B, C, D, delta_bias))
         return y.view(b, d, h, w)
     if backend == "torch" and fused and not (torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, delta, A, B, C, D, delta_bias))):

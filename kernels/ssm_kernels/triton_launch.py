@@ -65,7 +65,8 @@ def bwd_defaults(bn, layout):
     divide shift with a quarter-length backward tile for the strided four-direction scan (fwd+bwd
     1.02-1.28x on the six SS2D shapes, geometric mean 1.17x; the SRMA-Mamba training step 105.7 -> 100.9
     ms) and a half tile for the plain scan (1.00-1.68x on its four shapes). The transposed four-direction
-    layout reads like the plain scan and takes its half tile (not yet timed). Wider states (UltraScanNet's d_state 8,
+    layout reads like the plain scan and takes its half tile (timed with it on an H100 in session 18:
+    fwd+bwd 1.3-2.7x the strided layout; the tile itself not swept). Wider states (UltraScanNet's d_state 8,
     N = 16) were not timed on a GPU: there the backward stays as it was (reload, the forward's tile)."""
     if bn <= 2:
         return "divide", (256 if layout == "strided" else 512)
@@ -115,16 +116,18 @@ def _segments(programs: int, n_chunks: int, device) -> tuple[int, int]:
     return triton.cdiv(n_chunks, tps), tps
 
 
-def cross_layout() -> str:
-    """How the four-direction scan reads the column-major directions: "strided" (the default: read in
-    place through a strided index; no copies, scattered loads) or "transpose" (directions 1 and 3 run as
-    rows of a transposed copy of x, delta, B and C, their output and gradients transposed back).
-    SSM_CROSS_LAYOUT overrides. Why "transpose" exists: the H200 step profile of session 16
-    (benchmarks/scan_shapes_srma.py, docs/BENCHMARKS.md) found the strided forward at 21-36x the time of
-    a copy of its bytes on SRMA-Mamba's large maps, and the same scan laid out row-major (the plain kernel
-    on 4 x channels) 2.7-3.8x faster forward, 2.3-3.7x forward + backward. The transposed layout itself
-    was not yet timed on a GPU (the session's device time ran out), so it is not the default."""
-    name = os.environ.get("SSM_CROSS_LAYOUT", "") or "strided"
+def cross_layout(save: bool = False) -> str:
+    """How the four-direction scan reads the column-major directions: "strided" (read in place through a
+    strided index; no copies, scattered loads) or "transpose" (directions 1 and 3 run as rows of a
+    transposed copy of x, delta, B and C, their output and gradients transposed back).
+    Default: "transpose" where a backward follows (save: training), "strided" for a forward alone
+    (inference). SSM_CROSS_LAYOUT overrides both. Why (H100, docs/BENCHMARKS.md, sessions 18-19,
+    kernels/benchmarks/bench_cross_layout.py): forward + backward, the transposed layout is 1.3-2.7x
+    faster on every SS2D shape timed, and the SRMA-Mamba training step at 224 x 224 x 64 took 361 instead
+    of 371 ms (1.03x) with the same loss and gradients as the strided default (their difference no larger
+    than two strided runs' own); forward alone it wins on the large maps (1.25-1.9x) but loses on the small
+    one (0.85x at 192 channels on 224 x 224), and the inference forward has not been timed end to end."""
+    name = os.environ.get("SSM_CROSS_LAYOUT", "") or ("transpose" if save else "strided")
     if name not in ("transpose", "strided"):
         raise ValueError(f"SSM_CROSS_LAYOUT={name!r}: choose transpose or strided")
     return name
@@ -154,7 +157,7 @@ def forward(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save):
     G = B.shape[1]
     dpg = dim if cross else dim // G
     H, W = hw if cross else (1, L)
-    layout = cross_layout() if cross else "plain"
+    layout = cross_layout(save) if cross else "plain"
     bd, bn, bl, nw = _blocks(dim, dpg, N, cross, L)
     n_chunks = max(1, triton.cdiv(L, bl))
     sub = _bwd_tile(bl, bn, layout) if save else bl  # the backward's tile: the forward saves the state at each one's start

@@ -328,12 +328,41 @@ def test_backward_shift_variants(monkeypatch, shift, case):
 def test_cross_layout_choice(monkeypatch):
     from ssm_kernels.triton_launch import cross_layout
     monkeypatch.delenv("SSM_CROSS_LAYOUT", raising=False)
-    assert cross_layout() == "strided"  # the measured one until the transposed layout is timed on a GPU
+    assert cross_layout() == "strided"              # a forward alone (inference): strided
+    assert cross_layout(save=True) == "transpose"   # a backward follows (training): transposed
     monkeypatch.setenv("SSM_CROSS_LAYOUT", "transpose")
     assert cross_layout() == "transpose"
+    monkeypatch.setenv("SSM_CROSS_LAYOUT", "strided")
+    assert cross_layout(save=True) == "strided"     # the variable overrides both
     monkeypatch.setenv("SSM_CROSS_LAYOUT", "diagonal")
     with pytest.raises(ValueError, match="SSM_CROSS_LAYOUT"):
         cross_layout()
+
+
+def test_forward_alone_saves_nothing_and_reads_strided(monkeypatch):
+    """Under torch.no_grad (inference: the parameters still require gradients) the Triton scan keeps no
+    states for a backward and the four-direction scan takes the forward's layout; with autograd on it
+    saves them and takes the training layout; both give the reference's output."""
+    from ssm_kernels import triton_launch
+    seen = []
+    real = triton_launch.forward
+
+    def spy(*args, save):
+        out = real(*args, save=save)
+        seen.append((save, out[3]["layout"], out[2].numel()))
+        return out
+    monkeypatch.setattr(triton_launch, "forward", spy)
+    monkeypatch.delenv("SSM_CROSS_LAYOUT", raising=False)
+    dev = device_for("triton")
+    x = cross_inputs(1, 4, 6, 5, 1, dev)
+    x["A"].requires_grad_(True)                       # a parameter, as in a model
+    ref = cross_selective_scan_ref(**{k: v.detach() for k, v in x.items()})
+    with torch.no_grad():
+        y0 = cross_selective_scan(**x, backend="triton")
+    y1 = cross_selective_scan(**x, backend="triton")
+    assert seen[0][:2] == (False, "strided") and seen[0][2] == 0
+    assert seen[1][:2] == (True, "transpose") and seen[1][2] > 0
+    assert rel_err(y0, ref) < 2e-5 and rel_err(y1.detach(), ref) < 2e-5
 
 
 def test_backward_block_and_shift_choice(monkeypatch):
