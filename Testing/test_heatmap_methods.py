@@ -38,3 +38,32 @@ def test_every_method_gives_a_normalised_map_and_the_mirror_average_is_symmetric
     b = _blur(one, sigma=3.0)
     assert float(b.sum()) == pytest.approx(1.0, rel=1e-4) and float(b[0, 16, 16]) < 0.05
     assert torch.allclose(_blur(torch.ones(1, 20, 20)), torch.ones(1, 20, 20), atol=1e-5)
+
+
+def test_runs_joined_by_plus_load_as_their_seed_ensemble(tmp_path):
+    """`A+B` (two runs of one fold) loads as ensemble.MemberMean of the two trained networks; runs of
+    different folds are refused."""
+    pytest.importorskip("efficientnet_lite_pytorch", reason="pip install '.[train]' for the teacher")
+    import json
+    from safetensors.torch import save_file
+    from training.ultrascan.baselines import EfficientNetLite
+    from training.ultrascan.heatmap_methods import load_run
+    from UltraScanClassifierLib.ensemble import MemberMean
+    runs = []
+    for seed, fold in ((1, 0), (2, 0), (3, 1)):
+        torch.manual_seed(seed)
+        d = tmp_path / f"s{seed}"
+        d.mkdir()
+        save_file({k: v.contiguous() for k, v in EfficientNetLite(0, 3, pretrained=False).state_dict().items()},
+                  str(d / "final.safetensors"))
+        (d / "summary.json").write_text(json.dumps({"args": {"model": "efficientnet_lite0", "split": "s.json",
+                                                             "fold": fold}}))
+        runs.append(d)
+    model, args = load_run(f"{runs[0]}+{runs[1]}")
+    assert isinstance(model, MemberMean) and not model.training and args["fold"] == 0
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = (load_run(runs[0])[0](x) + load_run(runs[1])[0](x)) / 2
+        assert torch.allclose(model(x), want, atol=1e-5)
+    with pytest.raises(ValueError, match="one fold"):
+        load_run(f"{runs[0]}+{runs[2]}")

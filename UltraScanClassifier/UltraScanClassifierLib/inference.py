@@ -176,7 +176,7 @@ class UltrasoundClassifier:
         dev = resolve_device(device)
         sd, rec = load_model_weights(model, MODELS_DIR, default=DEFAULT_MODEL, verify=verify, what="model")
         arch = rec.manifest.get("architecture", "UltraScanNet")
-        if arch == "UltraScanNet":
+        if arch == "UltraScanNet" and int(rec.manifest.get("config", {}).get("members", 1)) == 1:
             cfg = UltraScanNetConfig.from_dict(rec.manifest.get("config", {}))
             if "head.weight" in sd:
                 cfg.num_classes = int(sd["head.weight"].shape[0])

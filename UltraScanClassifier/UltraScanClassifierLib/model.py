@@ -420,13 +420,23 @@ ARCHITECTURES = ("UltraScanNet", "EfficientNet-Lite0")
 
 
 def build_classifier(architecture: str, config: dict | None = None):
-    """The network a model manifest names -> (module, config dict as written to the manifest)."""
+    """The network a model manifest names -> (module, config dict as written to the manifest).
+    config["members"] = N > 1: N copies of the network (other seeds) whose logits are averaged
+    (ensemble.MemberMean; state-dict keys `members.<i>.`); absent or 1: the single network."""
     config = dict(config or {})
+    members = int(config.pop("members", 1))
+    if members < 1:
+        raise ValueError(f"members must be a positive count, got {members}")
     if architecture == "UltraScanNet":
-        cfg = UltraScanNetConfig.from_dict(config)
-        return UltraScanNet(cfg), cfg.to_dict()
-    if architecture == "EfficientNet-Lite0":
+        ucfg = UltraScanNetConfig.from_dict(config)
+        make, cfg = (lambda: UltraScanNet(ucfg)), ucfg.to_dict()
+    elif architecture == "EfficientNet-Lite0":
         from .efficientnet_lite import EfficientNetLite0
         cfg = {"num_classes": int(config.get("num_classes", len(CLASSES))), "in_chans": int(config.get("in_chans", 3))}
-        return EfficientNetLite0(**cfg), cfg
-    raise ValueError(f"unknown classifier architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+        make = lambda: EfficientNetLite0(**cfg)          # noqa: E731
+    else:
+        raise ValueError(f"unknown classifier architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    if members == 1:
+        return make(), cfg
+    from .ensemble import MemberMean
+    return MemberMean([make() for _ in range(members)]), {**cfg, "members": members}

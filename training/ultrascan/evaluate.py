@@ -4,6 +4,8 @@ temperature fitted on the pooled out-of-fold logits (every image scored by the m
 
     # from cross-validation runs (train.py writes val_logits.npz into each fold folder)
     python -m training.ultrascan.evaluate runs/cv/ultrascannet --out docs/eval/ultrascannet
+    # several seeds of one recipe as one classifier (their logits averaged, as the runtime's ensemble does)
+    python -m training.ultrascan.evaluate runs/us/cw1 runs/us/cw2 --ensemble --out docs/eval/cw_ensemble
     # or a trained model over labelled images (BUSI layout), e.g. the shipped one on new data
     python -m training.ultrascan.evaluate --model UltraScanClassifier/Resources/Models/ultrascannet_busi \
         --data /path/to/busi_holdout --out out/eval_holdout
@@ -38,6 +40,19 @@ def load_folds(run_dir) -> list[dict]:
     return folds
 
 
+def mean_folds(runs: list[list[dict]]) -> list[dict]:
+    """The fold logits of several runs of one split averaged (a seed ensemble, ensemble.MemberMean):
+    every run must hold the same folds with the same images and labels in the same order."""
+    out = []
+    for parts in zip(*runs, strict=True):
+        ref = parts[0]
+        for p in parts[1:]:
+            if p["fold"] != ref["fold"] or p["names"] != ref["names"] or not np.array_equal(p["labels"], ref["labels"]):
+                raise ValueError(f"fold {ref['fold']}: the runs do not hold the same images in the same order")
+        out.append({**ref, "logits": np.mean([p["logits"] for p in parts], axis=0)})
+    return out
+
+
 def summarize(reports: list[dict]) -> dict:
     out = {}
     for k in SCALARS:
@@ -66,8 +81,9 @@ def plot_confusion(cm, png, title=""):
     plt.close(fig)
 
 
-def evaluate_cv(run_dir, out=None) -> dict:
-    folds = load_folds(run_dir)
+def evaluate_cv(run_dir, out=None, folds=None) -> dict:
+    """run_dir: a cross-validation run folder; folds: its loaded folds instead (e.g. mean_folds)."""
+    folds = load_folds(run_dir) if folds is None else folds
     per_fold = {f["fold"]: classification_report(f["logits"], f["labels"], CLASSES) for f in folds}
     logits = np.concatenate([f["logits"] for f in folds])
     labels = np.concatenate([f["labels"] for f in folds])
@@ -111,6 +127,8 @@ def main(argv=None):
     ap.add_argument("--data", default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--ensemble", action="store_true",
+                    help="also score the runs' logits averaged, as one classifier (a row named A+B)")
     a = ap.parse_args(argv)
     if a.model:
         rep = evaluate_model(a.model, a.data, a.out, a.device)
@@ -122,6 +140,10 @@ def main(argv=None):
         out = Path(a.out) / Path(r).name if a.out else None
         res = evaluate_cv(r, out)
         print(f"| {Path(r).name} | {fmt(res['mean_sd'])} | {res['temperature']:.2f} |")
+    if a.ensemble and len(a.runs) > 1:
+        name = "+".join(Path(r).name for r in a.runs)
+        res = evaluate_cv(name, Path(a.out) / name if a.out else None, mean_folds([load_folds(r) for r in a.runs]))
+        print(f"| {name} | {fmt(res['mean_sd'])} | {res['temperature']:.2f} |")
 
 
 if __name__ == "__main__":

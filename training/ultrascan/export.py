@@ -6,6 +6,9 @@
     python -m training.ultrascan.export runs/lite0_all/final.safetensors \
         UltraScanClassifier/Resources/Models/efficientnet_lite0_busi --architecture EfficientNet-Lite0 \
         --name efficientnet_lite0_busi --record docs/training/efficientnet_lite0_record.json
+    # several seeds of one recipe as one model (their logits averaged at inference: ensemble.MemberMean)
+    python -m training.ultrascan.export runs/cw1_all/final.safetensors runs/cw2_all/final.safetensors \
+        UltraScanClassifier/Resources/Models/efficientnet_lite0_busi --architecture EfficientNet-Lite0 ...
 """
 from __future__ import annotations
 
@@ -23,11 +26,20 @@ from UltraScanClassifierLib.model import CLASSES, build_classifier
 
 def export(weights, folder, name="ultrascannet_busi", record: dict | None = None, config: dict | None = None,
            shard_mb: float = 15.0, architecture: str = "UltraScanNet"):
-    """architecture: "UltraScanNet" (weights as trained: the published keys) or "EfficientNet-Lite0" (the
-    training code's teacher, keys renamed to the runtime's MONAI-built network)."""
-    sd = load_file(str(weights))
-    if architecture == "EfficientNet-Lite0":
-        sd = from_training_keys(sd)
+    """weights: one trained state dict, or a list of several (seeds of one recipe: one model whose members'
+    logits are averaged, keys `members.<i>.`). architecture: "UltraScanNet" (weights as trained: the
+    published keys) or "EfficientNet-Lite0" (the training code's teacher, keys renamed to the runtime's
+    MONAI-built network)."""
+    files = [weights] if isinstance(weights, (str, Path)) else list(weights)
+    parts = []
+    for f in files:
+        sd = load_file(str(f))
+        parts.append(from_training_keys(sd) if architecture == "EfficientNet-Lite0" else sd)
+    if len(parts) == 1:
+        sd = parts[0]
+    else:
+        sd = {f"members.{i}.{k}": v for i, p in enumerate(parts) for k, v in p.items()}
+        config = {**(config or {}), "members": len(parts)}
     net, cfg = build_classifier(architecture, config or {})
     load_into(net, sd)                        # refuses weights that do not fit the architecture
     extra = {"architecture": architecture, "classes": list(CLASSES), "config": cfg,
@@ -39,7 +51,7 @@ def export(weights, folder, name="ultrascannet_busi", record: dict | None = None
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("weights")
+    ap.add_argument("weights", nargs="+", help="final.safetensors of the run; several: a seed ensemble")
     ap.add_argument("folder")
     ap.add_argument("--name", default="ultrascannet_busi")
     ap.add_argument("--record", default=None, help="JSON merged into the manifest (temperature, split, metrics, ...)")

@@ -4,7 +4,8 @@
         --masks ../shared/data/busi-masks [--json out.json]
 
 RUN_DIR: a fold run of training.ultrascan.train (summary.json + final.safetensors, EfficientNet-Lite or
-UltraScanNet). For the benign and malignant images of its validation fold (never trained on), every method
+UltraScanNet), or several run folders of one fold joined by "+" (`runs/cw1/fold0+runs/cw2/fold0`, other
+seeds): their seed ensemble, averaged as the runtime's ensemble.MemberMean does. For the benign and malignant images of its validation fold (never trained on), every method
 explains the class the model predicts, on the same 256 x 256 grid as the trainer's own score, against the
 radiologists' outlines: pointing game (hottest pixel within 15 px of the lesion) and IoU of the map above
 its 80th percentile. Per-image hits are paired across methods (McNemar's exact test against `cam`).
@@ -38,7 +39,16 @@ from .data import load_images, load_split
 from .train import load_masks
 
 
-def load_run(run: Path):
+def load_run(run):
+    """(model in eval mode, its training args); "A+B": the runs' MemberMean (one fold of one split)."""
+    if "+" in str(run):
+        from UltraScanClassifierLib.ensemble import MemberMean
+        parts = [load_run(r) for r in str(run).split("+")]
+        folds = {(a["split"], str(a["fold"])) for _, a in parts}
+        if len(folds) != 1:
+            raise ValueError(f"{run}: the members were not trained on one fold of one split: {sorted(folds)}")
+        return MemberMean([m for m, _ in parts]).eval(), parts[0][1]
+    run = Path(run)
     s = json.loads((run / "summary.json").read_text())
     a = s["args"]
     name = a["model"]
@@ -145,7 +155,7 @@ def main(argv=None):
     torch.set_grad_enabled(False)
     per = {}
     rows = []
-    for run in map(Path, a.runs):
+    for run in a.runs:
         model, args = load_run(run)
         names = load_split(args["split"])["folds"][int(args["fold"])]
         x, _ = load_images(a.data, names, args["load_size"])
@@ -155,7 +165,7 @@ def main(argv=None):
             sc = heatmap_scores(h, m, per_image=True)
             per.setdefault(k, []).append(np.array(sc.pop("hits")))
             rows.append(dict(run=str(run), method=k, **sc))
-            print(f"{run.name:<24}{k:<20} pointing {sc['pointing_game']:.3f}  IoU {sc['heatmap_iou']:.3f}  n {sc['n']}",
+            print(f"{Path(run.split('+')[0]).name:<24}{k:<20} pointing {sc['pointing_game']:.3f}  IoU {sc['heatmap_iou']:.3f}  n {sc['n']}",
                   flush=True)
     print(f"\n{'method':<20}{'pointing game':>14}{'vs cam (better/worse)':>24}{'McNemar p':>11}")
     base = np.concatenate(per["cam"])
