@@ -4,8 +4,11 @@
     r = clf.classify(array, spacing=(0.1, 0.1))           # (H, W) or (H, W, 3), any size
     r.label, r.probabilities, r.heatmap  (H, W) in [0, 1] on the input's own pixel grid
 
-The whole image is resized to 224 x 224 (as in training); the heatmap is mapped back onto the input
-grid, so it overlays the input exactly. Where the model's manifest names a heatmap size
+The whole image is resized to 224 x 224 (as in training), or to the size the model's manifest names
+(`input.size`: a network trained on random-resized crops sees objects larger than a whole image of the
+same size shows them, so classifying at a larger size can match them; chosen per model by cross-validation,
+training/ultrascan/input_sizes.py); the heatmap is mapped back onto the input grid, so it overlays the
+input exactly. Where the model's manifest names a heatmap size
 (`input.heatmap_size`, e.g. 320 for the shipped EfficientNet-Lite0), the heatmap is the Grad-CAM of a
 second forward at that size, explaining the class of the 224 forward: a 10 x 10 instead of a 7 x 7 map,
 which points at the lesion more often (docs/EVALUATION.md: 0.855 vs 0.801 of 518 held-out lesions over
@@ -140,6 +143,8 @@ class UltrasoundClassifier:
         self.device = device
         self.temperature = float(temperature)
         self.classes = list(record.manifest.get("classes", CLASSES))
+        # the classifying forward's size (manifest input.size; 224 where it says none)
+        self.input_size = int(record.manifest.get("input", {}).get("size", INPUT_SIZE) or INPUT_SIZE)
         # mirror averaging at test time where the model was cross-validated that way (manifest input.tta_flip)
         self.tta_flip = bool(record.manifest.get("input", {}).get("tta_flip", False))
         self.analytic_cam = True              # heatmap in closed form where the head allows (grad_cam)
@@ -197,7 +202,8 @@ class UltrasoundClassifier:
         return self._frozen[key] or None
 
     def _run(self, x, device, want_heatmap, out_hw, x_heat=None):
-        """x: (n, 3, 224, 224); x_heat: the same images at heatmap_size, where the heatmap comes from there."""
+        """x: (n, 3, input_size, input_size); x_heat: the same images at heatmap_size, where the heatmap comes
+        from there."""
         model = self.model.to(device)
         x = x.to(device)
         n = x.shape[0]
@@ -247,7 +253,7 @@ class UltrasoundClassifier:
         if progress:
             progress.step("classifying", 0.1)
         t0 = time.perf_counter()
-        x, xh = preprocess(img), self._heat_input([img], heatmap)
+        x, xh = preprocess(img, self.input_size), self._heat_input([img], heatmap)
         (logits, heat), used, tried = run_with_fallback(
             lambda dev, _bs: self._run(x, dev, heatmap, [img.shape[:2]], xh), self.device, batch_sizes=(1,),
             notify=notify)
@@ -286,7 +292,7 @@ class UltrasoundClassifier:
         out = []
         for s in range(0, len(imgs), batch_size):
             chunk = imgs[s:s + batch_size]
-            x, xh = torch.cat([preprocess(i) for i in chunk]), self._heat_input(chunk, heatmap)
+            x, xh = torch.cat([preprocess(i, self.input_size) for i in chunk]), self._heat_input(chunk, heatmap)
             t0 = time.perf_counter()
             (logits, heat), used, tried = run_with_fallback(
                 lambda dev, _bs: self._run(x, dev, heatmap, [i.shape[:2] for i in chunk], xh), self.device,
