@@ -6,13 +6,13 @@
 
 The whole image is resized to 224 x 224 (as in training), or to the size the model's manifest names
 (`input.size`: a network trained on random-resized crops sees objects larger than a whole image of the
-same size shows them, so classifying at a larger size can match them; chosen per model by cross-validation,
-training/ultrascan/input_sizes.py); the heatmap is mapped back onto the input grid, so it overlays the
-input exactly. Where the model's manifest names a heatmap size
-(`input.heatmap_size`, e.g. 320 for the shipped EfficientNet-Lite0), the heatmap is the Grad-CAM of a
-second forward at that size, explaining the class of the 224 forward: a 10 x 10 instead of a 7 x 7 map,
-which points at the lesion more often (docs/EVALUATION.md: 0.855 vs 0.801 of 518 held-out lesions over
-five folds). Pixel spacing is not used by the network (BUSI has none) and is carried to the result for
+same size shows them, so classifying somewhat larger can match them; chosen per model by
+cross-validation, training/ultrascan/input_sizes.py); the heatmap is mapped back onto the input grid, so
+it overlays the input exactly. Where the model's manifest names a heatmap size (`input.heatmap_size`,
+e.g. 320 for the shipped EfficientNet-Lite0), the heatmap is the Grad-CAM of a second forward at that
+size, explaining the class of the classifying forward: a 10 x 10 instead of a 7 x 7 map, which points at
+the lesion more often (docs/EVALUATION.md: 0.855 vs 0.801 of 518 held-out lesions over five folds).
+Pixel spacing is not used by the network (BUSI has none) and is carried to the result for
 the caller's geometry.
 """
 from __future__ import annotations

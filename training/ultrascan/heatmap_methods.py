@@ -5,10 +5,10 @@
 
 RUN_DIR: a fold run of training.ultrascan.train (summary.json + final.safetensors, EfficientNet-Lite or
 UltraScanNet), or several run folders of one fold joined by "+" (`runs/cw1/fold0+runs/cw2/fold0`, other
-seeds): their seed ensemble, averaged as the runtime's ensemble.MemberMean does. For the benign and malignant images of its validation fold (never trained on), every method
-explains the class the model predicts, on the same 256 x 256 grid as the trainer's own score, against the
-radiologists' outlines: pointing game (hottest pixel within 15 px of the lesion) and IoU of the map above
-its 80th percentile. Per-image hits are paired across methods (McNemar's exact test against `cam`).
+seeds): their seed ensemble, averaged as the runtime's ensemble.MemberMean does. For the benign and
+malignant images of its validation fold (never trained on), every method explains the class the model
+predicts, on the same 256 x 256 grid as the trainer's own score, against the radiologists' outlines:
+pointing game (hottest pixel within 15 px of the lesion) and IoU of the map above its 80th percentile. Per-image hits are paired across methods (McNemar's exact test against `cam`).
 
 Methods:
 - cam: Grad-CAM of the last feature map (closed form, the trainer's score and the runtime without mirror).
@@ -40,8 +40,9 @@ from .train import load_masks
 
 
 def load_run(run):
-    """(model in eval mode, its training args); "A+B": the runs' MemberMean (one fold of one split)."""
-    if "+" in str(run):
+    """(model in eval mode, its training args); "A+B" (where no such folder exists): the runs' MemberMean
+    (one fold of one split)."""
+    if "+" in str(run) and not Path(run).exists():
         from UltraScanClassifierLib.ensemble import MemberMean
         parts = [load_run(r) for r in str(run).split("+")]
         folds = {(a["split"], str(a["fold"])) for _, a in parts}
