@@ -64,6 +64,7 @@ def test_nested_choice_picks_on_the_other_folds():
     assert accuracy(res[224]) == pytest.approx(0.25)
     m = mean_runs([res, {s: [(a, b, c, -d) for a, b, c, d in v] for s, v in res.items()}])
     assert np.allclose(m[256][0][3], 0)
+    assert nested_choice({224: res[224][:1], 256: res[256][:1]}) == ([], pytest.approx(float("nan"), nan_ok=True))
 
 
 def test_input_sizes_scores_each_fold_on_its_own_images(tmp_path):
@@ -112,3 +113,7 @@ def test_input_sizes_scores_each_fold_on_its_own_images(tmp_path):
         want = predict_logits(model, x, 96, flip=True)
     assert np.allclose(folds[1]["logits"], want, atol=1e-5)
     assert not np.allclose(res[64][1][3], res[96][1][3], atol=1e-4)        # the size matters
+    from training.ultrascan.input_sizes import load_scored              # read back, as --tabulate does
+    back = load_scored(tmp_path / "out", run, [64, 96])
+    assert all(np.allclose(back[s][k][3], res[s][k][3]) and back[s][k][1] == res[s][k][1]
+               for s in (64, 96) for k in (0, 1))

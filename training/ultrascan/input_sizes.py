@@ -62,6 +62,8 @@ def nested_choice(res: dict, ref: int = 224) -> tuple[list, float]:
     sizes chosen and the pooled accuracy of each fold at its chosen size."""
     sizes = sorted(res)
     n = len(res[sizes[0]])
+    if n < 2:                                 # nothing to choose on
+        return [], float("nan")
     chosen, hits = [], []
     for k in range(n):
         def rest(s):
@@ -71,6 +73,13 @@ def nested_choice(res: dict, ref: int = 224) -> tuple[list, float]:
         _, _, y, lg = res[best][k]
         hits.append(lg.argmax(1) == y)
     return chosen, float(np.mean(np.concatenate(hits)))
+
+
+def load_scored(out, run, sizes) -> dict:
+    """score_run's result read back from what it wrote under out (e.g. after an interrupted run)."""
+    from .evaluate import load_folds
+    return {s: [(f["fold"], f["names"], f["labels"], f["logits"]) for f in load_folds(Path(out) / f"{Path(run).name}@{s}")]
+            for s in sizes}
 
 
 def mean_runs(results: list[dict]) -> dict:
@@ -85,12 +94,19 @@ def mean_runs(results: list[dict]) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+")
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--data", default=None, help="the BUSI folder (not needed with --tabulate)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[192, 224, 256, 288, 320, 352, 384])
     ap.add_argument("--out", default=None)
+    ap.add_argument("--tabulate", action="store_true",
+                    help="score nothing: tabulate the logits an earlier run wrote under --out")
     a = ap.parse_args(argv)
     torch.set_grad_enabled(False)
-    results = [score_run(r, a.data, a.sizes, a.out) for r in a.runs]
+    if a.tabulate and not a.out:
+        ap.error("--tabulate reads --out")
+    if not a.tabulate and not a.data:
+        ap.error("--data is needed to score")
+    results = [load_scored(a.out, r, a.sizes) if a.tabulate else score_run(r, a.data, a.sizes, a.out)
+               for r in a.runs]
     rows = [(Path(r).name, res) for r, res in zip(a.runs, results)]
     if len(results) > 1:
         rows.append(("+".join(Path(r).name for r in a.runs), mean_runs(results)))
@@ -99,7 +115,7 @@ def main(argv=None):
     for name, res in rows:
         chosen, acc = nested_choice(res)
         print(f"| {name} | " + " | ".join(f"{accuracy(res[s]):.3f}" for s in a.sizes)
-              + f" | {acc:.3f} ({', '.join(map(str, chosen))}) |")
+              + (f" | {acc:.3f} ({', '.join(map(str, chosen))}) |" if chosen else " | - |"))
 
 
 if __name__ == "__main__":
