@@ -15,6 +15,30 @@ SRMA_FIX = SHARED / "fixtures" / "srma-official"
 SAMPLE = ROOT / "SRMASegmenter" / "Resources" / "SampleData"
 
 
+def lite0_training_keys(sd):
+    """EfficientNet-Lite0 state dict, runtime keys (net._blocks.<stage>.<i>.) -> the training network's flat
+    ones (net._blocks.<i>.): the inverse of efficientnet_lite.from_training_keys."""
+    out = {}
+    for k, v in sd.items():
+        p = k.split(".")
+        out[".".join(p[:2] + p[3:]) if p[1] == "_blocks" else k] = v
+    return out
+
+
+def trained_looking(net, head_std: float = 0.0):
+    """A freshly initialised classifier given the BatchNorm statistics (and, with head_std, Linear weights)
+    of a trained one, so that its logits depend on the image and differ between seeds."""
+    import torch
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+            elif head_std and isinstance(m, torch.nn.Linear):
+                m.weight.normal_(0, head_std)
+    return net
+
+
 def need(path: Path):
     if not path.exists():
         pytest.skip(f"{path} is absent: this test needs the shared data/fixtures checked out beside the repo "

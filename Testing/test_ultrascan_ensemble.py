@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import lite0_training_keys, trained_looking
 from safetensors.torch import save_file
 
 from UltraScanClassifierLib.efficientnet_lite import EfficientNetLite0
@@ -15,24 +16,10 @@ from UltraScanClassifierLib.inference import UltrasoundClassifier, grad_cam, pre
 from UltraScanClassifierLib.model import build_classifier
 
 
-def _training_keys(sd):
-    """Runtime keys (net._blocks.<stage>.<i>.) -> the training network's flat ones (net._blocks.<i>.)."""
-    out = {}
-    for k, v in sd.items():
-        p = k.split(".")
-        out[".".join(p[:2] + p[3:]) if p[1] == "_blocks" else k] = v.contiguous()
-    return out
-
 
 def _member(seed):
     torch.manual_seed(seed)
-    net = EfficientNetLite0(num_classes=3).eval()
-    with torch.no_grad():             # trained-looking statistics, so that members differ beyond the head
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-    return net
+    return trained_looking(EfficientNetLite0(num_classes=3).eval())   # members differ beyond the head
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +30,7 @@ def exported(tmp_path_factory):
     for seed in (1, 2):
         net = _member(seed)
         f = root / f"seed{seed}.safetensors"
-        save_file(_training_keys(net.state_dict()), str(f))
+        save_file(lite0_training_keys(net.state_dict()), str(f))
         files.append(f)
         nets.append(net)
     rec = export(files, root / "model", name="lite0_pair", architecture="EfficientNet-Lite0",

@@ -6,31 +6,19 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import lite0_training_keys, trained_looking
 from safetensors.torch import save_file
 
 from UltraScanClassifierLib.inference import UltrasoundClassifier, preprocess
 
-
-def _training_keys(sd):
-    out = {}
-    for k, v in sd.items():
-        p = k.split(".")
-        out[".".join(p[:2] + p[3:]) if p[1] == "_blocks" else k] = v.contiguous()
-    return out
 
 
 def test_runtime_classifies_at_the_manifest_input_size(tmp_path):
     from training.ultrascan.export import export
     from UltraScanClassifierLib.efficientnet_lite import EfficientNetLite0
     torch.manual_seed(0)
-    net = EfficientNetLite0(num_classes=3).eval()
-    with torch.no_grad():             # trained-looking statistics and head, so that the logits depend on the image
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-        net.net._fc.weight.normal_(0, 0.5)
-    save_file(_training_keys(net.state_dict()), str(tmp_path / "w.safetensors"))
+    net = trained_looking(EfficientNetLite0(num_classes=3).eval(), head_std=0.5)   # logits depend on the image
+    save_file(lite0_training_keys(net.state_dict()), str(tmp_path / "w.safetensors"))
     rec = {"input": {"size": 288, "tta_flip": True}}
     export(tmp_path / "w.safetensors", tmp_path / "m288", name="m288", architecture="EfficientNet-Lite0", record=rec)
     export(tmp_path / "w.safetensors", tmp_path / "m224", name="m224", architecture="EfficientNet-Lite0",
@@ -91,14 +79,7 @@ def test_input_sizes_scores_each_fold_on_its_own_images(tmp_path):
         d = run / f"fold{f}"
         d.mkdir(parents=True)
         torch.manual_seed(f)
-        net = EfficientNetLite(0, 3, pretrained=False).eval()
-        with torch.no_grad():         # trained-looking statistics and head: logits that depend on the image
-            for m in net.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.running_mean.uniform_(-0.2, 0.2)
-                    m.running_var.uniform_(0.5, 1.5)
-                elif isinstance(m, torch.nn.Linear):
-                    m.weight.normal_(0, 0.5)
+        net = trained_looking(EfficientNetLite(0, 3, pretrained=False).eval(), head_std=0.5)
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(d / "final.safetensors"))
         (d / "summary.json").write_text(json.dumps({"args": {"model": "efficientnet_lite0", "split": str(split),
                                                              "fold": f, "load_size": 64}}))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import lite0_training_keys
 from slicer_ai_common.weights import WeightsError
 from UltraScanClassifierLib.images import read_image
 from UltraScanClassifierLib.inference import MODELS_DIR, UltrasoundClassifier
@@ -15,14 +16,6 @@ from UltraScanClassifierLib.inference import MODELS_DIR, UltrasoundClassifier
 SAMPLES = Path(__file__).resolve().parents[1] / "UltraScanClassifier" / "Resources" / "SampleData"
 LITE = "efficientnet_lite0_busi"
 
-
-def _flat_keys(sd):
-    """Runtime keys (net._blocks.<stage>.<i>.) -> the training network's flat ones (net._blocks.<i>.)."""
-    out = {}
-    for k, v in sd.items():
-        parts = k.split(".")
-        out[".".join(parts[:2] + parts[3:]) if parts[1] == "_blocks" else k] = v
-    return out
 
 
 def test_runtime_lite0_equals_the_training_network_in_float64():
@@ -35,7 +28,7 @@ def test_runtime_lite0_equals_the_training_network_in_float64():
     from UltraScanClassifierLib.inference import preprocess
     trained = UltrasoundClassifier.load(LITE, device="cpu").model.state_dict()   # trained weights: a live network
     ref = EfficientNetLite(0, num_classes=3, pretrained=False)
-    ref.load_state_dict(_flat_keys(trained), strict=True)
+    ref.load_state_dict(lite0_training_keys(trained), strict=True)
     run = EfficientNetLite0(num_classes=3)
     run.load_state_dict(from_training_keys(ref.state_dict()), strict=True)
     ref, run = ref.eval().double(), run.eval().double()
@@ -51,7 +44,7 @@ def test_runtime_lite0_equals_the_training_network_in_float64():
 def test_training_key_renaming_covers_every_block():
     from UltraScanClassifierLib.efficientnet_lite import REPEATS, EfficientNetLite0, from_training_keys
     run_keys = set(EfficientNetLite0().state_dict())
-    flat = _flat_keys(dict.fromkeys(run_keys, 0))
+    flat = lite0_training_keys(dict.fromkeys(run_keys, 0))
     assert sum(REPEATS) == 16 and len(flat) == len(run_keys) and set(from_training_keys(flat)) == run_keys
 
 

@@ -182,8 +182,7 @@ def cross_selective_scan(x, delta, A, B, C, D=None, delta_bias=None, delta_softp
                               None if delta_bias is None else delta_bias.contiguous(), bool(delta_softplus),
                               False, True, (h, w), _needs_backward(x, delta, A, B, C, D, delta_bias))
         return y.view(b, d, h, w)
-    if backend == "torch" and fused and not (torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, delta, A, B, C, D, delta_bias))):
+    if backend == "torch" and fused and not _needs_backward(x, delta, A, B, C, D, delta_bias):
         # no autograd: each direction gathered by index, no four-copy cross-scan / merge
         y = cross_selective_scan_inference(x, delta, A, B, C, D, delta_bias, delta_softplus)
         return y.float() if y.dtype != torch.float64 else y
