@@ -67,3 +67,30 @@ def test_runs_joined_by_plus_load_as_their_seed_ensemble(tmp_path):
         assert torch.allclose(model(x), want, atol=1e-5)
     with pytest.raises(ValueError, match="one fold"):
         load_run(f"{runs[0]}+{runs[2]}")
+
+
+def test_classify_size_explains_the_runtime_class():
+    """--classify-size C: the finer cam@S maps explain the class of the mirror-averaged logits at C x C (what
+    the runtime shows for a manifest with input.size C), not the plain forward's class at the trained size."""
+    pytest.importorskip("efficientnet_lite_pytorch", reason="pip install '.[train]' for the teacher")
+    from training.ultrascan.augment import eval_batch
+    from training.ultrascan.baselines import EfficientNetLite
+    from training.ultrascan.heatmap_methods import _norm, _up, heatmaps
+    from UltraScanClassifierLib.inference import grad_cam
+    from conftest import trained_looking
+    torch.manual_seed(3)
+    model = trained_looking(EfficientNetLite(0, 3, pretrained=False), head_std=0.5).eval()
+    img = torch.randint(0, 256, (6, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        model.net._fc.bias -= model(eval_batch(img, 64)).mean(0)    # classes near a tie: the size decides
+        plain = heatmaps(model, img, size=64, sizes=(96,))["cam@96"]
+        shown = heatmaps(model, img, size=64, sizes=(96,), classify_size=80)["cam@96"]
+        xc = eval_batch(img, 80)
+        lc = model(torch.cat([xc, xc.flip(3)]))
+        tc = ((lc[:6] + lc[6:]) / 2).argmax(1)
+        t64 = model(eval_batch(img, 64)).argmax(1)
+        _, cam = grad_cam(model, eval_batch(img, 96), tc)
+    assert (tc != t64).any()                       # the two classes differ somewhere: the test can tell them apart
+    np.testing.assert_allclose(shown, _norm(_up(cam, img.shape[-2:])).numpy(), atol=1e-5)
+    differ = (tc != t64).numpy()
+    assert np.abs(shown[differ] - plain[differ]).max() > 1e-3 and np.allclose(shown[~differ], plain[~differ], atol=1e-6)

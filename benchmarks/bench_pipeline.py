@@ -86,18 +86,18 @@ def ultrasound(args, dev):
 
     imgs = [read_image(p)[0] for p in sorted((ROOT / "UltraScanClassifier" / "Resources" / "SampleData").glob("*.png"))]
     out = {}
-    for name in UltrasoundClassifier.model_names():
+    for name in args.us_models or UltrasoundClassifier.model_names():
         clf = UltrasoundClassifier.load(name, device=str(dev))
         # the heatmap by Grad-CAM's backward on the eager network (the path before session 12), in closed form
         # on the eager network, and the module's path (closed form, on the CPU the frozen network where the
         # model allows), with the heatmap and without; interleaved image by image so that a busy machine
         # slows all of them alike. Where the manifest asks for the heatmap from a finer second forward
-        # (heatmap_size), the module's path does that and "heatmap from the 224 forward" is the path before it
+        # (heatmap_size), the module's path does that and "heatmap from the classifying forward" is the path before it
         freeze, size = clf.cpu_freeze, clf.heatmap_size
         modes = {"heatmap, backward, eager": (True, False, False, None),
                  "heatmap, closed form, eager": (True, True, False, None)}
         if size:
-            modes["heatmap from the 224 forward"] = (True, True, freeze, None)
+            modes["heatmap from the classifying forward"] = (True, True, freeze, None)
         modes.update({"with heatmap": (True, True, freeze, size), "label only": (False, True, freeze, size)})
         ts = {k: [] for k in modes}
         for rep in range(args.repeats * 3 + 1):
@@ -127,6 +127,9 @@ def main(argv=None):
     ap.add_argument("--no-write", action="store_true", help="skip writing the labelmap (no SimpleITK)")
     ap.add_argument("--skip-liver", action="store_true")
     ap.add_argument("--skip-ultrasound", action="store_true")
+    ap.add_argument("--us-models", nargs="+", default=None, metavar="MODEL",
+                    help="ultrasound models to time: shipped names or model folders (default: every shipped model), "
+                         "e.g. a replaced model's folder beside its successor, in one run")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     if a.threads:

@@ -14,7 +14,9 @@ Methods:
 - cam: Grad-CAM of the last feature map (closed form, the trainer's score and the runtime without mirror).
 - cam_flip: the same averaged with the mirrored image's map, the class of the averaged logits (what the
   runtime shows for a model cross-validated with mirror averaging).
-- cam@S: the last map's Grad-CAM from a second forward at S x S (a finer map; the class stays the 224 one).
+- cam@S: the last map's Grad-CAM from a second forward at S x S (a finer map; the class stays the 224 one,
+  or with --classify-size C that of the mirror-averaged logits at C x C: the runtime's path for a model
+  whose manifest says input.size C and heatmap_size S).
 - gradcam14: Grad-CAM at the last 14 x 14 block (EfficientNet-Lite: block 10), by backward.
 - cam*g14: the product of cam and gradcam14 (both upsampled), a two-layer fusion.
 - X+blur: X smoothed with a Gaussian of sigma 8 px at 256 before the argmax.
@@ -96,9 +98,11 @@ def gradcam_block(model, x, target, block: int):
     return torch.relu((w * act).sum(dim=1, keepdim=True)).detach()
 
 
-def heatmaps(model, images_u8, size=224, batch=16, sizes=None):
+def heatmaps(model, images_u8, size=224, batch=16, sizes=None, classify_size=None):
     """method -> (N, H, W) heatmaps on the images' own grid, each normalised to [0, 1]. sizes: the finer
-    second forwards (default about 1.4x and 2x size in multiples of 32: 320 and 448 for 224)."""
+    second forwards (default about 1.4x and 2x size in multiples of 32: 320 and 448 for 224).
+    classify_size: the cam@S maps explain the class of the mirror-averaged logits at this size (the
+    runtime's), not that of the plain forward at size."""
     hw = images_u8.shape[-2:]
     sizes = sizes or (finer_size(size), 2 * size)
     lite = hasattr(model, "net") and hasattr(model.net, "_blocks")
@@ -111,6 +115,10 @@ def heatmaps(model, images_u8, size=224, batch=16, sizes=None):
         maps = {"cam": _norm(_up(cam, hw))}
         _, cam2 = grad_cam(model, torch.cat([x, x.flip(3)]), lambda lg: ((lg[:n] + lg[n:]) / 2).argmax(1).repeat(2))
         maps["cam_flip"] = _norm(_up((cam2[:n] + cam2[n:].flip(3)) / 2, hw))
+        if classify_size:
+            xc = eval_batch(images_u8[i:i + batch], classify_size)
+            lc = model(torch.cat([xc, xc.flip(3)]))
+            top = ((lc[:n] + lc[n:]) / 2).argmax(1)
         for s in sizes:
             _, cs = grad_cam(model, eval_batch(images_u8[i:i + batch], s), top)
             maps[f"cam@{s}"] = _norm(_up(cs, hw))
@@ -152,6 +160,8 @@ def main(argv=None):
     p.add_argument("--data", required=True)
     p.add_argument("--masks", required=True)
     p.add_argument("--json")
+    p.add_argument("--classify-size", type=int, default=None,
+                   help="cam@S explains the class of the mirror-averaged logits at this size (a manifest's input.size)")
     a = p.parse_args(argv)
     torch.set_grad_enabled(False)
     per = {}
@@ -161,7 +171,7 @@ def main(argv=None):
         names = load_split(args["split"])["folds"][int(args["fold"])]
         x, _ = load_images(a.data, names, args["load_size"])
         m = load_masks(a.masks, names, args["load_size"])[:, 0].numpy() > 0
-        maps = heatmaps(model, x, args["img_size"])
+        maps = heatmaps(model, x, args["img_size"], classify_size=a.classify_size)
         for k, h in maps.items():
             sc = heatmap_scores(h, m, per_image=True)
             per.setdefault(k, []).append(np.array(sc.pop("hits")))
