@@ -27,7 +27,7 @@ demo: install
 	print(f\"\nLiver volume: {r['liver_volume_ml']:.0f} mL ({r['seconds']:.0f} s on {r['device']}, weights {r['weights']}); Dice vs the CHAOS reference {r['metrics']['dice']:.3f}\"); \
 	print('Outputs: $(OUT)/chaos_case20_liver.nii.gz (labelmap), $(OUT)/chaos_case20_liver.seg.nrrd (Slicer segmentation), $(OUT)/*.json (reports)')"
 	@echo ""
-	@echo "Breast ultrasound (default model: ImageNet EfficientNet-Lite0, cross-validated accuracy 0.87, 0.83 on folds that keep near-duplicate images together; calibrated probabilities; decision support, not a diagnosis):"
+	@echo "Breast ultrasound (default model: ImageNet EfficientNet-Lite0, two seeds averaged, cross-validated accuracy 0.865 and malignant recall 0.85 on folds that keep near-duplicate images together; calibrated probabilities; decision support, not a diagnosis):"
 	$(BIN)/ultrascan-classify UltraScanClassifier/Resources/SampleData --heatmap-dir $(OUT)/heatmaps
 	@echo ""
 	@echo "The same with the second shipped model (UltraScanNet as published; cross-validated accuracy 0.71):"

@@ -20,25 +20,41 @@ LITE = "efficientnet_lite0_busi"
 
 def test_runtime_lite0_equals_the_training_network_in_float64():
     """Same weights (renamed by from_training_keys) -> the same logits and feature map as the
-    efficientnet-lite-pytorch network the teacher trains as."""
+    efficientnet-lite-pytorch network the teacher trains as, for each shipped member; and the shipped
+    ensemble's logits are the mean of its members' training networks."""
     pytest.importorskip("efficientnet_lite_pytorch", reason="the [train] extra is not installed")
     from training.ultrascan.baselines import EfficientNetLite
     from UltraScanClassifierLib.efficientnet_lite import EfficientNetLite0, from_training_keys
     from UltraScanClassifierLib.images import check_image
     from UltraScanClassifierLib.inference import preprocess
-    trained = UltrasoundClassifier.load(LITE, device="cpu").model.state_dict()   # trained weights: a live network
-    ref = EfficientNetLite(0, num_classes=3, pretrained=False)
-    ref.load_state_dict(lite0_training_keys(trained), strict=True)
-    run = EfficientNetLite0(num_classes=3)
-    run.load_state_dict(from_training_keys(ref.state_dict()), strict=True)
-    ref, run = ref.eval().double(), run.eval().double()
-    x = torch.cat([preprocess(check_image(read_image(SAMPLES / f)[0])) for f in
+    shipped = UltrasoundClassifier.load(LITE, device="cpu").model       # trained weights: live networks
+    members = list(getattr(shipped, "members", [shipped]))
+    x = torch.cat([preprocess(check_image(read_image(SAMPLES / f)[0]), 288) for f in
                    ("busi_benign_3.png", "busi_malignant_12.png", "busi_normal_5.png")]).double()
+    ref_logits = []
+    for m in members:
+        ref = EfficientNetLite(0, num_classes=3, pretrained=False)
+        ref.load_state_dict(lite0_training_keys(m.state_dict()), strict=True)
+        run = EfficientNetLite0(num_classes=3)
+        run.load_state_dict(from_training_keys(ref.state_dict()), strict=True)
+        ref, run = ref.eval().double(), run.eval().double()
+        with torch.no_grad():
+            a, b = ref(x), run(x)
+            fa, fb = ref.forward_features(x), run.forward_features(x)
+        assert a.shape == (3, 3) and float((a[0] - a[1]).abs().max()) > 0.1   # outputs depend on the input
+        assert torch.allclose(a, b, rtol=0, atol=1e-10) and torch.allclose(fa, fb, rtol=0, atol=1e-10)
+        ref_logits.append(a)
+    assert len(members) == shipped_members()
     with torch.no_grad():
-        a, b = ref(x), run(x)
-        fa, fb = ref.forward_features(x), run.forward_features(x)
-    assert a.shape == (3, 3) and float((a[0] - a[1]).abs().max()) > 0.1       # outputs depend on the input
-    assert torch.allclose(a, b, rtol=0, atol=1e-10) and torch.allclose(fa, fb, rtol=0, atol=1e-10)
+        ens = shipped.double()(x)
+    assert torch.allclose(ens, torch.stack(ref_logits).mean(0), rtol=0, atol=1e-10)
+    assert float((ref_logits[0] - ref_logits[-1]).abs().max()) > 0.05   # the members are different networks
+
+
+def shipped_members():
+    """How many networks the shipped Lite0's manifest says it averages (1 where it names none)."""
+    man = json.loads((MODELS_DIR / LITE / "model.json").read_text())
+    return int(man["config"].get("members", 1))
 
 
 def test_training_key_renaming_covers_every_block():
@@ -60,7 +76,7 @@ def test_shipped_lite0_verifies_loads_by_name_and_averages_mirrors():
     assert r.heatmap.shape == img.shape[:2] and float(r.heatmap.max()) == pytest.approx(1.0)
     from UltraScanClassifierLib.images import check_image
     from UltraScanClassifierLib.inference import preprocess
-    x = preprocess(check_image(img))
+    x = preprocess(check_image(img), clf.input_size)
     with torch.no_grad():
         plain, mirrored = clf.model(x).numpy()[0], clf.model(x.flip(3)).numpy()[0]
     assert np.allclose(r.logits, (plain + mirrored) / 2, atol=1e-4)
@@ -99,7 +115,7 @@ def test_mirrored_heatmap_in_one_forward_equals_two_pass():
     clf.heatmap_size = None                   # the heatmap from the classifying forward (models without the key)
     img = read_image(SAMPLES / "busi_malignant_12.png")[0]
     r = clf.classify(img, heatmap=True)
-    x = preprocess(check_image(img))
+    x = preprocess(check_image(img), clf.input_size)
     x2 = torch.cat([x, x.flip(3)])
     with torch.no_grad():
         lg = clf.model(x2).float()
@@ -115,8 +131,9 @@ def test_mirrored_heatmap_in_one_forward_equals_two_pass():
 def test_heatmap_from_the_finer_forward_explains_the_class_shown():
     """The shipped Lite0's manifest asks for its heatmap from a second forward at 320 x 320 (the method that
     pointed at the lesion most often over five folds): the map is Grad-CAM by backward on the 320 input for
-    the class of the mirror-averaged 224 logits, on a 10 x 10 grid instead of 7 x 7; the logits and label
-    are those of classifying without a heatmap; and the map is not the 224 one."""
+    the class of the mirror-averaged logits of the classifying forward (288 x 288), on a 10 x 10 grid instead
+    of that forward's 9 x 9; the logits and label are those of classifying without a heatmap; and the map is
+    not the classifying forward's."""
     import torch.nn.functional as F
     from UltraScanClassifierLib.images import check_image
     from UltraScanClassifierLib.inference import grad_cam, preprocess
@@ -172,8 +189,9 @@ def test_cpu_runs_lite0_frozen_with_the_eager_result():
     eager = UltrasoundClassifier.load(LITE, device="cpu")
     eager.cpu_freeze = False
     a, b = fast.classify(img, heatmap=True), eager.classify(img, heatmap=True)
-    # one frozen extractor per input shape: the mirror pair at 224 and the heatmap's image at 320
-    assert sorted(fast._frozen) == [(1, 3, 320, 320), (2, 3, 224, 224)] and not eager._frozen
+    # one frozen extractor per input shape: the mirror pair at the classifying size and the heatmap's image at 320
+    assert (fast.input_size, fast.heatmap_size) == (288, 320)
+    assert sorted(fast._frozen) == [(1, 3, 320, 320), (2, 3, 288, 288)] and not eager._frozen
     assert all(isinstance(f, torch.jit.ScriptModule) for f in fast._frozen.values())
     assert a.label == b.label and np.allclose(a.logits, b.logits, atol=1e-4)
     assert np.allclose(a.heatmap, b.heatmap, atol=1e-4)

@@ -32,8 +32,9 @@ class UltraScanClassifier(ScriptedLoadableModule):
             "Classifies a breast-ultrasound image as benign, malignant or normal. Select a 2D image and click "
             "<b>Classify</b>: calibrated probabilities, a heatmap of the regions that drove the verdict, and a "
             "row in the results table. Folder mode classifies every image of a folder. Two shipped models: "
-            "EfficientNet-Lite0 (ImageNet-initialised; the default, the more accurate in cross-validation: "
-            "0.87) and UltraScanNet (Laicu-Hausberger and Popa, 2025; 0.71), see their model cards. "
+            "EfficientNet-Lite0 (ImageNet-initialised, two seeds averaged; the default, the more accurate in "
+            "cross-validation: 0.865) and UltraScanNet (Laicu-Hausberger and Popa, 2025; 0.71), see their "
+            "model cards. "
             "Decision support, not a diagnosis.")
         self.parent.acknowledgementText = _(
             "Architecture by Laicu-Hausberger and Popa; shipped weights trained on BUSI "
