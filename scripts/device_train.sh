@@ -11,6 +11,9 @@
 #   scripts/device_train.sh collect SECONDS            # wait for the runs (at most SECONDS), then copy to $OUT
 #   scripts/device_train.sh kernels SECONDS            # the scan's backward sweep + the step with its best (issue 13)
 #   scripts/device_train.sh layout SECONDS             # the SS2D scan's transposed layout vs strided, kernel + step
+#   scripts/device_train.sh us-heatmaps A B [SIZE]     # pointing game of the us-variants pair A+B, the runtime's class
+# What a call brings back lands in /work/.device/N, which a later session's downloads reuse: copy it out
+# (fold weights included) before relying on it; session 19's fold networks were lost that way.
 #   EXPORT_FOLDS=1 ...liver-steps...   # also export each CV fold's weights (for CPU analysis of its held-out cases);
 #                                      # a call brings back about 64 MB: two folds' shards per collect, copy the rest after
 #
@@ -99,6 +102,18 @@ us-variants)   # NAME "ARGS" [NAME "ARGS" ...]: Lite0 teacher-recipe variants, 5
     done
   done
   sleep 60; tail -qn 1 "$W"/runs/us/*/fold*/log.txt | cut -c1-150; nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv
+  ;;
+us-heatmaps)   # A B [CLASSIFY_SIZE]: the pointing game of the seed pair A+B (us-variants runs of one split) per fold,
+               # the maps explaining the class the runtime shows (mirror-averaged logits at CLASSIFY_SIZE, default
+               # 288), from the classifying forward and the 320 px one; into $OUT (carry .carry/busi-masks)
+  A=$2; B=$3; CS=${4:-288}
+  setup
+  [ -d "$W/data/busi-masks" ] || cp -r .carry/busi-masks "$W/data/busi-masks"
+  cd "$W/code" || exit 1
+  runs=(); for k in 0 1 2 3 4; do runs+=("$W/runs/us/$A/fold$k+$W/runs/us/$B/fold$k"); done
+  python3 -m training.ultrascan.heatmap_methods "${runs[@]}" --data "$W/data/busi" --masks "$W/data/busi-masks" \
+    --classify-size "$CS" --sizes "$CS" 320 --json "$OUT/heatmaps_${A}+${B}@$CS.json" > "$OUT/heatmaps_${A}+${B}@$CS.txt" 2>&1
+  tail -n 14 "$OUT/heatmaps_${A}+${B}@$CS.txt"
   ;;
 ultrasound)
   MIN=$2

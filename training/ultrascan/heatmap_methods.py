@@ -160,6 +160,8 @@ def main(argv=None):
     p.add_argument("--data", required=True)
     p.add_argument("--masks", required=True)
     p.add_argument("--json")
+    p.add_argument("--sizes", type=int, nargs="+", default=None,
+                   help="the cam@S second forwards (default: about 1.4x and 2x the trained size, 320 and 448 for 224)")
     p.add_argument("--classify-size", type=int, default=None,
                    help="cam@S explains the class of the mirror-averaged logits at this size (a manifest's input.size)")
     a = p.parse_args(argv)
@@ -171,7 +173,7 @@ def main(argv=None):
         names = load_split(args["split"])["folds"][int(args["fold"])]
         x, _ = load_images(a.data, names, args["load_size"])
         m = load_masks(a.masks, names, args["load_size"])[:, 0].numpy() > 0
-        maps = heatmaps(model, x, args["img_size"], classify_size=a.classify_size)
+        maps = heatmaps(model, x, args["img_size"], sizes=a.sizes, classify_size=a.classify_size)
         for k, h in maps.items():
             sc = heatmap_scores(h, m, per_image=True)
             per.setdefault(k, []).append(np.array(sc.pop("hits")))
