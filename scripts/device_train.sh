@@ -12,10 +12,10 @@
 #   scripts/device_train.sh kernels SECONDS            # the scan's backward sweep + the step with its best (issue 13)
 #   scripts/device_train.sh layout SECONDS             # the SS2D scan's transposed layout vs strided, kernel + step
 #   scripts/device_train.sh us-heatmaps A B [SIZE]     # pointing game of the us-variants pair A+B, the runtime's class
-# What a call brings back lands in /work/.device/N, which a later session's downloads reuse: copy it out
-# (fold weights included) before relying on it; session 19's fold networks were lost that way.
 #   EXPORT_FOLDS=1 ...liver-steps...   # also export each CV fold's weights (for CPU analysis of its held-out cases);
 #                                      # a call brings back about 64 MB: two folds' shards per collect, copy the rest after
+# What a call brings back lands in /work/.device/N, which a later session's downloads reuse: copy it out
+# (fold weights included) before relying on it; session 19's fold networks were lost that way.
 #
 # liver: the 5-class SRMA-Mamba recipe on the 5 folds of splits/chaos_t2_5fold.json and the shipped
 # model (every case but case_20), 6 runs side by side (3 per GPU), each ending its schedule at MINUTES.
@@ -112,8 +112,8 @@ us-heatmaps)   # A B [CLASSIFY_SIZE]: the pointing game of the seed pair A+B (us
   cd "$W/code" || exit 1
   runs=(); for k in 0 1 2 3 4; do runs+=("$W/runs/us/$A/fold$k+$W/runs/us/$B/fold$k"); done
   python3 -m training.ultrascan.heatmap_methods "${runs[@]}" --data "$W/data/busi" --masks "$W/data/busi-masks" \
-    --classify-size "$CS" --sizes "$CS" 320 --json "$OUT/heatmaps_${A}+${B}@$CS.json" > "$OUT/heatmaps_${A}+${B}@$CS.txt" 2>&1
-  tail -n 14 "$OUT/heatmaps_${A}+${B}@$CS.txt"
+    --classify-size "$CS" --sizes "$CS" 320 --json "$OUT/heatmaps_${A}_${B}_$CS.json" > "$OUT/heatmaps_${A}_${B}_$CS.txt" 2>&1
+  tail -n 14 "$OUT/heatmaps_${A}_${B}_$CS.txt"   # $OUT names: letters, digits, '.', '_', '-' only
   ;;
 ultrasound)
   MIN=$2
