@@ -70,7 +70,9 @@ def test_input_sizes_scores_each_fold_on_its_own_images(tmp_path):
         (data / c).mkdir(parents=True)
         for i in range(2):
             n = f"{c}/{c} ({i}).png"
-            Image.fromarray((g.random((40, 50)) * 255).astype(np.uint8)).save(data / n)
+            a = g.random((40, 50)) * 100
+            a[:, :20 + 5 * i] += 150                    # a bright left band: the mirror is another image
+            Image.fromarray(a.astype(np.uint8)).save(data / n)
             names.append(n)
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"folds": [names[0::2], names[1::2]]}))
@@ -79,7 +81,14 @@ def test_input_sizes_scores_each_fold_on_its_own_images(tmp_path):
         d = run / f"fold{f}"
         d.mkdir(parents=True)
         torch.manual_seed(f)
-        net = trained_looking(EfficientNetLite(0, 3, pretrained=False).eval(), head_std=0.5)
+        net = EfficientNetLite(0, 3, pretrained=False)
+        with torch.no_grad():        # BatchNorm statistics of real activations: logits that depend on the image
+            for m in net.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.reset_running_stats()
+                    m.momentum = None
+            net.train()(torch.randn(4, 3, 64, 64))
+        net.eval()
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(d / "final.safetensors"))
         (d / "summary.json").write_text(json.dumps({"args": {"model": "efficientnet_lite0", "split": str(split),
                                                              "fold": f, "load_size": 64}}))
@@ -94,6 +103,10 @@ def test_input_sizes_scores_each_fold_on_its_own_images(tmp_path):
         want = predict_logits(model, x, 96, flip=True)
     assert np.allclose(folds[1]["logits"], want, atol=1e-5)
     assert not np.allclose(res[64][1][3], res[96][1][3], atol=1e-4)        # the size matters
+    alone = score_run(run, data, [96], None, flip=False)                 # --no-flip: the image without its mirror
+    with torch.no_grad():
+        assert np.allclose(alone[96][1][3], predict_logits(model, x, 96, flip=False), atol=1e-5)
+    assert np.abs(alone[96][1][3] - res[96][1][3]).max() > 1e-3
     from training.ultrascan.input_sizes import load_scored              # read back, as --tabulate does
     back = load_scored(tmp_path / "out", run, [64, 96])
     assert all(np.allclose(back[s][k][3], res[s][k][3]) and back[s][k][1] == res[s][k][1]

@@ -35,8 +35,10 @@ def fold_dirs(run) -> list[Path]:
     return dirs
 
 
-def score_run(run, data, sizes, out, batch=32) -> dict:
-    """{size: [(fold, names, labels, logits), ...]} for one CV run, each written to out/<run>@<size>/."""
+def score_run(run, data, sizes, out, batch=32, flip=True) -> dict:
+    """{size: [(fold, names, labels, logits), ...]} for one CV run, each written to out/<run>@<size>/.
+    flip: mirror-averaged as the runtime does (False: the image alone, what classifying without the mirror
+    would give at half the classifying forward's cost)."""
     res = {s: [] for s in sizes}
     for d in fold_dirs(run):
         model, args = load_run(d)
@@ -44,7 +46,7 @@ def score_run(run, data, sizes, out, batch=32) -> dict:
         x, y = load_images(data, names, args.get("load_size", 256))
         with torch.no_grad():
             for s in sizes:
-                lg = predict_logits(model, x, s, batch=batch, flip=True)
+                lg = predict_logits(model, x, s, batch=batch, flip=flip)
                 res[s].append((d.name, names, y.numpy(), lg))
                 if out:
                     o = Path(out) / f"{Path(run).name}@{s}"
@@ -97,6 +99,8 @@ def main(argv=None):
     ap.add_argument("--data", default=None, help="the BUSI folder (not needed with --tabulate)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[192, 224, 256, 288, 320, 352, 384])
     ap.add_argument("--out", default=None)
+    ap.add_argument("--no-flip", action="store_true",
+                    help="score the image alone, without averaging its mirror (write to another --out)")
     ap.add_argument("--tabulate", action="store_true",
                     help="score nothing: tabulate the logits an earlier run wrote under --out")
     a = ap.parse_args(argv)
@@ -105,7 +109,7 @@ def main(argv=None):
         ap.error("--tabulate reads --out")
     if not a.tabulate and not a.data:
         ap.error("--data is needed to score")
-    results = [load_scored(a.out, r, a.sizes) if a.tabulate else score_run(r, a.data, a.sizes, a.out)
+    results = [load_scored(a.out, r, a.sizes) if a.tabulate else score_run(r, a.data, a.sizes, a.out, flip=not a.no_flip)
                for r in a.runs]
     rows = [(Path(r).name, res) for r, res in zip(a.runs, results)]
     if len(results) > 1:
