@@ -11,7 +11,8 @@
 #   scripts/device_train.sh collect SECONDS            # wait for the runs (at most SECONDS), then copy to $OUT
 #   scripts/device_train.sh kernels SECONDS            # the scan's backward sweep + the step with its best (issue 13)
 #   scripts/device_train.sh layout SECONDS             # the SS2D scan's transposed layout vs strided, kernel + step
-#   scripts/device_train.sh us-heatmaps A B [SIZE]     # pointing game of the us-variants pair A+B, the runtime's class
+#   scripts/device_train.sh us-heatmaps A B [SIZE]     # pointing game of the us-variants pair A+B (the runtime's class)
+#                                                      # and their logits at SIZE with and without the mirror
 #   EXPORT_FOLDS=1 ...liver-steps...   # also export each CV fold's weights (for CPU analysis of its held-out cases);
 #                                      # a call brings back about 64 MB: two folds' shards per collect, copy the rest after
 # What a call brings back lands in /work/.device/N, which a later session's downloads reuse: copy it out
@@ -114,6 +115,12 @@ us-heatmaps)   # A B [CLASSIFY_SIZE]: the pointing game of the seed pair A+B (us
   python3 -m training.ultrascan.heatmap_methods "${runs[@]}" --data "$W/data/busi" --masks "$W/data/busi-masks" \
     --classify-size "$CS" --sizes "$CS" 320 --json "$OUT/heatmaps_${A}_${B}_$CS.json" > "$OUT/heatmaps_${A}_${B}_$CS.txt" 2>&1
   tail -n 14 "$OUT/heatmaps_${A}_${B}_$CS.txt"   # $OUT names: letters, digits, '.', '_', '-' only
+  # and the out-of-fold logits at CLASSIFY_SIZE with and without the mirror (what dropping it would cost)
+  for fl in flip noflip; do
+    python3 -m training.ultrascan.input_sizes "$W/runs/us/$A" "$W/runs/us/$B" --data "$W/data/busi" --sizes "$CS" \
+      --out "$W/logits_$fl" $([ $fl = noflip ] && echo --no-flip) | tail -n 4
+  done
+  (cd "$W" && tar -czf "$OUT/logits_${A}_${B}_$CS.tgz" logits_flip logits_noflip)
   ;;
 ultrasound)
   MIN=$2
