@@ -328,3 +328,50 @@ def test_organ_confusion_table():
     t = confusion_ml(ref, pred, 0.5)
     assert t.shape == (5, 5) and t[1, 1] == 1.0 and t[4, 1] == 0.5 and t[4, 4] == 0.5 and t[2, 0] == 0.5
     assert t.sum() == 3.0
+
+
+def test_compile_around_keeps_the_opaque_call_and_the_gradients(monkeypatch):
+    """training.loop.compile_around: the step compiled by torch.compile (here the aot_eager backend, which
+    traces without generating code: this CPU's inductor cannot build SRMA-Mamba) gives eager's loss and
+    gradients, the listed function stays a call of its own (compiler-disabled, wrapped once however often
+    it is listed), and graph_check.check_candidate_loss, which bench_train_step.py --compare compile runs
+    before timing on the GPU, sees a 1 % change of the loss."""
+    import types
+    from training.loop import compile_around
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from graph_check import check_candidate_loss
+    calls = []
+
+    def scan(t):                       # stands for ssm_kernels.cross_selective_scan: Python dynamo must not trace
+        calls.append(tuple(t.shape))
+        return torch.cumsum(t, dim=-1)
+    fake = types.ModuleType("fake_model")
+    fake.scan = scan
+    monkeypatch.setitem(sys.modules, "fake_model", fake)
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(6, 6), torch.nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.b(torch.nn.functional.layer_norm(fake.scan(self.a(x)).relu(), (6,)))
+
+    def loss_of(model, x):
+        return (model(x) ** 2).mean()
+    torch.manual_seed(0)
+    x = torch.randn(5, 6)
+    comp = {}
+
+    def compiled(model, x):
+        if model not in comp:
+            comp[model] = compile_around(lambda t: loss_of(model, t), [(fake, "scan")], backend="aot_eager")
+        return comp[model](x)
+    out = check_candidate_loss(Toy, loss_of, compiled, (x,), "compiled")
+    assert out["rel_l2_grad_defaults_vs_candidate"] < 1e-6 and abs(out["loss_candidate"] - out["loss_defaults"]) < 1e-6
+    assert getattr(fake.scan, "_compile_opaque", False) and calls     # wrapped, and still called
+    wrapped = fake.scan
+    compile_around(lambda t: t, [(fake, "scan")], backend="aot_eager")
+    assert fake.scan is wrapped                                       # not wrapped twice
+    moved = check_candidate_loss(Toy, loss_of, lambda m, t: 1.01 * loss_of(m, t), (x,), "scaled")
+    assert moved["rel_l2_grad_defaults_vs_candidate"] == pytest.approx(0.01, rel=1e-3)

@@ -8,6 +8,7 @@ CHAOS canvas size: where a step's time goes, and the step before / after the sha
     python benchmarks/bench_train_step.py --compare scan --json step.json   # serial vs segmented scan
     python benchmarks/bench_train_step.py --compare graphs --json step.json # eager vs one CUDA graph
     python benchmarks/bench_train_step.py --compare kernels --kernel-env SSM_BWD_BLOCK_L=256 SSM_BWD_SHIFT=divide
+    python benchmarks/bench_train_step.py --compare compile --json step.json  # forward + loss by torch.compile
 
 --compare scan times the step (multi-tensor EMA, fused AdamW) with the Triton scan serial over each
 sequence (SSM_SEGMENTS=1, the kernel before the chunked scan) against the chunked scan as chosen by
@@ -22,6 +23,12 @@ batch; the largest gradient difference relative to the gradient's largest entry 
 same with the ssm_kernels settings of --kernel-env (e.g. a candidate of kernels/benchmarks/sweep_backward.py),
 set while that variant's graph is captured and run; first it checks that the settings give the defaults'
 loss and gradients (graph_check.check_kernel_env: one batch, eager; --chunks 0 stops after the check).
+
+--compare compile times the step (as a CUDA graph on the GPU) with its forward + loss compiled by
+torch.compile (inductor, static shapes; the scan stays the ssm_kernels call between the compiled graphs:
+training.loop.compile_around) against the same uncompiled, after checking that the compiled step gives the
+defaults' loss and gradients (graph_check.check_candidate_loss). Compilation happens in the warm-up.
+--compile-backend aot_eager checks the plumbing where inductor cannot generate code (this CPU).
 
 Whole steps are timed without synchronising inside them (the rate training gets), in chunks that
 alternate between the variants; the breakdown synchronises around each part (so its sum is a little
@@ -43,7 +50,7 @@ from training.srma.augment3d import Augment3DConfig, augment_batch
 from training.srma.data import CHAOS_CLASSES
 from training.srma.train import deep_supervision_loss
 
-from graph_check import check_graphed_step, check_kernel_env
+from graph_check import check_candidate_loss, check_graphed_step, check_kernel_env
 
 
 def synthetic_canvas(n, size, device, g):
@@ -73,9 +80,10 @@ def main(argv=None):
     p.add_argument("--patch", type=int, nargs=3, default=[128, 128, 48])
     p.add_argument("--steps", type=int, default=20, help="steps per timed chunk")
     p.add_argument("--chunks", type=int, default=5, help="timed chunks per variant (alternating)")
-    p.add_argument("--compare", choices=("optimizer", "scan", "graphs", "kernels"), default="optimizer")
+    p.add_argument("--compare", choices=("optimizer", "scan", "graphs", "kernels", "compile"), default="optimizer")
     p.add_argument("--kernel-env", nargs="+", default=[], metavar="SSM_VAR=VALUE",
                    help="--compare kernels: the candidate's ssm_kernels settings")
+    p.add_argument("--compile-backend", default="inductor", help="--compare compile: torch.compile's backend")
     p.add_argument("--json")
     a = p.parse_args(argv)
     dev = torch.device(a.device)
@@ -115,12 +123,26 @@ def main(argv=None):
     elif a.compare == "graphs":
         variants = {"eager (before)": build(True, True), "CUDA graph": build(True, True)}
         scan_env = {}
+    elif a.compare == "compile":
+        comp = f"torch.compile ({a.compile_backend})"
+        variants = {"not compiled (before)": build(True, True), comp: build(True, True)}
+        scan_env = {}
     else:
         variants = {"per-tensor EMA, foreach AdamW (before)": build(False, False),
                     "multi-tensor EMA, foreach AdamW": build(True, False),
                     "multi-tensor EMA, fused AdamW": build(True, True)}
         scan_env = {}
-    if a.compare in ("graphs", "kernels"):
+    if a.compare == "compile":
+        import SRMASegmenterLib.model as srma_model
+        from training.loop import compile_around
+
+        def compiled_loss(model):
+            def loss_of(x, y):
+                with amp.autocast(cache=not cuda):
+                    outs = model(x)
+                return deep_supervision_loss([o.float() for o in outs], y[:, None], loss_fn)
+            return compile_around(loss_of, [(srma_model, "cross_selective_scan")], backend=a.compile_backend)
+    if a.compare in ("graphs", "kernels", "compile"):
         for name, (model, _, _) in variants.items():
             on = name != "eager (before)"
 
@@ -128,6 +150,8 @@ def main(argv=None):
                 with amp.autocast(cache=not on):
                     outs = model(x)
                 return deep_supervision_loss([o.float() for o in outs], y[:, None], loss_fn)
+            if a.compare == "compile" and name == comp:
+                loss_of = compiled_loss(model)
             graphed[name] = GraphedStep(model.parameters(), loss_of, enabled=on)
     env_keys = {k for e in scan_env.values() for k in e}
 
@@ -167,7 +191,7 @@ def main(argv=None):
             pass
 
     check = None
-    if a.compare in ("graphs", "kernels"):   # the same loss and gradients as the reference path, one batch
+    if a.compare in ("graphs", "kernels", "compile"):   # the same loss and gradients as the reference path
         def check_loss(model, x, y, cache=True):
             with amp.autocast(cache=cache):
                 outs = model(x)
@@ -178,8 +202,11 @@ def main(argv=None):
         if a.compare == "graphs":      # eager against replayed (graph_check.check_graphed_step)
             check = check_graphed_step(lambda: build(True, True)[0],
                                        lambda m, on, x, y: check_loss(m, x, y, cache=not on), (x, y))
-        else:                          # defaults against the candidate's settings (graph_check.check_kernel_env)
+        elif a.compare == "kernels":   # defaults against the candidate's settings (graph_check.check_kernel_env)
             check = check_kernel_env(lambda: build(True, True)[0], check_loss, (x, y), scan_env[cand])
+        else:                          # uncompiled against compiled, eager (graph_check.check_candidate_loss)
+            check = check_candidate_loss(lambda: build(True, True)[0], check_loss,
+                                         lambda m, x, y: compiled_loss(m)(x, y), (x, y), comp)
     if check is not None and a.chunks == 0:
         print(json.dumps(check))
         return

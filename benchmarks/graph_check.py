@@ -1,6 +1,7 @@
 """Does a training step replayed as a CUDA graph compute what the eager step computes? Shared by
 bench_train_step.py (SRMA-Mamba) and bench_ultrascan.py (UltraScanNet). And does a step with other scan
-kernel settings (`check_kernel_env`, e.g. SSM_CROSS_LAYOUT=transpose) compute what the defaults compute?
+kernel settings (`check_kernel_env`, e.g. SSM_CROSS_LAYOUT=transpose), or the step compiled by torch.compile
+(`check_candidate_loss`), compute what the defaults compute?
 
 Two copies of one model with drop-path and dropout off (for the check only: a captured graph keeps whatever Python
 branches were taken at capture), one batch: the loss and gradients of the eager step twice (their
@@ -8,6 +9,7 @@ difference is eager's own run-to-run noise: bf16 autocast, float32 atomics in th
 replay. The graph passes when its difference from eager is of the size of eager's from itself."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -64,41 +66,56 @@ def check_graphed_step(make_model, loss_of, inputs):
     return out
 
 
-def check_kernel_env(make_model, loss_of, inputs, env: dict) -> dict:
-    """The loss and gradients of one eager step with the scan kernels' defaults twice (their difference is
-    the defaults' own run-to-run noise: float32 atomics in the scan, bf16 autocast) and with the ssm_kernels
-    settings `env` ({"SSM_CROSS_LAYOUT": "transpose"}, ...), on two copies of one model (drop-path and
-    dropout off). The settings pass when their difference from the defaults is of the size of the noise.
-    loss_of(model, *inputs) -> scalar loss. The environment is restored afterwards."""
+def check_candidate_loss(make_model, loss_of, candidate_loss_of, inputs, label: str, context=None) -> dict:
+    """Does another way of computing the step (other scan settings, the step compiled by torch.compile)
+    give the defaults' loss and gradients? One eager step of loss_of twice (the defaults' own noise: float32
+    atomics in the scan, bf16 autocast) and one of candidate_loss_of, run inside `context()` if given
+    (forward and backward), on two copies of one model (drop-path and dropout off). The candidate passes
+    when its difference from the defaults is of the size of that noise. loss_of(model, *inputs) -> loss."""
     m0 = no_dropout(make_model())
     m1 = no_dropout(make_model())
     m1.load_state_dict(m0.state_dict())
 
-    def grads(model):
+    def grads(model, fn):
         model.zero_grad(set_to_none=True)
-        loss = loss_of(model, *inputs)
+        loss = fn(model, *inputs)
         loss.backward()
         return float(loss), [p.grad.float().clone() for p in model.parameters() if p.grad is not None]
 
+    l0, g0 = grads(m0, loss_of)
+    l0b, g0b = grads(m0, loss_of)
+    with (context() if context else contextlib.nullcontext()):
+        l1, g1 = grads(m1, candidate_loss_of)
+    noise, cand = grad_difference(g0, g0b), grad_difference(g0, g1)
+    out = dict(candidate=label, loss_defaults=l0, loss_defaults_again=l0b, loss_candidate=l1,
+               rel_l2_grad_defaults_vs_defaults=noise[0], worst_tensor_defaults_vs_defaults=noise[1],
+               rel_l2_grad_defaults_vs_candidate=cand[0], worst_tensor_defaults_vs_candidate=cand[1])
+    print(f"check {label}: loss defaults {l0:.6f} / again {l0b:.6f}, candidate {l1:.6f}; gradients, relative L2 "
+          f"over all (worst tensor): defaults vs defaults {noise[0]:.2e} ({noise[1]:.2e}), defaults vs candidate "
+          f"{cand[0]:.2e} ({cand[1]:.2e})", flush=True)
+    return out
+
+
+def check_kernel_env(make_model, loss_of, inputs, env: dict) -> dict:
+    """check_candidate_loss for ssm_kernels settings `env` ({"SSM_CROSS_LAYOUT": "transpose"}, ...): the
+    defaults with those variables unset, the candidate with them set (forward and backward). The caller's
+    environment is restored afterwards."""
     saved = {k: os.environ.get(k) for k in env}
+
+    @contextlib.contextmanager
+    def settings():
+        os.environ.update(env)
+        yield
+
     for k in env:
         os.environ.pop(k, None)
     try:
-        l0, g0 = grads(m0)
-        l0b, g0b = grads(m0)
-        os.environ.update(env)
-        l1, g1 = grads(m1)
+        out = check_candidate_loss(make_model, loss_of, loss_of, inputs,
+                                   " ".join(f"{k}={v}" for k, v in env.items()), settings)
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    noise, cand = grad_difference(g0, g0b), grad_difference(g0, g1)
-    out = dict(env=dict(env), loss_defaults=l0, loss_defaults_again=l0b, loss_candidate=l1,
-               rel_l2_grad_defaults_vs_defaults=noise[0], worst_tensor_defaults_vs_defaults=noise[1],
-               rel_l2_grad_defaults_vs_candidate=cand[0], worst_tensor_defaults_vs_candidate=cand[1])
-    print(f"check {' '.join(f'{k}={v}' for k, v in env.items())}: loss defaults {l0:.6f} / again {l0b:.6f}, "
-          f"candidate {l1:.6f}; gradients, relative L2 over all (worst tensor): defaults vs defaults "
-          f"{noise[0]:.2e} ({noise[1]:.2e}), defaults vs candidate {cand[0]:.2e} ({cand[1]:.2e})", flush=True)
-    return out
+    return dict(env=dict(env), **out)

@@ -11,6 +11,7 @@
 #   scripts/device_train.sh collect SECONDS            # wait for the runs (at most SECONDS), then copy to $OUT
 #   scripts/device_train.sh kernels SECONDS            # the scan's backward sweep + the step with its best (issue 13)
 #   scripts/device_train.sh layout SECONDS             # the SS2D scan's transposed layout vs strided, kernel + step
+#   scripts/device_train.sh compile SECONDS            # the step with forward + loss by torch.compile vs not (issue 13)
 #   scripts/device_train.sh us-heatmaps A B [SIZE]     # pointing game of the us-variants pair A+B (the runtime's class)
 #                                                      # and their logits at SIZE with and without the mirror
 #   EXPORT_FOLDS=1 ...liver-steps...   # also export each CV fold's weights (for CPU analysis of its held-out cases);
@@ -216,6 +217,17 @@ layout)    # SECONDS: the SS2D scan's transposed layout against the strided defa
   timeout $(( t * 7 / 20 )) python3 benchmarks/bench_train_step.py --compare kernels --kernel-env SSM_CROSS_LAYOUT=transpose \
     --patch 224 224 64 --steps 8 --chunks 2 --json "$OUT/step_layout_224.json" > "$OUT/step_layout_224.txt" 2>&1
   tail -n 8 "$OUT/step_layout_224.txt"
+  ;;
+compile)   # SECONDS: the training step with forward + loss compiled by torch.compile against the same uncompiled
+           # (issue 13, item 5), both as CUDA graphs, after the loss / gradient check; the trainer's patch, then
+           # 224 x 224 x 64. Into $OUT. Inductor compiles in the warm-up (minutes on a fresh machine).
+  setup
+  cd "$W/code" || exit 1
+  t=$2
+  timeout $(( t / 2 )) python3 benchmarks/bench_train_step.py --compare compile --chunks 3 \
+    --json "$OUT/step_compile_128.json" > "$OUT/step_compile_128.txt" 2>&1; tail -n 9 "$OUT/step_compile_128.txt"
+  timeout $(( t / 2 )) python3 benchmarks/bench_train_step.py --compare compile --patch 224 224 64 --steps 8 --chunks 2 \
+    --json "$OUT/step_compile_224.json" > "$OUT/step_compile_224.txt" 2>&1; tail -n 9 "$OUT/step_compile_224.txt"
   ;;
 run)   # one named run in the background; its data must have been copied by an earlier call or this one
   kind=$2; name=$3; shift 3

@@ -237,6 +237,26 @@ def adamw(groups, lr: float, device: torch.device, fused: bool | None = None, **
     return torch.optim.AdamW(groups, lr=lr, fused=bool(fused), **kw)
 
 
+def compile_around(fn, opaque=(), backend: str = "inductor"):
+    """fn compiled by torch.compile (static shapes), the functions of `opaque` ((module, attribute name)
+    pairs) left to run as they are, between the compiled graphs: the scan's launcher picks Triton kernels
+    in Python (environment, shapes), which dynamo cannot trace. The module attributes are replaced by their
+    compiler-disabled wrappers for the whole process (an eager caller gets the same results through them).
+    For the training step's forward + loss, whose layer norms and elementwise ops inductor can fuse
+    (issue 13, item 5); backend "aot_eager" traces without generating code (a CPU check of the plumbing)."""
+    for mod, name in opaque:
+        f = getattr(mod, name)
+        if not getattr(f, "_compile_opaque", False):
+            wrapped = torch.compiler.disable(f)
+            wrapped._compile_opaque = True
+            setattr(mod, name, wrapped)
+    import torch._dynamo as dynamo
+    # the graphs between scan calls are the SS2D blocks' code at each stage's shapes: one compiled version
+    # per stage and direction of the network, more than dynamo's default limit of 8 per code object
+    dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
+    return torch.compile(fn, dynamic=False, backend=backend)
+
+
 def save_checkpoint(path: Path, state: dict):
     """Written beside, then renamed: a run killed mid-save leaves the previous checkpoint whole."""
     path = Path(path)
