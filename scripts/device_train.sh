@@ -36,7 +36,7 @@
 set -uo pipefail
 W=${W:-/root/w}
 mode=$1
-export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
+export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 PYTHONUTF8=1   # UTF-8: inductor reads its templates with the locale
 setup() {
   mkdir -p "$W/data" "$W/runs"
   if [ ! -d /tmp/site/monai ]; then
