@@ -25,17 +25,30 @@ def lite0_training_keys(sd):
     return out
 
 
-def trained_looking(net, head_std: float = 0.0):
+def trained_looking(net, head_std: float = 0.0, calibrate=None):
     """A freshly initialised classifier given the BatchNorm statistics (and, with head_std, Linear weights)
-    of a trained one, so that its logits depend on the image and differ between seeds."""
+    of a trained one, so that its logits depend on the image and differ between seeds. calibrate: a batch
+    of inputs whose activations set the BatchNorm statistics instead of random ones (needed where a fresh
+    network's activations are too small for random statistics to leave its logits input-dependent, as for
+    efficientnet-lite-pytorch's Lite0)."""
     import torch
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
+        for m in bns:
+            if calibrate is None:
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 1.5)
-            elif head_std and isinstance(m, torch.nn.Linear):
-                m.weight.normal_(0, head_std)
+            else:
+                m.reset_running_stats()
+                m.momentum = None                 # a plain average over the calibration batch
+        if calibrate is not None:
+            was_training = net.training
+            net.train()(calibrate)
+            net.train(was_training)
+        if head_std:
+            for m in net.modules():
+                if isinstance(m, torch.nn.Linear):
+                    m.weight.normal_(0, head_std)
     return net
 
 

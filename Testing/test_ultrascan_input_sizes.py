@@ -81,14 +81,7 @@ def test_input_sizes_scores_each_fold_on_its_own_images(tmp_path):
         d = run / f"fold{f}"
         d.mkdir(parents=True)
         torch.manual_seed(f)
-        net = EfficientNetLite(0, 3, pretrained=False)
-        with torch.no_grad():        # BatchNorm statistics of real activations: logits that depend on the image
-            for m in net.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.reset_running_stats()
-                    m.momentum = None
-            net.train()(torch.randn(4, 3, 64, 64))
-        net.eval()
+        net = trained_looking(EfficientNetLite(0, 3, pretrained=False), calibrate=torch.randn(4, 3, 64, 64)).eval()
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(d / "final.safetensors"))
         (d / "summary.json").write_text(json.dumps({"args": {"model": "efficientnet_lite0", "split": str(split),
                                                              "fold": f, "load_size": 64}}))

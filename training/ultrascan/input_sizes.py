@@ -85,12 +85,12 @@ def load_scored(out, run, sizes) -> dict:
 
 
 def mean_runs(results: list[dict]) -> dict:
-    """The runs' logits averaged per size and fold (a seed ensemble, as ensemble.MemberMean)."""
-    out = {}
-    for s in results[0]:
-        out[s] = [(f[0], f[1], f[2], np.mean([r[s][i][3] for r in results], axis=0))
-                  for i, f in enumerate(results[0][s])]
-    return out
+    """The runs' logits averaged per size and fold (a seed ensemble, as ensemble.MemberMean), by
+    evaluate.mean_folds, which also refuses runs whose folds hold other images."""
+    from .evaluate import mean_folds
+    keys = ("fold", "names", "labels", "logits")
+    return {s: [tuple(f[k] for k in keys) for f in mean_folds([[dict(zip(keys, t)) for t in r[s]] for r in results])]
+            for s in results[0]}
 
 
 def main(argv=None):
