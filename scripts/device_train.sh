@@ -14,6 +14,8 @@
 #   scripts/device_train.sh compile SECONDS            # the step with forward + loss by torch.compile vs not (issue 13)
 #   scripts/device_train.sh us-heatmaps A B [SIZE]     # pointing game of the us-variants pair A+B (the runtime's class)
 #                                                      # and their logits at SIZE with and without the mirror
+#                                                      # (US_HEAT_FOLDS="3 4": those folds only)
+#   scripts/device_train.sh watch SECONDS              # wait while training runs live (at most SECONDS), print their logs
 #   EXPORT_FOLDS=1 ...liver-steps...   # also export each CV fold's weights (for CPU analysis of its held-out cases);
 #                                      # a call brings back about 64 MB: two folds' shards per collect, copy the rest after
 # What a call brings back lands in /work/.device/N, which a later session's downloads reuse: copy it out
@@ -112,7 +114,7 @@ us-heatmaps)   # A B [CLASSIFY_SIZE]: the pointing game of the seed pair A+B (us
   setup
   [ -d "$W/data/busi-masks" ] || cp -r .carry/busi-masks "$W/data/busi-masks"
   cd "$W/code" || exit 1
-  runs=(); for k in 0 1 2 3 4; do runs+=("$W/runs/us/$A/fold$k+$W/runs/us/$B/fold$k"); done
+  runs=(); for k in ${US_HEAT_FOLDS:-0 1 2 3 4}; do runs+=("$W/runs/us/$A/fold$k+$W/runs/us/$B/fold$k"); done
   python3 -m training.ultrascan.heatmap_methods "${runs[@]}" --data "$W/data/busi" --masks "$W/data/busi-masks" \
     --classify-size "$CS" --sizes "$CS" 320 --json "$OUT/heatmaps_${A}_${B}_$CS.json" > "$OUT/heatmaps_${A}_${B}_$CS.txt" 2>&1
   tail -n 14 "$OUT/heatmaps_${A}_${B}_$CS.txt"   # $OUT names: letters, digits, '.', '_', '-' only
@@ -245,6 +247,14 @@ run)   # one named run in the background; its data must have been copied by an e
   d=$W/runs/$name; mkdir -p "$d"
   (cd "$W/code" && setsid nohup python3 -m $mod --data "$data" --out "$d" "$@" > "$d/log.txt" 2>&1 < /dev/null &)
   sleep 20; tail -n 3 "$d/log.txt"
+  ;;
+watch)   # SECONDS: keep the call (and so the machine) busy while the background runs train; chain it into the
+         # call that starts them (`... liver-steps ...; scripts/device_train.sh watch 480`) and start the next
+         # call at once: a gap of over 30 s between calls gives the machine back, and every run on it is lost
+         # (session 21 lost a 16-minute liver run to one such gap)
+  end=$(( $(date +%s) + $2 ))
+  while pgrep -f "[t]raining\.[a-z]*\.train" > /dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 5; done
+  for f in $(find "$W/runs" -name log.txt | sort); do echo "$f: $(grep -a -v '^\[' "$f" | tail -n 1 | cut -c1-160)"; done
   ;;
 collect)   # wait until no training runs (or SECONDS pass), then bring logs, metrics and weights back
   end=$(( $(date +%s) + $2 ))
