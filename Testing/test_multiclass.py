@@ -147,7 +147,7 @@ def test_contrast_flags_reach_the_augmentation_and_compress_about_the_mean():
     a = parse_args(["--data", "x", "--contrast", "0.75", "1.25", "--p-contrast", "0.15"])   # nnU-Net's
     assert a.contrast == [0.75, 1.25] and a.p_contrast == 0.15
     d = parse_args(["--data", "x"])
-    assert d.contrast == [0.35, 1.5] and d.p_contrast == 0.3 and d.steps == 5400   # chosen by the 5-fold CV
+    assert d.contrast == [0.35, 1.5] and d.p_contrast == 0.3 and d.steps == 8100   # chosen by the 5-fold CV
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 1, 8, 8, 4)
     off = Augment3DConfig.none(p_contrast=1.0, contrast=(0.4, 0.4))
