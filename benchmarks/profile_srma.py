@@ -1,49 +1,152 @@
-"""Profile one SRMA-Mamba training step (batch 2, 224x224x64, bf16) and print the top GPU kernels."""
+"""Where one SRMA-Mamba training step spends its device time, by kernel group (issue 13, item 5).
+
+    python benchmarks/profile_srma.py --patch 128 128 48 --json prof.json                 # the trainer's patch
+    SSM_CROSS_LAYOUT=strided python benchmarks/profile_srma.py --patch 224 224 64 --json prof_strided.json
+    python benchmarks/profile_srma.py --device cpu --dims 8 --patch 32 32 16 --steps 1   # smoke (CPU time)
+
+The step is the trainer's (training/srma/train.py) without its data pipeline: the 5-class model at
+--dims, bf16 autocast on the GPU, softmax Dice + CE with deep supervision on the four outputs, backward,
+AdamW. It runs eager (a CUDA graph replays as one launch, which the profiler does not split), so the
+whole-step time printed is above the trainer's graphed step; the groups say where the kernels' time goes.
+Each kernel's own (self) device time is counted once, in the first group whose pattern its name holds
+(GROUPS, in order). The scan kernels are named by ssm_kernels (`_scan_fwd_kernel`, `_scan_bwd_kernel`);
+the copies of the transposed SS2D layout (SSM_CROSS_LAYOUT=transpose, the training default) land in
+"copies, casts and layout conversions", so running both layouts says whether the copies eat the scans' gain.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
 import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from SRMASegmenterLib.model import SRMAMamba
-
-dev = torch.device("cuda")
-model = SRMAMamba().to(dev).train()
-opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-x = torch.randn(2, 1, 224, 224, 64, device=dev)
-y = (torch.rand(2, 1, 224, 224, 64, device=dev) > 0.5).float()
-torch.backends.cudnn.benchmark = True
-
-
-def step():
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        outs = model(x)
-    loss = sum(torch.nn.functional.binary_cross_entropy_with_logits(o.float(), y) for o in outs)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+GROUPS = (  # (group, name fragments, lower case); first match wins
+    ("scan forward", ("_scan_fwd_kernel",)),
+    ("scan backward", ("_scan_bwd_kernel",)),
+    ("layer norm", ("layer_norm", "layernorm")),
+    ("copies, casts and layout conversions", ("copy", "nchwtonhwc", "nhwctonchw", "transpose", "permute")),
+    ("convolution", ("conv", "implicit_gemm", "xmma", "cudnn", "winograd", "dgrad", "wgrad")),
+    ("matrix multiply", ("gemm", "cutlass", "matmul", "aten::mm", "aten::bmm", "aten::addmm")),
+    ("upsampling", ("upsample",)),
+    ("batch / group norm", ("batch_norm", "batchnorm", "group_norm", "groupnorm")),
+    ("reductions", ("reduce", "sum_", "mean_", "norm_kernel")),
+    ("optimizer", ("adam", "foreach", "multi_tensor")),
+    ("elementwise", ("elementwise", "vectorized", "unrolled", "activation", "gelu", "silu", "softplus", "exp",
+                     "aten::add", "aten::mul", "aten::sub", "aten::div", "aten::fill")),
+)
 
 
-for _ in range(3):
-    step()
-torch.cuda.synchronize()
-t0 = time.perf_counter()
-for _ in range(3):
-    step()
-torch.cuda.synchronize()
-print(f"train step (batch 2, bf16): {(time.perf_counter() - t0) / 3 * 1e3:.0f} ms", flush=True)
-with torch.inference_mode():
-    model.eval()
-    xi = x[:1]
-    for _ in range(3):
-        model(xi)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(5):
-        model(xi)
-    torch.cuda.synchronize()
-    print(f"forward per patch (fp32): {(time.perf_counter() - t0) / 5 * 1e3:.1f} ms", flush=True)
-    model.train()
-with profile(activities=[ProfilerActivity.CUDA]) as prof:
-    step()
-    torch.cuda.synchronize()
-print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60))
+def group_of(name: str) -> str:
+    """The group of a kernel (or, on the CPU, an operator) by its name; "other" where none matches."""
+    low = name.lower()
+    for group, frags in GROUPS:
+        if any(f in low for f in frags):
+            return group
+    return "other"
+
+
+def _self_time_us(evt, cuda: bool) -> float:
+    if cuda:
+        for attr in ("self_device_time_total", "self_cuda_time_total"):
+            if hasattr(evt, attr):
+                return float(getattr(evt, attr))
+        return 0.0
+    return float(evt.self_cpu_time_total)
+
+
+def kernel_groups(events, cuda: bool) -> tuple[dict, list]:
+    """({group: ms}, [(name, ms, calls), ...] largest first) from profiler key averages, by self time."""
+    groups: dict[str, float] = {}
+    rows = []
+    for e in events:
+        ms = _self_time_us(e, cuda) / 1e3
+        if ms <= 0:
+            continue
+        groups[group_of(e.key)] = groups.get(group_of(e.key), 0.0) + ms
+        rows.append((e.key, ms, int(e.count)))
+    rows.sort(key=lambda r: -r[1])
+    return dict(sorted(groups.items(), key=lambda kv: -kv[1])), rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dims", type=int, default=48, help="the trainer's width (48)")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--patch", type=int, nargs=3, default=[128, 128, 48])
+    p.add_argument("--steps", type=int, default=5, help="timed eager steps (after 3 of warm-up)")
+    p.add_argument("--top", type=int, default=25, help="kernels listed")
+    p.add_argument("--json")
+    a = p.parse_args(argv)
+
+    from monai.losses import DiceCELoss
+
+    from SRMASegmenterLib.model import SRMAConfig, SRMAMamba
+    from training.srma.data import CHAOS_CLASSES
+    from training.srma.train import deep_supervision_loss
+
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
+    torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    nc = len(CHAOS_CLASSES)
+    model = SRMAMamba(SRMAConfig(dims=a.dims, out_chans=nc, class_names=tuple(CHAOS_CLASSES))).to(dev).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True,
+                         smooth_nr=1e-5, smooth_dr=1e-5)
+    x = torch.randn(a.batch_size, 1, *a.patch, device=dev)
+    y = torch.randint(0, nc, (a.batch_size, *a.patch), device=dev)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    def step():
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+            outs = model(x)
+        loss = deep_supervision_loss([o.float() for o in outs], y[:, None], loss_fn)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3 if cuda else 1):
+        step()
+    times = []
+    for _ in range(a.steps):
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    acts = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with profile(activities=acts) as prof:
+        step()
+        sync()
+    groups, rows = kernel_groups(prof.key_averages(), cuda)
+    total = sum(groups.values())
+    res = dict(device=torch.cuda.get_device_name(dev) if cuda else "cpu", torch=torch.__version__,
+               dims=a.dims, batch=a.batch_size, patch=a.patch, eager_step_ms=statistics.median(times),
+               step_ms_all=times, profiled_ms=total, groups_ms=groups,
+               kernels=[dict(name=n, ms=ms, calls=c) for n, ms, c in rows[:a.top]],
+               ssm_env={k: v for k, v in os.environ.items() if k.startswith("SSM_")})
+    what = "kernel" if cuda else "operator"
+    print(f"{res['device']}, dims {a.dims}, batch {a.batch_size}, patch {tuple(a.patch)}, SSM_* {res['ssm_env']}")
+    print(f"eager step (median of {a.steps}): {res['eager_step_ms']:.1f} ms; profiled {what} self time {total:.1f} ms")
+    print(f"| {what} group | ms | share |\n|---|---|---|")
+    for g, ms in groups.items():
+        print(f"| {g} | {ms:.1f} | {ms / total:.0%} |")
+    print(f"\n| {what} | ms | calls | group |\n|---|---|---|---|")
+    for n, ms, c in rows[:a.top]:
+        print(f"| {n[:70]} | {ms:.2f} | {c} | {group_of(n)} |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@
 #   scripts/device_train.sh us-heatmaps A B [SIZE]     # pointing game of the us-variants pair A+B (the runtime's class)
 #                                                      # and their logits at SIZE with and without the mirror
 #                                                      # (US_HEAT_FOLDS="3 4": those folds only)
+#   scripts/device_train.sh profile SECONDS            # the step's device time by kernel group, both SS2D layouts (issue 13)
 #   scripts/device_train.sh watch SECONDS              # wait while training runs live (at most SECONDS), print their logs
 #   EXPORT_FOLDS=1 ...liver-steps...   # also export each CV fold's weights (for CPU analysis of its held-out cases);
 #                                      # a call brings back about 64 MB: two folds' shards per collect, copy the rest after
@@ -230,6 +231,18 @@ compile)   # SECONDS: the training step with forward + loss compiled by torch.co
     --json "$OUT/step_compile_128.json" > "$OUT/step_compile_128.txt" 2>&1; tail -n 9 "$OUT/step_compile_128.txt"
   timeout $(( t / 2 )) python3 benchmarks/bench_train_step.py --compare compile --patch 224 224 64 --steps 8 --chunks 2 \
     --json "$OUT/step_compile_224.json" > "$OUT/step_compile_224.txt" 2>&1; tail -n 9 "$OUT/step_compile_224.txt"
+  ;;
+profile)   # SECONDS: where the training step's device time goes, by kernel group, with the transposed SS2D layout
+           # (the training default) and the strided one, at the trainer's patch and at 224 x 224 x 64 (issue 13:
+           # why the layout that runs the scans 1.3-2.7x faster moved the step by 3 % at most). Into $OUT.
+  setup
+  cd "$W/code" || exit 1
+  for patch in "128 128 48" "224 224 64"; do for lay in transpose strided; do
+    tag=${patch// /x}_$lay
+    SSM_CROSS_LAYOUT=$lay timeout $(( $2 / 4 )) python3 benchmarks/profile_srma.py --patch $patch \
+      --json "$OUT/profile_$tag.json" > "$OUT/profile_$tag.txt" 2>&1
+    sed -n 2,16p "$OUT/profile_$tag.txt"
+  done; done
   ;;
 run)   # one named run in the background; its data must have been copied by an earlier call or this one
   kind=$2; name=$3; shift 3

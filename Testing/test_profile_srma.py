@@ -1,0 +1,48 @@
+"""benchmarks/profile_srma.py groups a profiled step's kernels (issue 13, item 5): each kernel's self time is
+counted once, in the group its name says, so that two scan layouts' profiles can be compared group by group."""
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from profile_srma import group_of, kernel_groups  # noqa: E402
+
+
+def test_kernel_names_fall_in_their_groups():
+    """Names as the CUDA profiler reports them on an H100 (scan kernels are ssm_kernels' Triton names)."""
+    cases = {
+        "_scan_fwd_kernel": "scan forward",
+        "_scan_bwd_kernel": "scan backward",
+        "void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float, float>(int, float, ...)":
+            "layer norm",
+        "void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<at::native::"
+        "direct_copy_kernel_cuda(at::TensorIteratorBase&)::{lambda()#3}>": "copies, casts and layout conversions",
+        "void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16, ...>": "copies, casts and layout conversions",
+        "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64": "convolution",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl(...)>": "elementwise",
+        "void at::native::(anonymous namespace)::upsample_trilinear3d_out_frame<float, float>": "upsampling",
+        "void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, ...>>": "reductions",
+        "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<...FusedAdamMathFunctor...>":
+            "optimizer",
+        "aten::mm": "matrix multiply",
+        "some_unknown_kernel": "other",
+    }
+    for name, group in cases.items():
+        assert group_of(name) == group, (name, group_of(name), group)
+
+
+def test_groups_sum_self_times_once_largest_first():
+    ev = [SimpleNamespace(key="_scan_bwd_kernel", self_device_time_total=3000.0, count=6),
+          SimpleNamespace(key="_scan_fwd_kernel", self_device_time_total=1500.0, count=6),
+          SimpleNamespace(key="void at::native::vectorized_layer_norm_kernel", self_device_time_total=500.0,
+                          count=10),
+          SimpleNamespace(key="direct_copy_kernel_cuda", self_device_time_total=250.0, count=4),
+          SimpleNamespace(key="cudaLaunchKernel", self_device_time_total=0.0, count=99)]   # host-side: no device time
+    groups, rows = kernel_groups(ev, cuda=True)
+    assert groups == {"scan backward": 3.0, "scan forward": 1.5, "layer norm": 0.5,
+                      "copies, casts and layout conversions": 0.25}
+    assert list(groups) == ["scan backward", "scan forward", "layer norm", "copies, casts and layout conversions"]
+    assert [r[0] for r in rows][:2] == ["_scan_bwd_kernel", "_scan_fwd_kernel"] and len(rows) == 4
+    cpu = [SimpleNamespace(key="aten::copy_", self_cpu_time_total=2000.0, count=3)]
+    assert kernel_groups(cpu, cuda=False)[0] == {"copies, casts and layout conversions": 2.0}
