@@ -1,7 +1,7 @@
 """Where the scan's time goes in one SRMA-Mamba training step: each scan call timed by shape.
 
 Wraps ssm_kernels.triton_launch.forward/backward with CUDA events during a bf16 training step at
-batch 2 (patch from --patch, default 224 224 64) and prints, per (batch, channels, L, N, SS2D?) shape,
+batch 2 (patch from --patch, default 224 224 64) and prints, per (batch, channels, L, N, SS2D map H x W) shape,
 the calls, the median forward and backward time, and the bytes each moves over the time of a copy of
 those bytes (the memory floor), so the shapes furthest from the floor are the ones to work on.
 
@@ -28,7 +28,8 @@ pending = []
 
 
 def key(u, B, hw):
-    return (tuple(u.shape), B.shape[-2], hw is not None)
+    """(u's shape, N, the SS2D map's (H, W) or None): maps of one length but other heights are other shapes."""
+    return (tuple(u.shape), B.shape[-2], tuple(hw) if hw is not None else None)
 
 
 def nbytes(*ts):
@@ -85,18 +86,19 @@ for k, v in times.items():
         e0.record(); dst.copy_(src); e1.record(); torch.cuda.synchronize()
         ts.append(e0.elapsed_time(e1) / 2)   # a copy reads and writes: half of it is moving the bytes once
     per = len(v["fwd"]) // a.steps
-    rows.append({"u_shape": k[0], "N": k[1], "ss2d": k[2], "calls_per_step": per,
+    rows.append({"u_shape": k[0], "N": k[1], "ss2d": k[2] is not None, "hw": k[2], "calls_per_step": per,
                  "fwd_ms": statistics.median(v["fwd"]), "bwd_ms": statistics.median(v["bwd"]) if v["bwd"] else None,
                  "floor_ms": statistics.median(ts)})
 rows.sort(key=lambda r: -(r["fwd_ms"] + (r["bwd_ms"] or 0)) * r["calls_per_step"])
 print(f"{torch.cuda.get_device_name()}  patch {a.patch}  batch 2 bf16")
-print(f"{'u (b, d, L)':>22} {'N':>3} {'ss2d':>5} {'calls':>5} {'fwd ms':>8} {'bwd ms':>8} {'floor ms':>9} "
+print(f"{'u (b, d, L)':>22} {'N':>3} {'map H x W':>11} {'calls':>5} {'fwd ms':>8} {'bwd ms':>8} {'floor ms':>9} "
       f"{'fwd/floor':>9} {'step ms':>8}")
 tot = 0.0
 for r in rows:
     st = (r["fwd_ms"] + (r["bwd_ms"] or 0)) * r["calls_per_step"]
     tot += st
-    print(f"{str(r['u_shape']):>22} {r['N']:>3} {str(r['ss2d']):>5} {r['calls_per_step']:>5} {r['fwd_ms']:8.3f} "
+    hw = f"{r['hw'][0]} x {r['hw'][1]}" if r["hw"] else "-"
+    print(f"{str(r['u_shape']):>22} {r['N']:>3} {hw:>11} {r['calls_per_step']:>5} {r['fwd_ms']:8.3f} "
           f"{(r['bwd_ms'] or 0):8.3f} {r['floor_ms']:9.3f} {r['fwd_ms'] / r['floor_ms']:9.1f} {st:8.1f}")
 print(f"scan total per step: {tot:.1f} ms")
 if a.json:

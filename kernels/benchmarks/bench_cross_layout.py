@@ -8,7 +8,16 @@ forward + backward, medians of CUDA-event timings; the two layouts' outputs and 
 (largest difference relative to the largest entry). N = 1, bf16 inputs, delta softplus, D and bias:
 SRMA-Mamba's SS2D calls (benchmarks/scan_shapes_srma.py lists the shapes of its training step).
 
-    python kernels/benchmarks/bench_cross_layout.py --json cross_layout.json
+    python kernels/benchmarks/bench_cross_layout.py --json cross_layout.json               # the model's maps
+    python kernels/benchmarks/bench_cross_layout.py --shapes square --json cross_square.json
+
+Shape sets (--shapes, several allowed): srma224 and srma128 are the maps SRMA-Mamba's training step scans at
+a 224 x 224 x 64 and a 128 x 128 x 48 patch (batch 2, width 48): every SS2D plane is short and wide, (h, w x d)
+or (d, h x w), e.g. 32 x 12544. square is the near-square maps of equal length that sessions 16-19 timed
+(448 x 896, 224 x 224), which the model never scans: how far a column-major read is from its neighbour
+depends on the map's height, so a layout's gain on one does not carry to the other. The srma sets are
+written out here (this package knows no model); Testing/test_srma_scan_shapes.py checks them against the
+model's own calls.
 """
 import argparse
 import json
@@ -19,7 +28,13 @@ import torch
 
 from ssm_kernels import cross_selective_scan, selective_scan_fn
 
-SHAPES = [(2, 96, 448, 896), (2, 32, 448, 896), (2, 192, 224, 224)]  # (batch, channels, H, W); L = H * W
+SHAPE_SETS = {  # (batch, channels, H, W); L = H * W
+    "srma224": [(2, 96, 112, 3584), (2, 96, 32, 12544), (2, 32, 112, 3584), (2, 32, 32, 12544),
+                (2, 192, 56, 896), (2, 192, 16, 3136), (2, 32, 56, 896), (2, 32, 16, 3136)],
+    "srma128": [(2, 96, 64, 1536), (2, 96, 24, 4096), (2, 32, 64, 1536), (2, 32, 24, 4096),
+                (2, 192, 32, 384), (2, 192, 12, 1024), (2, 32, 32, 384), (2, 32, 12, 1024)],
+    "square": [(2, 96, 448, 896), (2, 32, 448, 896), (2, 192, 224, 224)],
+}
 
 
 def med(fn, n=10):
@@ -42,11 +57,12 @@ def rel(p, q):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shapes", nargs="+", choices=sorted(SHAPE_SETS), default=["srma224", "srma128"])
     p.add_argument("--json")
     a = p.parse_args()
     dev = "cuda"
     rows = []
-    for bsz, d, h, w in SHAPES:
+    for bsz, d, h, w in [s for name in a.shapes for s in SHAPE_SETS[name]]:
         L, N = h * w, 1
         x = torch.randn(bsz, d, h, w, device=dev, dtype=torch.bfloat16, requires_grad=True)
         dl = (torch.randn(bsz, 4, d, h, w, device=dev) * 0.5).bfloat16().requires_grad_()
