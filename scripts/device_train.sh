@@ -48,6 +48,10 @@ setup() {
   rsync -a --exclude .carry --exclude .whl --exclude .git ./ "$W/code/" 2>/dev/null || \
     (mkdir -p "$W/code" && tar --exclude=./.carry --exclude=./.whl --exclude=./.git -cf - . | tar -xf - -C "$W/code")
   export PYTHONPATH=/tmp/site:$W/code:$W/code/SRMASegmenter:$W/code/UltraScanClassifier:$W/code/SlicerAICommon:$W/code/kernels
+  # Triton's compiled kernels from an earlier lease (carry .carry/triton-cache, which `watch` brings back as
+  # $OUT/triton_cache.tgz): a fresh machine compiles them again, part of the two minutes before a liver run's 25th step
+  if [ -d .carry/triton-cache ] && [ ! -d "$W/triton-cache" ]; then cp -r .carry/triton-cache "$W/triton-cache"; fi
+  mkdir -p "$W/triton-cache"; export TRITON_CACHE_DIR=$W/triton-cache
 }
 
 # The 5 CV folds of splits/chaos_t2_5fold.json and the shipped model (every case but case_20), side by side
@@ -268,6 +272,11 @@ watch)   # SECONDS: keep the call (and so the machine) busy while the background
   end=$(( $(date +%s) + $2 ))
   while pgrep -f "[t]raining\.[a-z]*\.train" > /dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 5; done
   for f in $(find "$W/runs" -name log.txt | sort); do echo "$f: $(grep -a -v '^\[' "$f" | tail -n 1 | cut -c1-160)"; done
+  # the Triton cache, for the next fresh machine: unpack into .carry/triton-cache and carry it
+  if [ -d "$W/triton-cache" ] && [ -n "${OUT:-}" ]; then
+    (cd "$W" && tar -czf "$OUT/triton_cache.tgz" triton-cache)
+    [ "$(stat -c %s "$OUT/triton_cache.tgz")" -lt 15000000 ] || rm -f "$OUT/triton_cache.tgz"
+  fi
   ;;
 collect)   # wait until no training runs (or SECONDS pass), then bring logs, metrics and weights back
   end=$(( $(date +%s) + $2 ))
