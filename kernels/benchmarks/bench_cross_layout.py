@@ -14,8 +14,8 @@ SRMA-Mamba's SS2D calls (benchmarks/scan_shapes_srma.py lists the shapes of its 
 Shape sets (--shapes, several allowed): srma224 and srma128 are the maps SRMA-Mamba's training step scans at
 a 224 x 224 x 64 and a 128 x 128 x 48 patch (batch 2, width 48): every SS2D plane is short and wide, (h, w x d)
 or (d, h x w), e.g. 32 x 12544. square is the near-square maps of equal length that sessions 16-19 timed
-(448 x 896, 224 x 224), which the model never scans: how far a column-major read is from its neighbour
-depends on the map's height, so a layout's gain on one does not carry to the other. The srma sets are
+(448 x 896, 224 x 224), which the model never scans: a column-major read comes back to the same rows after
+H steps, so a layout's gain on a square map need not carry to the model's (docs/BENCHMARKS.md, session 21). The srma sets are
 written out here (this package knows no model); Testing/test_srma_scan_shapes.py checks them against the
 model's own calls.
 """
