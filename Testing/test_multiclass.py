@@ -256,6 +256,28 @@ def test_segmenter_gives_organs_on_the_input_grid(tiny5_folder, small_case):
         seg.predict(arr, geom, organs=["pancreas"])
 
 
+@pytest.mark.parametrize("direction", ["as read", "rotated in plane and flipped"])
+def test_kept_probabilities_lie_on_the_input_grid_and_give_the_mask(tiny5_folder, small_case, direction):
+    """predict(keep_probabilities=True): the class probabilities in the input's (k, j, i) layout, float32,
+    summing to one, whose argmax -- largest component and holes filled as the module does -- is the mask it
+    returned, also where the input's axes are permuted and flipped against the model's orientation."""
+    from SRMASegmenterLib.inference import LiverSegmenter, postprocess
+    from SRMASegmenterLib.volumes import Geometry
+    arr, _, geom = small_case
+    if direction != "as read":
+        rot = np.array([[0.0, -1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])   # i <-> j, both flipped
+        geom = Geometry(geom.spacing, geom.origin, rot @ np.asarray(geom.direction))
+    seg = LiverSegmenter.load(tiny5_folder, device="cpu")
+    mask, info = seg.predict(arr, geom, keep_probabilities=True)
+    prob = info["probabilities"]
+    assert prob.dtype == np.float32 and prob.shape == (5, *arr.shape)
+    assert np.allclose(prob.sum(0), 1.0, atol=1e-4)
+    liver = postprocess(prob.argmax(0) == CHAOS5.index("liver"))
+    assert mask.any() and np.array_equal(liver, mask)
+    _, plain = seg.predict(arr, geom)
+    assert "probabilities" not in plain
+
+
 def test_binary_model_refuses_organs(tiny_segmenter, small_case):
     arr, _, geom = small_case
     with pytest.raises(ValueError, match="cannot segment spleen"):
@@ -365,3 +387,22 @@ def test_error_location_puts_a_one_voxel_rim_in_the_first_band_and_a_far_blob_in
     off[0, 5:15, 5:15] = True                      # a false slice above the liver
     assert error_location(off, t, (7.7, 1.5, 1.5))["err_off_liver_slices"] == 1.0
 
+
+
+def test_decision_rule_bias_zero_is_the_argmax_and_a_positive_bias_draws_more_liver():
+    """training.srma.decision_rule: bias 0 reproduces the module's argmax labels; a bias that admits the
+    borderline voxels raises recall and costs precision; the liver stays one component."""
+    from SRMASegmenterLib.inference import postprocess
+    from training.srma.decision_rule import liver_with_bias, sweep
+    rng = np.random.default_rng(0)
+    truth = np.zeros((6, 12, 12), bool)
+    truth[1:5, 2:10, 2:10] = True
+    logits = rng.normal(0, 0.3, (5, *truth.shape))
+    logits[1] += np.where(truth, 1.0, -1.0)
+    logits[1][2, 2:10, 2:4] -= 1.3                      # a borderline strip of liver the argmax misses
+    prob = np.exp(logits) / np.exp(logits).sum(0)
+    assert np.array_equal(liver_with_bias(prob, 1, 0.0), postprocess(prob.argmax(0) == 1).astype(bool))
+    rows = {r["bias"]: r for r in sweep(prob, truth, 1, (0.0, 0.3))}
+    assert rows[0.3]["recall"] > rows[0.0]["recall"] and rows[0.3]["precision"] <= rows[0.0]["precision"]
+    from scipy import ndimage
+    assert ndimage.label(liver_with_bias(prob, 1, 0.3))[1] == 1

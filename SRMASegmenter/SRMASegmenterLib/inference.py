@@ -332,11 +332,15 @@ class LiverSegmenter:
                 total = p if total is None else total + p
         return (total / len(flips)).float()
 
-    def predict(self, arr_kji: np.ndarray, geom: Geometry, progress=None, fallback_notify=None, organs=None):
+    def predict(self, arr_kji: np.ndarray, geom: Geometry, progress=None, fallback_notify=None, organs=None,
+                keep_probabilities=False):
         """-> (uint8 liver mask in the input's (k, j, i) shape, info dict with timing and device).
 
         organs: further organs to segment ("spleen", "right_kidney", "left_kidney"; a multi-class model
         only); their masks are in info["organs"][name] and their volumes in info["organ_volumes_ml"].
+        keep_probabilities: also info["probabilities"], the model's class probabilities on the input's
+        grid, float32 (classes, k, j, i), the ones the labels were taken from, before post-processing (for
+        evaluation: decision rules chosen by cross-validation, training.srma.decision_rule).
         """
         import torch
         from slicer_ai_common.devices import run_with_fallback
@@ -395,10 +399,13 @@ class LiverSegmenter:
             if resample_needed:
                 prob = resample(prob[None], target, sp_ijk_can, size=in_size)[0]
             mark("resample back", device)
+            if keep_probabilities:
+                kept["prob"] = prob.float().cpu()
             lab = class_labels(prob, cfg.threshold).cpu()
             mark("argmax", device)
             return lab
 
+        kept = {}
         batches = tuple(sorted({cfg.sw_batch_size, 2, 1}, reverse=True))
         labels, used_device, tried = run_with_fallback(
             run, self.device, batches, notify=lambda m: (notes.append(m), fallback_notify and fallback_notify(m)))
@@ -418,6 +425,9 @@ class LiverSegmenter:
         info = dict(volume_ml=float(mask.sum()) * vox_ml, seconds=time.perf_counter() - t0, timings_s=timings,
                     device=str(used_device), weights_id=self.weights_id, resampled=resample_needed, notes=notes,
                     organs=extra, organ_volumes_ml={o: float(m.sum()) * vox_ml for o, m in extra.items()})
+        if keep_probabilities:      # (C, i, j, k) canonical -> (C, k, j, i) in the input's orientation
+            can_prob = kept["prob"].numpy().transpose(0, 3, 2, 1)
+            info["probabilities"] = np.stack([from_canonical(c, perm, flips) for c in can_prob])
         if used_device.type == "cuda":
             g = self._graphed
             info["cuda_graph"] = ("off (config)" if not cfg.cuda_graphs else f"off: {g.failed}" if g and g.failed
