@@ -406,3 +406,5 @@ def test_decision_rule_bias_zero_is_the_argmax_and_a_positive_bias_draws_more_li
     assert rows[0.3]["recall"] > rows[0.0]["recall"] and rows[0.3]["precision"] <= rows[0.0]["precision"]
     from scipy import ndimage
     assert ndimage.label(liver_with_bias(prob, 1, 0.3))[1] == 1
+    one = prob[1:2]                                      # a one-channel model: P(liver) > 0.5 at bias 0
+    assert np.array_equal(liver_with_bias(one, 1, 0.0), postprocess(one[0] > 0.5).astype(bool))

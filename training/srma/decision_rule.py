@@ -21,15 +21,17 @@ BIASES = (-0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 def liver_with_bias(prob: np.ndarray, liver: int, bias: float) -> np.ndarray:
-    """prob: (classes, ...) probabilities. The liver where P(liver) + bias >= every other class's P (ties to
-    the liver at bias 0 only where the liver is the lower index, as the argmax), post-processed."""
+    """prob: (classes, ...) probabilities. The liver where P(liver) + bias >= every other class's P, or for a
+    one-channel (binary) model where P(liver) + bias > 0.5; at bias 0 exactly the module's labels (its argmax,
+    ties to the lower index; its 0.5 threshold). Post-processed as the module does."""
     from SRMASegmenterLib.inference import postprocess
 
-    other = np.delete(prob, liver, axis=0).max(0)
-    if bias == 0:                              # exactly the module's argmax (ties to the lower index)
+    if prob.shape[0] == 1:
+        raw = prob[0] + bias > 0.5
+    elif bias == 0:
         raw = prob.argmax(0) == liver
     else:
-        raw = prob[liver] + bias >= other
+        raw = prob[liver] + bias >= np.delete(prob, liver, axis=0).max(0)
     return postprocess(raw).astype(bool)
 
 
@@ -57,8 +59,6 @@ def main(argv=None):
     from SRMASegmenterLib.volumes import read_volume
 
     seg = LiverSegmenter.load(a.weights, device=a.device)
-    if "liver" not in seg.classes:
-        raise SystemExit(f"{a.weights}: no liver class in {seg.classes}")
     liver = seg.classes.index("liver")
     out = []
     for c in a.cases:
