@@ -241,11 +241,13 @@ profile)   # SECONDS: where the training step's device time goes, by kernel grou
            # why the layout that runs the scans 1.3-2.7x faster moved the step by 3 % at most). Into $OUT.
   setup
   cd "$W/code" || exit 1
+  share=$(( $2 * 3 / 10 ))   # the first run also compiles the Triton kernels; the other three share the rest
   for patch in "128 128 48" "224 224 64"; do for lay in transpose strided; do
     tag=${patch// /x}_$lay
-    SSM_CROSS_LAYOUT=$lay timeout $(( $2 / 4 )) python3 benchmarks/profile_srma.py --patch $patch \
+    SSM_CROSS_LAYOUT=$lay timeout $share python3 benchmarks/profile_srma.py --patch $patch \
       --json "$OUT/profile_$tag.json" > "$OUT/profile_$tag.txt" 2>&1
-    sed -n 2,16p "$OUT/profile_$tag.txt"
+    grep -v '^USDT' "$OUT/profile_$tag.txt" | head -n 16
+    share=$(( $2 * 7 / 30 ))
   done; done
   ;;
 run)   # one named run in the background; its data must have been copied by an earlier call or this one
