@@ -48,7 +48,7 @@ from SRMASegmenterLib.model import SRMAConfig, SRMAMamba
 from training.loop import EMA, Amp, GraphedStep, PerTensorEMA, adamw
 from training.srma.augment3d import Augment3DConfig, augment_batch
 from training.srma.data import CHAOS_CLASSES
-from training.srma.train import deep_supervision_loss
+from training.srma.train import deep_supervision_loss, segmentation_loss
 
 from graph_check import check_candidate_loss, check_graphed_step, check_kernel_env
 
@@ -94,9 +94,7 @@ def main(argv=None):
     nc = len(CHAOS_CLASSES)
     aug = Augment3DConfig(patch=tuple(a.patch), spacing=(2.5, 2.5, 7.7), fg_classes=(1, 4), p_organ=0.3,
                           organ_classes=(1, 4), contrast=(0.35, 1.5), p_contrast=0.3)
-    from monai.losses import DiceCELoss
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True,
-                         smooth_nr=1e-5, smooth_dr=1e-5)
+    loss_fn = segmentation_loss()
     amp = Amp("auto", dev)
 
     def sync():

@@ -66,7 +66,8 @@ def kernel_groups(events, cuda: bool) -> tuple[dict, list]:
         ms = _self_time_us(e, cuda) / 1e3
         if ms <= 0:
             continue
-        groups[group_of(e.key)] = groups.get(group_of(e.key), 0.0) + ms
+        g = group_of(e.key)
+        groups[g] = groups.get(g, 0.0) + ms
         rows.append((e.key, ms, int(e.count)))
     rows.sort(key=lambda r: -r[1])
     return dict(sorted(groups.items(), key=lambda kv: -kv[1])), rows
@@ -83,11 +84,9 @@ def main(argv=None):
     p.add_argument("--json")
     a = p.parse_args(argv)
 
-    from monai.losses import DiceCELoss
-
     from SRMASegmenterLib.model import SRMAConfig, SRMAMamba
     from training.srma.data import CHAOS_CLASSES
-    from training.srma.train import deep_supervision_loss
+    from training.srma.train import deep_supervision_loss, segmentation_loss
 
     dev = torch.device(a.device)
     cuda = dev.type == "cuda"
@@ -96,8 +95,7 @@ def main(argv=None):
     nc = len(CHAOS_CLASSES)
     model = SRMAMamba(SRMAConfig(dims=a.dims, out_chans=nc, class_names=tuple(CHAOS_CLASSES))).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True,
-                         smooth_nr=1e-5, smooth_dr=1e-5)
+    loss_fn = segmentation_loss()
     x = torch.randn(a.batch_size, 1, *a.patch, device=dev)
     y = torch.randint(0, nc, (a.batch_size, *a.patch), device=dev)
 

@@ -40,6 +40,10 @@ set -uo pipefail
 W=${W:-/root/w}
 mode=$1
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 PYTHONUTF8=1   # UTF-8: inductor reads its templates with the locale
+wait_runs() {   # SECONDS: until no training run is alive, or SECONDS have passed
+  local end=$(( $(date +%s) + $1 ))
+  while pgrep -f "[t]raining\.[a-z]*\.train" > /dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 5; done
+}
 setup() {
   mkdir -p "$W/data" "$W/runs"
   if [ ! -d /tmp/site/monai ]; then
@@ -271,8 +275,7 @@ watch)   # SECONDS: keep the call (and so the machine) busy while the background
          # call that starts them (`... liver-steps ...; scripts/device_train.sh watch 480`) and start the next
          # call at once: a gap of over 30 s between calls gives the machine back, and every run on it is lost
          # (session 21 lost a 16-minute liver run to one such gap)
-  end=$(( $(date +%s) + $2 ))
-  while pgrep -f "[t]raining\.[a-z]*\.train" > /dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 5; done
+  wait_runs "$2"
   for f in $(find "$W/runs" -name log.txt | sort); do echo "$f: $(grep -a -v '^\[' "$f" | tail -n 1 | cut -c1-160)"; done
   # the Triton cache, for the next fresh machine: unpack into .carry/triton-cache and carry it
   if [ -d "$W/triton-cache" ] && [ -n "${OUT:-}" ]; then
@@ -281,8 +284,7 @@ watch)   # SECONDS: keep the call (and so the machine) busy while the background
   fi
   ;;
 collect)   # wait until no training runs (or SECONDS pass), then bring logs, metrics and weights back
-  end=$(( $(date +%s) + $2 ))
-  while pgrep -f "[t]raining\.[a-z]*\.train" > /dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 5; done
+  wait_runs "$2"
   pgrep -fa "[t]raining\.[a-z]*\.train" | cut -c1-150
   cd "$W/runs" || exit 1
   tar -czf "$OUT/runs.tgz" --exclude='*.pt' --exclude='*.safetensors' .   # manifests (model.json) included

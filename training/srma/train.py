@@ -112,6 +112,17 @@ def canvas(data, patch, device):
     return torch.stack(xs).to(device), torch.stack(ys)[:, 0].to(device)
 
 
+def segmentation_loss(multiclass: bool = True):
+    """The trainer's loss on one output: softmax Dice + CE over the organs (background left out of the Dice)
+    for the 5-class model, sigmoid Dice + CE for the one-channel one; batch Dice, MONAI's DiceCELoss."""
+    from monai.losses import DiceCELoss
+
+    if multiclass:
+        return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True,
+                          smooth_nr=1e-5, smooth_dr=1e-5)
+    return DiceCELoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+
+
 def deep_supervision_loss(outputs, target, loss_fn):
     """nnU-Net's weights: 1, 1/2, 1/4, 1/8 for the outputs at 1/2 ... 1/16 resolution, normalised."""
     w = [0.5 ** i for i in range(len(outputs))]
@@ -120,8 +131,6 @@ def deep_supervision_loss(outputs, target, loss_fn):
 
 def main(argv=None):
     args = parse_args(argv)
-    from monai.losses import DiceCELoss
-
     from ..loop import (EMA, Amp, Clock, GraphedStep, WarmupCosine, adamw, load_checkpoint, save_checkpoint,
                         setup_distributed)
     from .augment3d import Augment3DConfig, augment_batch
@@ -169,11 +178,7 @@ def main(argv=None):
     opt = adamw([{"params": decay, "weight_decay": args.weight_decay},
                  {"params": no_decay, "weight_decay": 0.0}], args.lr, device)
     amp = Amp(args.amp, device)
-    if multiclass:
-        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True,
-                             smooth_nr=1e-5, smooth_dr=1e-5)
-    else:
-        loss_fn = DiceCELoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    loss_fn = segmentation_loss(multiclass)
 
     step, elapsed_before, history = 0, 0.0, []
     warmup = args.warmup
