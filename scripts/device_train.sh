@@ -16,7 +16,8 @@
 #                                                      # and their logits at SIZE with and without the mirror
 #                                                      # (US_HEAT_FOLDS="3 4": those folds only)
 #   scripts/device_train.sh profile SECONDS            # the step's device time by kernel group, both SS2D layouts (issue 13)
-#   scripts/device_train.sh watch SECONDS              # wait while training runs live (at most SECONDS), print their logs
+#   scripts/device_train.sh watch SECONDS [liver|us]   # wait while training runs (of that kind) live, at most SECONDS;
+#                                                      # print their logs (`watch 420 us`, then us-heatmaps, while the liver trains)
 #   EXPORT_FOLDS=1 ...liver-steps...   # also export each CV fold's weights (for CPU analysis of its held-out cases);
 #                                      # a call brings back about 64 MB: two folds' shards per collect, copy the rest after
 # What a call brings back lands in /work/.device/N, which a later session's downloads reuse: copy it out
@@ -40,9 +41,10 @@ set -uo pipefail
 W=${W:-/root/w}
 mode=$1
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 PYTHONUTF8=1   # UTF-8: inductor reads its templates with the locale
-wait_runs() {   # SECONDS: until no training run is alive, or SECONDS have passed
-  local end=$(( $(date +%s) + $1 ))
-  while pgrep -f "[t]raining\.[a-z]*\.train" > /dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 5; done
+wait_runs() {   # SECONDS [liver|us]: until no training run (of that kind) is alive, or SECONDS have passed
+  local end=$(( $(date +%s) + $1 )) pat="[t]raining\.[a-z]*\.train"
+  case ${2:-} in liver) pat="[t]raining\.srma\.train" ;; us) pat="[t]raining\.ultrascan\.train" ;; esac
+  while pgrep -f "$pat" > /dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 5; done
 }
 setup() {
   mkdir -p "$W/data" "$W/runs"
@@ -275,7 +277,7 @@ watch)   # SECONDS: keep the call (and so the machine) busy while the background
          # call that starts them (`... liver-steps ...; scripts/device_train.sh watch 480`) and start the next
          # call at once: a gap of over 30 s between calls gives the machine back, and every run on it is lost
          # (session 21 lost a 16-minute liver run to one such gap)
-  wait_runs "$2"
+  wait_runs "$2" "${3:-}"
   for f in $(find "$W/runs" -name log.txt | sort); do echo "$f: $(grep -a -v '^\[' "$f" | tail -n 1 | cut -c1-160)"; done
   # the Triton cache, for the next fresh machine: unpack into .carry/triton-cache and carry it
   if [ -d "$W/triton-cache" ] && [ -n "${OUT:-}" ]; then
