@@ -388,7 +388,6 @@ def test_error_location_puts_a_one_voxel_rim_in_the_first_band_and_a_far_blob_in
     assert error_location(off, t, (7.7, 1.5, 1.5))["err_off_liver_slices"] == 1.0
 
 
-
 def test_decision_rule_bias_zero_is_the_argmax_and_a_positive_bias_draws_more_liver():
     """training.srma.decision_rule: bias 0 reproduces the module's argmax labels; a bias that admits the
     borderline voxels raises recall and costs precision; the liver stays one component."""

@@ -4,11 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing_kji) -> dict:
-    """pred, truth: binary arrays (k, j, i); spacing_kji in mm. Volumes in mL."""
-    import torch
-    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
-
+def overlap_metrics(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """Dice, Jaccard, precision, recall, F1 (= Dice) and F2 of two binary arrays of one shape."""
     p = np.asarray(pred).astype(bool)
     t = np.asarray(truth).astype(bool)
     if p.shape != t.shape:
@@ -16,15 +13,25 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing_kji) -> di
     tp = float(np.logical_and(p, t).sum())
     fp = float(np.logical_and(p, ~t).sum())
     fn = float(np.logical_and(~p, t).sum())
-    vox_ml = float(np.prod(spacing_kji)) / 1000.0
     eps = 1e-12
     prec = tp / (tp + fp) if tp + fp else (1.0 if not t.any() else 0.0)
     rec = tp / (tp + fn) if tp + fn else 1.0
     dice = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 1.0
     jac = tp / (tp + fp + fn) if (tp + fp + fn) else 1.0
     f2 = 5 * prec * rec / (4 * prec + rec + eps) if (prec + rec) else 0.0
-    out = dict(dice=dice, jaccard=jac, precision=prec, recall=rec, f1=dice, f2=f2,
-               volume_pred_ml=float(p.sum()) * vox_ml, volume_ref_ml=float(t.sum()) * vox_ml)
+    return dict(dice=dice, jaccard=jac, precision=prec, recall=rec, f1=dice, f2=f2)
+
+
+def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing_kji) -> dict:
+    """pred, truth: binary arrays (k, j, i); spacing_kji in mm. Volumes in mL."""
+    import torch
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+
+    out = overlap_metrics(pred, truth)
+    p = np.asarray(pred).astype(bool)
+    t = np.asarray(truth).astype(bool)
+    vox_ml = float(np.prod(spacing_kji)) / 1000.0
+    out.update(volume_pred_ml=float(p.sum()) * vox_ml, volume_ref_ml=float(t.sum()) * vox_ml)
     out["volume_diff_ml"] = out["volume_pred_ml"] - out["volume_ref_ml"]
     if p.any() and t.any():
         pt = torch.from_numpy(p)[None, None]

@@ -36,13 +36,12 @@ def liver_with_bias(prob: np.ndarray, liver: int, bias: float) -> np.ndarray:
 
 
 def sweep(prob: np.ndarray, truth: np.ndarray, liver: int, biases=BIASES) -> list[dict]:
-    t = truth.astype(bool)
+    from SRMASegmenterLib.metrics import overlap_metrics
+
     rows = []
     for b in biases:
-        m = liver_with_bias(prob, liver, b)
-        inter = int((m & t).sum())
-        rows.append(dict(bias=float(b), dice=2 * inter / max(1, int(m.sum() + t.sum())),
-                         precision=inter / max(1, int(m.sum())), recall=inter / max(1, int(t.sum()))))
+        m = overlap_metrics(liver_with_bias(prob, liver, b), truth)
+        rows.append(dict(bias=float(b), dice=m["dice"], precision=m["precision"], recall=m["recall"]))
     return rows
 
 
