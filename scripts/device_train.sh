@@ -54,9 +54,11 @@ setup() {
   rsync -a --exclude .carry --exclude .whl --exclude .git ./ "$W/code/" 2>/dev/null || \
     (mkdir -p "$W/code" && tar --exclude=./.carry --exclude=./.whl --exclude=./.git -cf - . | tar -xf - -C "$W/code")
   export PYTHONPATH=/tmp/site:$W/code:$W/code/SRMASegmenter:$W/code/UltraScanClassifier:$W/code/SlicerAICommon:$W/code/kernels
-  # Triton's compiled kernels from an earlier lease (carry .carry/triton-cache, which `watch` brings back as
-  # $OUT/triton_cache.tgz): a fresh machine compiles them again, part of the two minutes before a liver run's 25th step
-  if [ -d .carry/triton-cache ] && [ ! -d "$W/triton-cache" ]; then cp -r .carry/triton-cache "$W/triton-cache"; fi
+  # Triton's compiled kernels from an earlier lease (`watch` brings them back as $OUT/triton_cache.tgz; copy it
+  # to .carry/triton_cache.tgz and carry it: 6.5 MB packed, 39 MB unpacked): a fresh machine compiles them
+  # again otherwise, part of the two minutes before a liver run's 25th step. Triton keys each entry by the
+  # kernel's source and its own version, so a stale cache is ignored, not used wrongly.
+  if [ -f .carry/triton_cache.tgz ] && [ ! -d "$W/triton-cache" ]; then tar -xzf .carry/triton_cache.tgz -C "$W"; fi
   mkdir -p "$W/triton-cache"; export TRITON_CACHE_DIR=$W/triton-cache
 }
 
