@@ -16,6 +16,7 @@
 #                                                      # and their logits at SIZE with and without the mirror
 #                                                      # (US_HEAT_FOLDS="3 4": those folds only)
 #   scripts/device_train.sh profile SECONDS            # the step's device time by kernel group, both SS2D layouts (issue 13)
+#   scripts/device_train.sh bwdsplit SECONDS           # the step with the backward alone split (SSM_BWD_SEG_*) vs defaults
 #   scripts/device_train.sh watch SECONDS [liver|us]   # wait while training runs (of that kind) live, at most SECONDS;
 #                                                      # print their logs (`watch 420 us`, then us-heatmaps, while the liver trains)
 #   EXPORT_FOLDS=1 ...liver-steps...   # also export each CV fold's weights (for CPU analysis of its held-out cases);
@@ -257,6 +258,15 @@ profile)   # SECONDS: where the training step's device time goes, by kernel grou
     grep -v '^USDT' "$OUT/profile_$tag.txt" | head -n 16
     share=$(( $2 * 7 / 30 ))
   done; done
+  ;;
+bwdsplit)  # SECONDS: the training step (a CUDA graph, the trainer's patch) with the backward alone split into
+           # segments below 4 programs per SM, ~4 per SM (SSM_BWD_SEG_*), against the defaults (neither pass
+           # split at the liver model's grids); loss and gradients checked first. Into $OUT (issue 13).
+  setup
+  cd "$W/code" || exit 1
+  timeout "$2" python3 benchmarks/bench_train_step.py --compare kernels --kernel-env SSM_BWD_SEG_BELOW_PER_SM=4 \
+    SSM_BWD_SEG_PER_SM=4 --chunks 3 --json "$OUT/step_bwdsplit.json" > "$OUT/step_bwdsplit.txt" 2>&1
+  tail -n 12 "$OUT/step_bwdsplit.txt"
   ;;
 run)   # one named run in the background; its data must have been copied by an earlier call or this one
   kind=$2; name=$3; shift 3

@@ -79,7 +79,12 @@ def bwd_defaults(bn, layout):
 # every split was as fast or slower (down to 0.6x: the local pass re-reads u, delta and B). So: split
 # below SEG_BELOW_PER_SM programs per SM, then aim at SEG_PER_SM, keeping SEG_MIN_TILES tiles a segment.
 # Overridable for tuning: SSM_SEGMENTS (a fixed count; 1 = serial), SSM_SEG_BELOW_PER_SM (inf: split at
-# any grid size, as the sweep measures), SSM_SEG_PER_SM, SSM_SEG_MIN_TILES.
+# any grid size, as the sweep measures), SSM_SEG_PER_SM, SSM_SEG_MIN_TILES. The backward plans its own
+# split (its grid and tiles differ from the forward's; the forward saves a state at every backward tile, so
+# any split of either pass works with any of the other): SSM_BWD_SEGMENTS, SSM_BWD_SEG_BELOW_PER_SM,
+# SSM_BWD_SEG_PER_SM, SSM_BWD_SEG_MIN_TILES override the four above for the backward only. Why: the same
+# sweep saw the split backward alone at 4 programs per SM run stage 0's forward + backward 1.08x where
+# the split forward lost 0.77-0.83x (384 programs), a lead not yet timed on its own.
 SEG_BELOW_PER_SM = 1
 SEG_PER_SM = 16
 SEG_MIN_TILES = 2
@@ -98,19 +103,22 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _segments(programs: int, n_chunks: int, device) -> tuple[int, int]:
-    """(n_seg, tiles per segment) for a grid of `programs` (batch x channel blocks x directions)."""
-    env = os.environ.get
-    fixed = int(env("SSM_SEGMENTS", 0))
+def _segments(programs: int, n_chunks: int, device, backward: bool = False) -> tuple[int, int]:
+    """(n_seg, tiles per segment) for a grid of `programs` (batch x channel blocks x directions); the
+    backward reads SSM_BWD_<name> before SSM_<name>."""
+    def env(name, default=0):
+        v = os.environ.get(f"SSM_BWD_{name}", "") if backward else ""
+        return v or os.environ.get(f"SSM_{name}", "") or default
+    fixed = int(env("SEGMENTS"))
     if fixed:
         n = fixed
     elif device.type != "cuda":
         n = 1
     else:
         n = plan_segments(programs, n_chunks, _sm_count(device.index or 0),
-                          per_sm=int(env("SSM_SEG_PER_SM", 0)) or SEG_PER_SM,
-                          min_tiles=int(env("SSM_SEG_MIN_TILES", 0)) or SEG_MIN_TILES,
-                          below_per_sm=float(env("SSM_SEG_BELOW_PER_SM", 0)) or SEG_BELOW_PER_SM)
+                          per_sm=int(env("SEG_PER_SM")) or SEG_PER_SM,
+                          min_tiles=int(env("SEG_MIN_TILES")) or SEG_MIN_TILES,
+                          below_per_sm=float(env("SEG_BELOW_PER_SM")) or SEG_BELOW_PER_SM)
     n = max(1, min(n, n_chunks))
     tps = triton.cdiv(n_chunks, n)
     return triton.cdiv(n_chunks, tps), tps
@@ -221,7 +229,7 @@ def backward(u, delta, A, B, C, D, z, delta_bias, hsave, dout, softplus, hw, met
     dev = u.device
     f32 = torch.float32
     passes = _passes(cross, layout)
-    n_seg, tps = _segments(batch * nblk * passes[0][1], n_chunks, dev)
+    n_seg, tps = _segments(batch * nblk * passes[0][1], n_chunks, dev, backward=True)
     du = torch.zeros(batch, dim, L, device=dev, dtype=f32) if cross else _empty(batch, dim, L, device=dev, dtype=f32)
     ddelta = _empty(batch, KP * dim, L, device=dev, dtype=f32)
     dA = _empty(batch, KP * dim, N, n_seg, device=dev, dtype=f32)  # per batch and segment, summed below

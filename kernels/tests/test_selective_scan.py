@@ -283,6 +283,43 @@ def test_segmented_cross_scan(monkeypatch, layout):
         assert rel_err(gb[k], gr[k]) < 1e-4, k
 
 
+@pytest.mark.parametrize("fwd_seg, bwd_seg", [(1, 3), (3, 1), (2, 5)])
+def test_backward_splits_on_its_own(monkeypatch, fwd_seg, bwd_seg):
+    """SSM_BWD_SEGMENTS splits the backward alone: gradients equal the reference's whatever split the forward
+    that saved the states used (plain and four-direction scans)."""
+    from ssm_kernels import triton_launch
+    dev = device_for("triton")
+    monkeypatch.setenv("SSM_BLOCK_L", "16")
+    monkeypatch.setenv("SSM_SEGMENTS", str(fwd_seg))
+    monkeypatch.setenv("SSM_BWD_SEGMENTS", str(bwd_seg))
+    seen = []
+    real = triton_launch._segments
+    monkeypatch.setattr(triton_launch, "_segments",
+                        lambda *a, **k: seen.append((k.get("backward", False), real(*a, **k)[0])) or real(*a, **k))
+    x = make_inputs(1, 4, 141, 1, 1, torch.float32, dev, True, True, True, softplus=True)
+    gr = _grads(lambda t: selective_scan_ref(**t, delta_softplus=True), x, 5)
+    gb = _grads(lambda t: selective_scan_fn(**t, delta_softplus=True, backend="triton"), x, 5)
+    for k in gr:
+        assert rel_err(gb[k], gr[k]) < GRAD_TOL[torch.float32], k
+    assert (False, fwd_seg) in seen and (True, bwd_seg) in seen  # each pass ran the split it was given
+    c = cross_inputs(2, 4, 8, 5, 1, dev)
+    gr = _grads(lambda t: cross_selective_scan_ref(**t), c, 3)
+    gb = _grads(lambda t: cross_selective_scan(**t, backend="triton"), c, 3)
+    for k in gr:
+        assert rel_err(gb[k], gr[k]) < 1e-4, k
+
+
+def test_backward_segment_settings_fall_back_to_the_shared_ones(monkeypatch):
+    from ssm_kernels.triton_launch import _segments
+    cpu = torch.device("cpu")
+    for k in ("SSM_SEGMENTS", "SSM_BWD_SEGMENTS"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SSM_SEGMENTS", "4")
+    assert _segments(16, 96, cpu)[0] == 4 and _segments(16, 96, cpu, backward=True)[0] == 4
+    monkeypatch.setenv("SSM_BWD_SEGMENTS", "6")
+    assert _segments(16, 96, cpu)[0] == 4 and _segments(16, 96, cpu, backward=True)[0] == 6
+
+
 def test_segment_count_heuristic(monkeypatch):
     from ssm_kernels.triton_launch import _segments, plan_segments
     # split only a grid with fewer programs than SMs, then to ~16 programs per SM, >= 2 tiles a segment
