@@ -34,9 +34,12 @@ def main():
 
     demo = Path(a.demo)
     report = json.loads((demo / "chaos_case20_liver.json").read_text())
-    img = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLES / "chaos_case20_t2.nii.gz"))).astype(np.float32)
-    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLES / "chaos_case20_labels.nii.gz")))
-    pred = sitk.GetArrayFromImage(sitk.ReadImage(str(demo / "chaos_case20_liver.nii.gz")))
+    def axial(path):  # (slice, row, column) in LPS: rows anterior to posterior, columns patient right to left
+        return sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(path)), "LPS"))
+
+    img = axial(SAMPLES / "chaos_case20_t2.nii.gz").astype(np.float32)
+    ref = axial(SAMPLES / "chaos_case20_labels.nii.gz")
+    pred = axial(demo / "chaos_case20_liver.nii.gz")
     if not (img.shape == ref.shape == pred.shape):
         raise ValueError(f"shapes differ: image {img.shape}, reference {ref.shape}, prediction {pred.shape}")
     lo, hi = np.percentile(img, [1, 99.5])
@@ -44,10 +47,9 @@ def main():
     zs = liver_slices(ref)
     fig, axes = plt.subplots(1, len(zs), figsize=(3.2 * len(zs), 3.6))
     for ax, z in zip(axes, zs):
-        # flipped up-down: the array's first image row is the patient's posterior side in these volumes
-        ax.imshow(np.flipud(img[z]), cmap="gray", vmin=lo, vmax=hi)
-        ax.contour(np.flipud(ref[z] == 1), levels=[0.5], colors="lime", linewidths=1.0)
-        ax.contour(np.flipud(pred[z] == 1), levels=[0.5], colors="red", linewidths=1.0)
+        ax.imshow(img[z], cmap="gray", vmin=lo, vmax=hi)
+        ax.contour(ref[z] == 1, levels=[0.5], colors="lime", linewidths=1.0)
+        ax.contour(pred[z] == 1, levels=[0.5], colors="red", linewidths=1.0)
         ax.set_title(f"slice {z}", fontsize=9)
         ax.axis("off")
     fig.suptitle(f"CHAOS case 20 (never trained on), {report['weights']}: liver Dice {m['dice']:.3f}, "

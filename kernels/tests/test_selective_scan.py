@@ -292,10 +292,13 @@ def test_backward_splits_on_its_own(monkeypatch, fwd_seg, bwd_seg):
     monkeypatch.setenv("SSM_BLOCK_L", "16")
     monkeypatch.setenv("SSM_SEGMENTS", str(fwd_seg))
     monkeypatch.setenv("SSM_BWD_SEGMENTS", str(bwd_seg))
-    seen = []
-    real = triton_launch._segments
-    monkeypatch.setattr(triton_launch, "_segments",
-                        lambda *a, **k: seen.append((k.get("backward", False), real(*a, **k)[0])) or real(*a, **k))
+    seen, real = [], triton_launch._segments
+
+    def recording(*a, **k):  # (backward?, n_seg) of every launch plan
+        r = real(*a, **k)
+        seen.append((k.get("backward", False), r[0]))
+        return r
+    monkeypatch.setattr(triton_launch, "_segments", recording)
     x = make_inputs(1, 4, 141, 1, 1, torch.float32, dev, True, True, True, softplus=True)
     gr = _grads(lambda t: selective_scan_ref(**t, delta_softplus=True), x, 5)
     gb = _grads(lambda t: selective_scan_fn(**t, delta_softplus=True, backend="triton"), x, 5)
