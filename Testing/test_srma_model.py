@@ -47,3 +47,79 @@ def test_forward_backward_cpu():
 def test_rejects_sizes_not_divisible_by_16():
     with pytest.raises(ValueError, match="divisible by 16"):
         SRMAMamba(dims=8)(torch.randn(1, 1, 32, 30, 16))
+
+
+@pytest.mark.parametrize("in_size, factor", [((1, 1, 1), (2, 2, 2)), ((2, 3, 5), (3, 2, 4)), ((4, 4, 2), (16, 16, 16)),
+                                             ((3, 1, 2), (2, 5, 1)), ((2, 2, 3), (8, 4, 16))])
+def test_trilinear_upsample_backward_is_pytorchs_adjoint(in_size, factor):
+    """The gathering backward of `_TrilinearUp` against PyTorch's own (scattering) one, float64, whole factors
+    odd and even, inputs of one voxel (both ends clamp) and more; the forward is PyTorch's, bit for bit."""
+    import torch.nn.functional as F
+    from SRMASegmenterLib.model import _upsample
+    torch.manual_seed(0)
+    size = tuple(a * b for a, b in zip(in_size, factor))
+    x = torch.randn(2, 3, *in_size, dtype=torch.float64, requires_grad=True)
+    y = _upsample(x, size)
+    assert type(y.grad_fn).__name__ == "_TrilinearUpBackward"
+    ref_x = x.detach().clone().requires_grad_()
+    ref = F.interpolate(ref_x, size=size, mode="trilinear", align_corners=False)
+    assert torch.equal(y, ref)
+    g = torch.randn_like(ref)
+    (gx,), (gref,) = torch.autograd.grad(y, x, g), torch.autograd.grad(ref, ref_x, g)
+    assert torch.allclose(gx, gref, rtol=0, atol=1e-12 * float(gref.abs().max()))
+
+
+def test_trilinear_upsample_falls_back_where_the_factor_is_not_whole():
+    from SRMASegmenterLib.model import _upsample
+    x = torch.randn(1, 2, 3, 4, 5, requires_grad=True)
+    assert type(_upsample(x, (6, 8, 10)).grad_fn).__name__ == "_TrilinearUpBackward"
+    assert type(_upsample(x, (7, 8, 10)).grad_fn).__name__ != "_TrilinearUpBackward"
+    with torch.no_grad():
+        assert _upsample(x, (6, 8, 10)).grad_fn is None
+
+
+def test_trilinear_upsample_backward_in_bf16_returns_bf16_closer_to_float64():
+    """A bf16 input gets a bf16 gradient, accumulated in fp32: at least as close to the float64 adjoint as
+    PyTorch's own bf16 backward."""
+    import torch.nn.functional as F
+    from SRMASegmenterLib.model import _upsample
+    torch.manual_seed(1)
+    x64 = torch.randn(1, 5, 4, 4, 3, dtype=torch.float64)
+    size = (64, 64, 48)
+    g64 = torch.randn(1, 5, *size, dtype=torch.float64)
+    x = x64.bfloat16().requires_grad_()
+    (gx,) = torch.autograd.grad(_upsample(x, size), x, g64.bfloat16())
+    assert gx.dtype == torch.bfloat16
+    xr = x64.requires_grad_()
+    (gref,) = torch.autograd.grad(F.interpolate(xr, size=size, mode="trilinear", align_corners=False), xr,
+                                  g64.bfloat16().double())
+    xb = x64.detach().bfloat16().requires_grad_()
+    (gtorch,) = torch.autograd.grad(F.interpolate(xb, size=size, mode="trilinear", align_corners=False), xb,
+                                    g64.bfloat16())
+    err = float((gx.double() - gref).norm() / gref.norm())
+    assert err < 1e-2 and err <= float((gtorch.double() - gref).norm() / gref.norm()) + 1e-6
+
+
+def test_model_gradients_unchanged_by_the_upsampling_backward(monkeypatch):
+    """The whole tiny model (float32: its scan computes in float32): every parameter's gradient with
+    `_TrilinearUp` equals the one through PyTorch's own interpolate backward, to float32 rounding."""
+    import torch.nn.functional as F
+    from SRMASegmenterLib import model as m
+    torch.manual_seed(0)
+    net = SRMAMamba(dims=8, out_chans=3, class_names=("background", "liver", "spleen"), drop_path_rate=0.0, decoder_drop_path=0.0).train()
+    x = torch.randn(1, 1, 32, 32, 16)
+
+    def grads():
+        net.zero_grad()
+        sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum() for o in net(x)).backward()
+        return [p.grad.clone() for p in net.parameters()]
+
+    mine = grads()
+    monkeypatch.setattr(m, "_upsample", lambda t, size: F.interpolate(t, size=tuple(size), mode="trilinear",
+                                                                       align_corners=False))
+    ref = grads()
+    flat_mine, flat_ref = torch.cat([g.flatten() for g in mine]), torch.cat([g.flatten() for g in ref])
+    assert float((flat_mine - flat_ref).norm()) <= 1e-4 * float(flat_ref.norm())   # seen: 4e-6
+    scale = float(flat_ref.abs().max())   # per tensor against the largest gradient: some biases ahead of a
+    for a, b in zip(mine, ref):           # layer norm have near-zero gradients, pure rounding either way
+        assert float((a - b).abs().max()) <= 1e-4 * scale

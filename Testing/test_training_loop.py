@@ -376,3 +376,19 @@ def test_compile_around_keeps_the_opaque_call_and_the_gradients(monkeypatch):
     assert fake.scan is wrapped                                       # not wrapped twice
     moved = check_candidate_loss(Toy, loss_of, lambda m, t: 1.01 * loss_of(m, t), (x,), "scaled")
     assert moved["rel_l2_grad_defaults_vs_candidate"] == pytest.approx(0.01, rel=1e-3)
+
+
+def test_bench_train_step_upsample_check_swaps_the_backward(monkeypatch, capsys):
+    """bench_train_step.py --compare upsample (its check only, tiny model, CPU): the variant of record
+    really runs PyTorch's scattering backward (the gradients differ from the default's by rounding, not by
+    zero), agrees with the default to float32 rounding, and the model's own `_upsample` is back afterwards."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_train_step
+    import SRMASegmenterLib.model as srma_model
+    own = srma_model._upsample
+    bench_train_step.main(["--device", "cpu", "--dims", "8", "--patch", "32", "32", "16", "--compare", "upsample",
+                           "--chunks", "0"])
+    check = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 < check["rel_l2_grad_defaults_vs_candidate"] < 1e-4
+    assert check["rel_l2_grad_defaults_vs_defaults"] == 0.0    # the CPU step is deterministic
+    assert srma_model._upsample is own

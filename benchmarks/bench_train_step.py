@@ -9,6 +9,7 @@ CHAOS canvas size: where a step's time goes, and the step before / after the sha
     python benchmarks/bench_train_step.py --compare graphs --json step.json # eager vs one CUDA graph
     python benchmarks/bench_train_step.py --compare kernels --kernel-env SSM_BWD_BLOCK_L=256 SSM_BWD_SHIFT=divide
     python benchmarks/bench_train_step.py --compare compile --json step.json  # forward + loss by torch.compile
+    python benchmarks/bench_train_step.py --compare upsample --json step.json # the upsampling's backward
 
 --compare scan times the step (multi-tensor EMA, fused AdamW) with the Triton scan serial over each
 sequence (SSM_SEGMENTS=1, the kernel before the chunked scan) against the chunked scan as chosen by
@@ -30,6 +31,11 @@ training.loop.compile_around) against the same uncompiled, after checking that t
 defaults' loss and gradients (graph_check.check_candidate_loss). Compilation happens in the warm-up.
 --compile-backend aot_eager checks the plumbing where inductor cannot generate code (this CPU).
 
+--compare upsample times the step (as a CUDA graph on the GPU) with the model's trilinear upsampling
+differentiated by PyTorch (atomic scatter: the kernels of every step before session 24) against the model's
+own gathering backward (SRMASegmenterLib.model._TrilinearUp, the default), after the same loss and gradient
+check; the model's `_upsample` is swapped while each variant's graph is captured.
+
 Whole steps are timed without synchronising inside them (the rate training gets), in chunks that
 alternate between the variants; the breakdown synchronises around each part (so its sum is a little
 above the whole step). Medians.
@@ -37,6 +43,7 @@ above the whole step). Medians.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -44,6 +51,7 @@ import time
 
 import torch
 
+import SRMASegmenterLib.model as srma_model
 from SRMASegmenterLib.model import SRMAConfig, SRMAMamba
 from training.loop import EMA, Amp, GraphedStep, PerTensorEMA, adamw
 from training.srma.augment3d import Augment3DConfig, augment_batch
@@ -80,7 +88,7 @@ def main(argv=None):
     p.add_argument("--patch", type=int, nargs=3, default=[128, 128, 48])
     p.add_argument("--steps", type=int, default=20, help="steps per timed chunk")
     p.add_argument("--chunks", type=int, default=5, help="timed chunks per variant (alternating)")
-    p.add_argument("--compare", choices=("optimizer", "scan", "graphs", "kernels", "compile"), default="optimizer")
+    p.add_argument("--compare", choices=("optimizer", "scan", "graphs", "kernels", "compile", "upsample"), default="optimizer")
     p.add_argument("--kernel-env", nargs="+", default=[], metavar="SSM_VAR=VALUE",
                    help="--compare kernels: the candidate's ssm_kernels settings")
     p.add_argument("--compile-backend", default="inductor", help="--compare compile: torch.compile's backend")
@@ -96,6 +104,18 @@ def main(argv=None):
                           organ_classes=(1, 4), contrast=(0.35, 1.5), p_contrast=0.3)
     loss_fn = segmentation_loss()
     amp = Amp("auto", dev)
+    gathering_upsample = srma_model._upsample
+
+    def scatter_upsample(x, size):
+        return torch.nn.functional.interpolate(x, size=tuple(size), mode="trilinear", align_corners=False)
+
+    @contextlib.contextmanager
+    def scattering():
+        srma_model._upsample = scatter_upsample
+        try:
+            yield
+        finally:
+            srma_model._upsample = gathering_upsample
 
     def sync():
         if cuda:
@@ -125,13 +145,16 @@ def main(argv=None):
         comp = f"torch.compile ({a.compile_backend})"
         variants = {"not compiled (before)": build(True, True), comp: build(True, True)}
         scan_env = {}
+    elif a.compare == "upsample":
+        scatter = "PyTorch's interpolate backward (before)"
+        variants = {scatter: build(True, True), "gathering backward (_TrilinearUp)": build(True, True)}
+        scan_env = {}
     else:
         variants = {"per-tensor EMA, foreach AdamW (before)": build(False, False),
                     "multi-tensor EMA, foreach AdamW": build(True, False),
                     "multi-tensor EMA, fused AdamW": build(True, True)}
         scan_env = {}
     if a.compare == "compile":
-        import SRMASegmenterLib.model as srma_model
         from training.loop import compile_around
 
         def compiled_loss(model):
@@ -140,7 +163,7 @@ def main(argv=None):
                     outs = model(x)
                 return deep_supervision_loss([o.float() for o in outs], y[:, None], loss_fn)
             return compile_around(loss_of, [(srma_model, "cross_selective_scan")], backend=a.compile_backend)
-    if a.compare in ("graphs", "kernels", "compile"):
+    if a.compare in ("graphs", "kernels", "compile", "upsample"):
         for name, (model, _, _) in variants.items():
             on = name != "eager (before)"
 
@@ -159,6 +182,7 @@ def main(argv=None):
         for k in env_keys:
             os.environ.pop(k, None)
         os.environ.update(scan_env.get(name, {}))
+        srma_model._upsample = scatter_upsample if a.compare == "upsample" and name == scatter else gathering_upsample
 
     def parts(model, opt, ema):
         idx = torch.randint(len(images), (a.batch_size,), generator=g, device=dev)
@@ -189,7 +213,7 @@ def main(argv=None):
             pass
 
     check = None
-    if a.compare in ("graphs", "kernels", "compile"):   # the same loss and gradients as the reference path
+    if a.compare in ("graphs", "kernels", "compile", "upsample"):   # the same loss and gradients as the reference
         def check_loss(model, x, y, cache=True):
             with amp.autocast(cache=cache):
                 outs = model(x)
@@ -202,9 +226,12 @@ def main(argv=None):
                                        lambda m, on, x, y: check_loss(m, x, y, cache=not on), (x, y))
         elif a.compare == "kernels":   # defaults against the candidate's settings (graph_check.check_kernel_env)
             check = check_kernel_env(lambda: build(True, True)[0], check_loss, (x, y), scan_env[cand])
-        else:                          # uncompiled against compiled, eager (graph_check.check_candidate_loss)
+        elif a.compare == "compile":   # uncompiled against compiled, eager (graph_check.check_candidate_loss)
             check = check_candidate_loss(lambda: build(True, True)[0], check_loss,
                                          lambda m, x, y: compiled_loss(m)(x, y), (x, y), comp)
+        else:                          # gathering (the default) against PyTorch's scatter, eager
+            check = check_candidate_loss(lambda: build(True, True)[0], check_loss, check_loss, (x, y), scatter,
+                                         context=scattering)
     if check is not None and a.chunks == 0:
         print(json.dumps(check))
         return

@@ -17,6 +17,7 @@
 #                                                      # (US_HEAT_FOLDS="3 4": those folds only)
 #   scripts/device_train.sh profile SECONDS            # the step's device time by kernel group, both SS2D layouts (issue 13)
 #   scripts/device_train.sh bwdsplit SECONDS           # the step with the backward alone split (SSM_BWD_SEG_*) vs defaults
+#   scripts/device_train.sh upsample SECONDS           # the step with PyTorch's upsampling backward vs the model's own
 #   scripts/device_train.sh watch SECONDS [liver|us]   # wait while training runs (of that kind) live, at most SECONDS;
 #                                                      # print their logs (`watch 420 us`, then us-heatmaps, while the liver trains)
 #   EXPORT_FOLDS=1 ...liver-steps...   # also export each CV fold's weights (for CPU analysis of its held-out cases);
@@ -267,6 +268,17 @@ bwdsplit)  # SECONDS: the training step (a CUDA graph, the trainer's patch) with
   timeout "$2" python3 benchmarks/bench_train_step.py --compare kernels --kernel-env SSM_BWD_SEG_BELOW_PER_SM=4 \
     SSM_BWD_SEG_PER_SM=4 --chunks 3 --json "$OUT/step_bwdsplit.json" > "$OUT/step_bwdsplit.txt" 2>&1
   tail -n 12 "$OUT/step_bwdsplit.txt"
+  ;;
+upsample)  # SECONDS: the training step (a CUDA graph) with the model's trilinear upsampling differentiated by
+           # PyTorch (atomic scatter, the step until session 24) against its own gathering backward
+           # (_TrilinearUp, the default); loss and gradients checked first; the trainer's patch, then
+           # 224 x 224 x 64. Into $OUT (issue 13, item 5).
+  setup
+  cd "$W/code" || exit 1
+  timeout $(( $2 * 11 / 20 )) python3 benchmarks/bench_train_step.py --compare upsample --chunks 3 \
+    --json "$OUT/step_upsample_128.json" > "$OUT/step_upsample_128.txt" 2>&1; tail -n 10 "$OUT/step_upsample_128.txt"
+  timeout $(( $2 * 9 / 20 )) python3 benchmarks/bench_train_step.py --compare upsample --patch 224 224 64 --steps 8 \
+    --chunks 2 --json "$OUT/step_upsample_224.json" > "$OUT/step_upsample_224.txt" 2>&1; tail -n 10 "$OUT/step_upsample_224.txt"
   ;;
 run)   # one named run in the background; its data must have been copied by an earlier call or this one
   kind=$2; name=$3; shift 3

@@ -228,7 +228,75 @@ class BasicConv3d(nn.Module):
 
 
 def _upsample(x, size):
-    return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=False)
+    """Trilinear upsampling (align_corners=False), as published. In training, where every size is a whole
+    multiple of the input's (the model's grids halve per stage), the backward is `_TrilinearUp`'s."""
+    size = tuple(int(n) for n in size)
+    if x.requires_grad and torch.is_grad_enabled() and x.dim() == 5 and all(
+            n % m == 0 for n, m in zip(size, x.shape[-3:])):
+        return _TrilinearUp.apply(x, size)
+    return F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+
+
+def _linear_up_weights(s: int) -> torch.Tensor:
+    """(s, 3): how output k of each block of s (output i * s + k, upsampled by a whole factor s with
+    align_corners=False) spreads over input i itself, input i + 1 and input i - 1. Its source coordinate is
+    i + f with f = (k + 0.5) / s - 0.5: f >= 0 mixes i (1 - f) with i + 1 (f); f < 0 mixes i - 1 (-f)
+    with i (1 + f)."""
+    w = torch.zeros(s, 3, dtype=torch.float64)
+    for k in range(s):
+        f = (k + 0.5) / s - 0.5
+        if f >= 0:
+            w[k, 0], w[k, 1] = 1.0 - f, f
+        else:
+            w[k, 0], w[k, 2] = 1.0 + f, -f
+    return w
+
+
+def _linear_up_adjoint(g: torch.Tensor, dim: int, n: int) -> torch.Tensor:
+    """The adjoint of upsampling axis `dim` from n to g.shape[dim] = n * s: each input sums its block of
+    s outputs and the halves of its neighbours' blocks that reach it, with the interpolation weights; at
+    the ends, where PyTorch clamps the source coordinate, the weight that would fall outside stays on the
+    end input."""
+    s = g.shape[dim] // n
+    if s == 1:
+        return g
+    pre, post = math.prod(g.shape[:dim]), math.prod(g.shape[dim + 1:])
+    w = _linear_up_weights(s).to(device=g.device, dtype=g.dtype)
+    if post == 1:                                   # last axis: one GEMM, (pre * n, s) @ (s, 3)
+        r = (g.reshape(pre * n, s) @ w).reshape(pre, n, 3)
+        same, nxt, prv = r[..., 0], r[..., 1], r[..., 2]
+    else:                                           # (3, s) @ (pre * n, s, post), batched, no copy
+        r = torch.matmul(w.t(), g.reshape(pre * n, s, post)).reshape(pre, n, 3, post)
+        same, nxt, prv = r[:, :, 0], r[:, :, 1], r[:, :, 2]
+    out = same.contiguous()
+    out[:, 1:] += nxt[:, :-1]
+    out[:, -1] += nxt[:, -1]
+    out[:, :-1] += prv[:, 1:]
+    out[:, 0] += prv[:, 0]
+    return out.reshape(*g.shape[:dim], n, *g.shape[dim + 1:])
+
+
+class _TrilinearUp(torch.autograd.Function):
+    """F.interpolate(x, size, "trilinear", align_corners=False) for sizes that are whole multiples of x's.
+    The forward is PyTorch's own. The backward is not: PyTorch's scatters every output gradient into its
+    eight inputs with atomic adds, which queue on the same few addresses when one input feeds 16^3 outputs
+    (SRMA-Mamba's deep-supervision heads): 7.4 ms of the liver training step's 93 ms of kernels on an H200
+    (docs/BENCHMARKS.md). Trilinear weights are products of 1D ones, so the adjoint is three 1D adjoints,
+    each a small matrix product that gathers a block of outputs per input; fp32, without autocast."""
+
+    @staticmethod
+    def forward(ctx, x, size):
+        ctx.in_size, ctx.in_dtype = tuple(x.shape[-3:]), x.dtype
+        return F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        with torch.autocast(grad.device.type, enabled=False):
+            g = grad.float() if grad.dtype in (torch.float16, torch.bfloat16) else grad
+            for dim in (4, 3, 2):                   # the last axis first: a plain GEMM that shrinks it most
+                g = _linear_up_adjoint(g, dim, ctx.in_size[dim - 2])
+        return g.to(ctx.in_dtype), None
 
 
 class FullResRefine(nn.Module):
