@@ -378,17 +378,19 @@ def test_compile_around_keeps_the_opaque_call_and_the_gradients(monkeypatch):
     assert moved["rel_l2_grad_defaults_vs_candidate"] == pytest.approx(0.01, rel=1e-3)
 
 
-def test_bench_train_step_upsample_check_swaps_the_backward(monkeypatch, capsys):
-    """bench_train_step.py --compare upsample (its check only, tiny model, CPU): the variant of record
-    really runs PyTorch's scattering backward (the gradients differ from the default's by rounding, not by
-    zero), agrees with the default to float32 rounding, and the model's own `_upsample` is back afterwards."""
+def test_bench_train_step_ops_check_swaps_the_model_ops(monkeypatch, capsys):
+    """bench_train_step.py --compare ops (its check only, tiny model, CPU): the 'before' variant really runs the
+    ops of before session 24 (PyTorch's scattering upsampling backward, SS2D's projections as convolutions;
+    each alone and both: its gradients differ from the model's by rounding, not by zero), agrees with the model
+    to float32 rounding, and the model's own ops are back afterwards."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import bench_train_step
     import SRMASegmenterLib.model as srma_model
-    own = srma_model._upsample
-    bench_train_step.main(["--device", "cpu", "--dims", "8", "--patch", "32", "32", "16", "--compare", "upsample",
-                           "--chunks", "0"])
-    check = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert 0 < check["rel_l2_grad_defaults_vs_candidate"] < 1e-4
-    assert check["rel_l2_grad_defaults_vs_defaults"] == 0.0    # the CPU step is deterministic
-    assert srma_model._upsample is own
+    own = srma_model._upsample, srma_model.SS2D.forward
+    for revert in (["upsample"], ["proj"], ["upsample", "proj"]):
+        bench_train_step.main(["--device", "cpu", "--dims", "8", "--patch", "32", "32", "16", "--compare", "ops",
+                               "--chunks", "0", "--revert", *revert])
+        check = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert 0 < check["rel_l2_grad_defaults_vs_candidate"] < 1e-4, revert
+        assert check["rel_l2_grad_defaults_vs_defaults"] == 0.0    # the CPU step is deterministic
+        assert (srma_model._upsample, srma_model.SS2D.forward) == own

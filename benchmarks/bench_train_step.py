@@ -9,7 +9,8 @@ CHAOS canvas size: where a step's time goes, and the step before / after the sha
     python benchmarks/bench_train_step.py --compare graphs --json step.json # eager vs one CUDA graph
     python benchmarks/bench_train_step.py --compare kernels --kernel-env SSM_BWD_BLOCK_L=256 SSM_BWD_SHIFT=divide
     python benchmarks/bench_train_step.py --compare compile --json step.json  # forward + loss by torch.compile
-    python benchmarks/bench_train_step.py --compare upsample --json step.json # the upsampling's backward
+    python benchmarks/bench_train_step.py --compare ops --json step.json  # session 24's model ops vs before
+    python benchmarks/bench_train_step.py --compare ops --revert upsample  # one of them alone
 
 --compare scan times the step (multi-tensor EMA, fused AdamW) with the Triton scan serial over each
 sequence (SSM_SEGMENTS=1, the kernel before the chunked scan) against the chunked scan as chosen by
@@ -31,10 +32,12 @@ training.loop.compile_around) against the same uncompiled, after checking that t
 defaults' loss and gradients (graph_check.check_candidate_loss). Compilation happens in the warm-up.
 --compile-backend aot_eager checks the plumbing where inductor cannot generate code (this CPU).
 
---compare upsample times the step (as a CUDA graph on the GPU) with the model's trilinear upsampling
-differentiated by PyTorch (atomic scatter: the kernels of every step before session 24) against the model's
-own gathering backward (SRMASegmenterLib.model._TrilinearUp, the default), after the same loss and gradient
-check; the model's `_upsample` is swapped while each variant's graph is captured.
+--compare ops times the step (as a CUDA graph on the GPU) with the model's operations as they were before
+session 24 against the model as it is, after the same loss and gradient check; --revert names which go back
+in the "before" variant (default both): `upsample`, the trilinear upsampling differentiated by PyTorch
+(atomic scatter) instead of the model's gathering backward (SRMASegmenterLib.model._TrilinearUp); `proj`,
+SS2D's per-direction projections as 1 x 1 convolutions (cuDNN, with its NCHW <-> NHWC conversions) instead
+of matrix products. They are swapped while each variant's graph is captured.
 
 Whole steps are timed without synchronising inside them (the rate training gets), in chunks that
 alternate between the variants; the breakdown synchronises around each part (so its sum is a little
@@ -79,6 +82,27 @@ def synthetic_canvas(n, size, device, g):
     return torch.stack(imgs).to(device), torch.stack(labs).to(device)
 
 
+def scatter_upsample(x, size):
+    """SRMA-Mamba's upsampling before session 24: differentiated by PyTorch (atomic scatter)."""
+    return torch.nn.functional.interpolate(x, size=tuple(size), mode="trilinear", align_corners=False)
+
+
+def conv_projection_forward(self, x):
+    """SS2D.forward before session 24: the per-direction projections as 1 x 1 convolutions."""
+    F = torch.nn.functional
+    b, h, w, _ = x.shape
+    k, di, r, n = self.K, self.d_inner, self.dt_rank, self.d_state
+    x = self.in_proj(x).permute(0, 3, 1, 2)
+    x = self.act(self.conv2d(x)).contiguous()
+    x_dbl = F.conv2d(x, self.x_proj_weight.reshape(k * (r + 2 * n), di, 1, 1)).view(b, k, r + 2 * n, h, w)
+    dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
+    dts = F.conv2d(dts.reshape(b, k * r, h, w), self.dt_projs_weight.reshape(k * di, r, 1, 1), groups=k)
+    y = srma_model.cross_selective_scan(
+        x, dts.view(b, k, di, h, w), -torch.exp(self.A_logs.float()), Bs.contiguous(), Cs.contiguous(),
+        self.Ds.float(), self.dt_projs_bias.float().view(-1), delta_softplus=True, backend=self.scan_backend)
+    return self.out_proj(self.out_norm(y.permute(0, 2, 3, 1)).to(x.dtype))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda")
@@ -88,7 +112,9 @@ def main(argv=None):
     p.add_argument("--patch", type=int, nargs=3, default=[128, 128, 48])
     p.add_argument("--steps", type=int, default=20, help="steps per timed chunk")
     p.add_argument("--chunks", type=int, default=5, help="timed chunks per variant (alternating)")
-    p.add_argument("--compare", choices=("optimizer", "scan", "graphs", "kernels", "compile", "upsample"), default="optimizer")
+    p.add_argument("--compare", choices=("optimizer", "scan", "graphs", "kernels", "compile", "ops"), default="optimizer")
+    p.add_argument("--revert", nargs="+", choices=("upsample", "proj"), default=["upsample", "proj"],
+                   help="--compare ops: what the 'before' variant takes back")
     p.add_argument("--kernel-env", nargs="+", default=[], metavar="SSM_VAR=VALUE",
                    help="--compare kernels: the candidate's ssm_kernels settings")
     p.add_argument("--compile-backend", default="inductor", help="--compare compile: torch.compile's backend")
@@ -104,18 +130,20 @@ def main(argv=None):
                           organ_classes=(1, 4), contrast=(0.35, 1.5), p_contrast=0.3)
     loss_fn = segmentation_loss()
     amp = Amp("auto", dev)
-    gathering_upsample = srma_model._upsample
+    own_ops = {"upsample": srma_model._upsample, "proj": srma_model.SS2D.forward}
 
-    def scatter_upsample(x, size):
-        return torch.nn.functional.interpolate(x, size=tuple(size), mode="trilinear", align_corners=False)
+    def set_ops(names):
+        """The model's ops of before session 24 for `names`, its own for the rest."""
+        srma_model._upsample = scatter_upsample if "upsample" in names else own_ops["upsample"]
+        srma_model.SS2D.forward = conv_projection_forward if "proj" in names else own_ops["proj"]
 
     @contextlib.contextmanager
-    def scattering():
-        srma_model._upsample = scatter_upsample
+    def reverted():
+        set_ops(a.revert)
         try:
             yield
         finally:
-            srma_model._upsample = gathering_upsample
+            set_ops(())
 
     def sync():
         if cuda:
@@ -145,9 +173,9 @@ def main(argv=None):
         comp = f"torch.compile ({a.compile_backend})"
         variants = {"not compiled (before)": build(True, True), comp: build(True, True)}
         scan_env = {}
-    elif a.compare == "upsample":
-        scatter = "PyTorch's interpolate backward (before)"
-        variants = {scatter: build(True, True), "gathering backward (_TrilinearUp)": build(True, True)}
+    elif a.compare == "ops":
+        before = f"{' + '.join(a.revert)} as before session 24"
+        variants = {before: build(True, True), "the model's own (after)": build(True, True)}
         scan_env = {}
     else:
         variants = {"per-tensor EMA, foreach AdamW (before)": build(False, False),
@@ -163,7 +191,7 @@ def main(argv=None):
                     outs = model(x)
                 return deep_supervision_loss([o.float() for o in outs], y[:, None], loss_fn)
             return compile_around(loss_of, [(srma_model, "cross_selective_scan")], backend=a.compile_backend)
-    if a.compare in ("graphs", "kernels", "compile", "upsample"):
+    if a.compare in ("graphs", "kernels", "compile", "ops"):
         for name, (model, _, _) in variants.items():
             on = name != "eager (before)"
 
@@ -182,7 +210,7 @@ def main(argv=None):
         for k in env_keys:
             os.environ.pop(k, None)
         os.environ.update(scan_env.get(name, {}))
-        srma_model._upsample = scatter_upsample if a.compare == "upsample" and name == scatter else gathering_upsample
+        set_ops(a.revert if a.compare == "ops" and name == before else ())
 
     def parts(model, opt, ema):
         idx = torch.randint(len(images), (a.batch_size,), generator=g, device=dev)
@@ -213,7 +241,7 @@ def main(argv=None):
             pass
 
     check = None
-    if a.compare in ("graphs", "kernels", "compile", "upsample"):   # the same loss and gradients as the reference
+    if a.compare in ("graphs", "kernels", "compile", "ops"):   # the same loss and gradients as the reference
         def check_loss(model, x, y, cache=True):
             with amp.autocast(cache=cache):
                 outs = model(x)
@@ -229,9 +257,9 @@ def main(argv=None):
         elif a.compare == "compile":   # uncompiled against compiled, eager (graph_check.check_candidate_loss)
             check = check_candidate_loss(lambda: build(True, True)[0], check_loss,
                                          lambda m, x, y: compiled_loss(m)(x, y), (x, y), comp)
-        else:                          # gathering (the default) against PyTorch's scatter, eager
-            check = check_candidate_loss(lambda: build(True, True)[0], check_loss, check_loss, (x, y), scatter,
-                                         context=scattering)
+        else:                          # the model's own ops against those of before, eager
+            check = check_candidate_loss(lambda: build(True, True)[0], check_loss, check_loss, (x, y), before,
+                                         context=reverted)
     if check is not None and a.chunks == 0:
         print(json.dumps(check))
         return

@@ -18,7 +18,7 @@
 #   scripts/device_train.sh profile SECONDS            # the step's device time by kernel group, both SS2D layouts (issue 13)
 #   scripts/device_train.sh bwdsplit SECONDS           # the step with the backward alone split (SSM_BWD_SEG_*) vs defaults
 #   scripts/device_train.sh us-sizes "224 288 320" RUN...  # out-of-fold logits of us-variants runs at whole-image sizes
-#   scripts/device_train.sh upsample SECONDS           # the step with PyTorch's upsampling backward vs the model's own
+#   scripts/device_train.sh ops SECONDS                # the step with the model's ops of before session 24 vs now
 #   scripts/device_train.sh watch SECONDS [liver|us]   # wait while training runs (of that kind) live, at most SECONDS;
 #                                                      # print their logs (`watch 420 us`, then us-heatmaps, while the liver trains)
 #   EXPORT_FOLDS=1 ...liver-steps...   # also export each CV fold's weights (for CPU analysis of its held-out cases);
@@ -283,16 +283,19 @@ bwdsplit)  # SECONDS: the training step (a CUDA graph, the trainer's patch) with
     SSM_BWD_SEG_PER_SM=4 --chunks 3 --json "$OUT/step_bwdsplit.json" > "$OUT/step_bwdsplit.txt" 2>&1
   tail -n 12 "$OUT/step_bwdsplit.txt"
   ;;
-upsample)  # SECONDS: the training step (a CUDA graph) with the model's trilinear upsampling differentiated by
-           # PyTorch (atomic scatter, the step until session 24) against its own gathering backward
-           # (_TrilinearUp, the default); loss and gradients checked first; the trainer's patch, then
-           # 224 x 224 x 64. Into $OUT (issue 13, item 5).
+ops)       # SECONDS: the training step (a CUDA graph) with session 24's model ops against those of before (the
+           # upsampling's backward by PyTorch's atomic scatter; SS2D's projections as 1 x 1 convolutions), both
+           # reverted, then each alone, at the trainer's patch; both at 224 x 224 x 64. Loss and gradients
+           # checked first. Into $OUT (issue 13, item 5).
   setup
   cd "$W/code" || exit 1
-  timeout $(( $2 * 11 / 20 )) python3 benchmarks/bench_train_step.py --compare upsample --chunks 3 \
-    --json "$OUT/step_upsample_128.json" > "$OUT/step_upsample_128.txt" 2>&1; tail -n 10 "$OUT/step_upsample_128.txt"
-  timeout $(( $2 * 9 / 20 )) python3 benchmarks/bench_train_step.py --compare upsample --patch 224 224 64 --steps 8 \
-    --chunks 2 --json "$OUT/step_upsample_224.json" > "$OUT/step_upsample_224.txt" 2>&1; tail -n 10 "$OUT/step_upsample_224.txt"
+  for rv in "upsample proj" upsample proj; do
+    tag=${rv// /_}
+    timeout $(( $2 / 5 )) python3 benchmarks/bench_train_step.py --compare ops --revert $rv --chunks 3 \
+      --json "$OUT/step_ops_128_$tag.json" > "$OUT/step_ops_128_$tag.txt" 2>&1; tail -n 9 "$OUT/step_ops_128_$tag.txt"
+  done
+  timeout $(( $2 * 2 / 5 )) python3 benchmarks/bench_train_step.py --compare ops --patch 224 224 64 --steps 8 --chunks 2 \
+    --json "$OUT/step_ops_224.json" > "$OUT/step_ops_224.txt" 2>&1; tail -n 9 "$OUT/step_ops_224.txt"
   ;;
 run)   # one named run in the background; its data must have been copied by an earlier call or this one
   kind=$2; name=$3; shift 3

@@ -105,10 +105,12 @@ class SS2D(nn.Module):
         k, di, r, n = self.K, self.d_inner, self.dt_rank, self.d_state
         x = self.in_proj(x).permute(0, 3, 1, 2)
         x = self.act(self.conv2d(x)).contiguous()                              # (b, di, h, w)
-        x_dbl = F.conv2d(x, self.x_proj_weight.reshape(k * (r + 2 * n), di, 1, 1))
+        # The per-direction projections as matrix products over channels-first maps (b, c, h * w): the same
+        # sums as 1 x 1 convolutions, without cuDNN's NCHW <-> NHWC conversions around each of them
+        x_dbl = torch.matmul(self.x_proj_weight.reshape(k * (r + 2 * n), di), x.view(b, di, h * w))
         x_dbl = x_dbl.view(b, k, r + 2 * n, h, w)
         dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
-        dts = F.conv2d(dts.reshape(b, k * r, h, w), self.dt_projs_weight.reshape(k * di, r, 1, 1), groups=k)
+        dts = torch.matmul(self.dt_projs_weight, dts.reshape(b, k, r, h * w))  # (k, di, r) @ (b, k, r, hw)
         y = cross_selective_scan(
             x, dts.view(b, k, di, h, w), -torch.exp(self.A_logs.float()), Bs.contiguous(), Cs.contiguous(),
             self.Ds.float(), self.dt_projs_bias.float().view(-1), delta_softplus=True, backend=self.scan_backend)
