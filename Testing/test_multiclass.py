@@ -407,3 +407,18 @@ def test_decision_rule_bias_zero_is_the_argmax_and_a_positive_bias_draws_more_li
     assert ndimage.label(liver_with_bias(prob, 1, 0.3))[1] == 1
     one = prob[1:2]                                      # a one-channel model: P(liver) > 0.5 at bias 0
     assert np.array_equal(liver_with_bias(one, 1, 0.0), postprocess(one[0] > 0.5).astype(bool))
+
+
+def test_shift_tta_shift_moves_by_whole_voxels_and_back():
+    """training/srma/shift_tta.shift: output[i] = input[i - s] along each axis, the incoming edge repeated;
+    shifting back restores every voxel but the s lost at the far edge; a zero shift is the identity."""
+    import torch
+    from training.srma.shift_tta import VIEWS, shift
+    t = torch.arange(2 * 4 * 5 * 3, dtype=torch.float32).view(1, 2, 4, 5, 3)
+    s = shift(t, (1, 0, 2))
+    assert torch.equal(s[:, :, 1:, :, 2:], t[:, :, :-1, :, :-2])
+    assert torch.equal(s[:, :, 0, :, 2:], t[:, :, 0, :, :-2]) and torch.equal(s[:, :, :, :, 0], s[:, :, :, :, 2])
+    back = shift(s, (-1, 0, -2))
+    assert torch.equal(back[:, :, :-1, :, :-2], t[:, :, :-1, :, :-2])
+    assert torch.equal(shift(t, (0, 0, 0)), t)
+    assert len(VIEWS["inplane"]) == 4 and VIEWS["k"] == [(0, 0, 0), (0, 0, 1)] and len(set(VIEWS["all"])) == 8 and VIEWS["none"] == [(0, 0, 0)]

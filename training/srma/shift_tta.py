@@ -1,0 +1,108 @@
+"""Would averaging the model over shifted copies of the volume draw the liver surface better?
+
+SRMA-Mamba's finest output lies on a grid twice as coarse as the model's 2.5 x 2.5 x 7.7 mm input grid (the
+patch embedding has stride 2: 5 x 5 x 15.4 mm cells), and the errors that remain lie in a band along the
+liver surface (docs/EVALUATION.md). Running the network on the volume shifted by one input voxel moves that
+output grid by half a cell; the shifted probabilities, shifted back and averaged, sample the surface on a
+grid twice as fine. This measures what that buys, through the module's own inference path (resampling,
+post-processing), on cases the model never trained on:
+
+    python -m training.srma.shift_tta --data ../shared/data/chaos-mr-t2 --weights FOLD_MODEL \
+        --cases case_03 case_19 case_37 [--csv OUT.csv]
+
+Views, as shifts in input voxels along (i, j, k) of the model grid: `none` (the module today), `k` (0 / 1
+voxel through the slices), `inplane` (the four shifts by 0 / 1 voxel in i and j), `all` (the eight by 0 / 1
+in i, j and k). The time each takes is
+printed beside its Dice: n views cost n forward passes.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import time
+from pathlib import Path
+
+import numpy as np
+
+VIEWS = {"none": [(0, 0, 0)],
+         "k": [(0, 0, 0), (0, 0, 1)],
+         "inplane": [(a, b, 0) for a, b in itertools.product((0, 1), repeat=2)],
+         "all": list(itertools.product((0, 1), repeat=3))}
+
+
+def shift(t, s):
+    """t (N, C, I, J, K) moved by s[d] voxels along I, J, K (output[i] = input[i - s]); the voxels that come in
+    at the edge repeat the edge (as the module pads nothing there). Negative s moves back."""
+    import torch
+
+    for dim, v in zip((2, 3, 4), s):
+        n = t.shape[dim]
+        if v == 0 or n <= abs(v):
+            continue
+        if v > 0:
+            t = torch.cat([t.narrow(dim, 0, 1).expand(*t.shape[:dim], v, *t.shape[dim + 1:]), t.narrow(dim, 0, n - v)], dim)
+        else:
+            v = -v
+            t = torch.cat([t.narrow(dim, v, n - v), t.narrow(dim, n - 1, 1).expand(*t.shape[:dim], v, *t.shape[dim + 1:])], dim)
+    return t
+
+
+def shifted_segmenter(base_cls):
+    class Shifted(base_cls):
+        shifts = [(0, 0, 0)]
+
+        def predict_probabilities(self, x, *args, **kw):
+            total = None
+            for s in self.shifts:
+                p = super().predict_probabilities(shift(x, s), *args, **kw)      # (C, I, J, K)
+                p = shift(p[None], tuple(-v for v in s))[0]
+                total = p if total is None else total + p
+            return total / len(self.shifts)
+    return Shifted
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--weights", required=True)
+    p.add_argument("--cases", nargs="+", required=True)
+    p.add_argument("--views", nargs="+", default=list(VIEWS), choices=list(VIEWS))
+    p.add_argument("--csv")
+    a = p.parse_args(argv)
+    from SRMASegmenterLib.inference import LiverSegmenter
+    from SRMASegmenterLib.metrics import segmentation_metrics
+    from SRMASegmenterLib.volumes import read_volume
+
+    seg = shifted_segmenter(LiverSegmenter).load(a.weights, device="cpu")
+    rows = []
+    for c in a.cases:
+        img, geom = read_volume(Path(a.data) / f"{c}_t2.nii.gz")
+        lab, _ = read_volume(Path(a.data) / f"{c}_labels.nii.gz")
+        truth = lab == 1
+        for v in a.views:
+            seg.shifts = VIEWS[v]
+            t0 = time.perf_counter()
+            mask, _ = seg.predict(img, geom)
+            dt = time.perf_counter() - t0
+            m = segmentation_metrics(mask.astype(bool), truth, tuple(geom.spacing)[::-1])
+            hd95, assd = m["hd95_mm"], m["assd_mm"]
+            rows.append(dict(case=c, views=v, n=len(VIEWS[v]), dice=m["dice"], precision=m["precision"],
+                             recall=m["recall"], hd95_mm=hd95, assd_mm=assd, seconds=dt))
+            print(f"{c}  {v:8s} ({len(VIEWS[v])} views)  Dice {m['dice']:.4f}  precision {m['precision']:.3f}  "
+                  f"recall {m['recall']:.3f}  HD95 {hd95:.1f} mm  ASSD {assd:.2f} mm  {dt:.1f} s", flush=True)
+    print("\nmean over cases:")
+    for v in a.views:
+        rs = [r for r in rows if r["views"] == v]
+        print(f"{v:8s}  Dice {np.mean([r['dice'] for r in rs]):.4f}  HD95 {np.mean([r['hd95_mm'] for r in rs]):.1f}  "
+              f"ASSD {np.mean([r['assd_mm'] for r in rs]):.2f}  {np.median([r['seconds'] for r in rs]):.1f} s")
+    if a.csv:
+        Path(a.csv).parent.mkdir(parents=True, exist_ok=True)
+        with open(a.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+
+if __name__ == "__main__":
+    main()
