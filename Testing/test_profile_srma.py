@@ -46,3 +46,19 @@ def test_groups_sum_self_times_once_largest_first():
     assert [r[0] for r in rows][:2] == ["_scan_bwd_kernel", "_scan_fwd_kernel"] and len(rows) == 4
     cpu = [SimpleNamespace(key="aten::copy_", self_cpu_time_total=2000.0, count=3)]
     assert kernel_groups(cpu, cuda=False)[0] == {"copies, casts and layout conversions": 2.0}
+
+
+def test_by_source_charges_operators_to_the_model_functions_that_called_them():
+    """profile_srma --by-source on the CPU (tiny model, one step): each operator's time is charged to the
+    project function on its Python stack (class-qualified: 'model.py: SS2D.forward') or, in the backward, to
+    its autograd node; Python frames stay out of the kernel groups."""
+    from profile_srma import main
+    res = main(["--device", "cpu", "--dims", "8", "--patch", "32", "32", "16", "--steps", "1", "--by-source",
+                "--top", "200"])
+    srcs = {r["source"] for r in res["sources"]}
+    assert "model.py: SS2D.forward" in srcs and "model.py: GSC.forward" in srcs
+    assert any(s.startswith("backward: ") for s in srcs)
+    ss2d = [r for r in res["sources"] if r["source"] == "model.py: SS2D.forward"]
+    assert any(r["op"] == "aten::mm" or r["op"] == "aten::bmm" for r in ss2d)   # its projections, as matmuls
+    assert all(r["ms"] > 0 and r["kernels"] > 0 for r in res["sources"])
+    assert not any(".py(" in k["name"] for k in res["kernels"])

@@ -260,7 +260,8 @@ compile)   # SECONDS: the training step with forward + loss compiled by torch.co
   timeout $(( t / 2 )) python3 benchmarks/bench_train_step.py --compare compile --patch 224 224 64 --steps 8 --chunks 2 \
     --json "$OUT/step_compile_224.json" > "$OUT/step_compile_224.txt" 2>&1; tail -n 9 "$OUT/step_compile_224.txt"
   ;;
-profile)   # SECONDS: where the training step's device time goes, by kernel group, with the transposed SS2D layout
+profile)   # SECONDS: where the training step's device time goes, by kernel group and by the model function that
+           # launched it (--by-source: which permute, cast or copy costs what), with the transposed SS2D layout
            # (the training default) and the strided one, at the trainer's patch and at 224 x 224 x 64 (issue 13:
            # why the layout that runs the scans 1.3-2.7x faster moved the step by 3 % at most). Into $OUT.
   setup
@@ -268,7 +269,7 @@ profile)   # SECONDS: where the training step's device time goes, by kernel grou
   share=$(( $2 * 3 / 10 ))   # the first run also compiles the Triton kernels; the other three share the rest
   for patch in "128 128 48" "224 224 64"; do for lay in transpose strided; do
     tag=${patch// /x}_$lay
-    SSM_CROSS_LAYOUT=$lay timeout $share python3 benchmarks/profile_srma.py --patch $patch \
+    SSM_CROSS_LAYOUT=$lay timeout $share python3 benchmarks/profile_srma.py --patch $patch --by-source \
       --json "$OUT/profile_$tag.json" > "$OUT/profile_$tag.txt" 2>&1
     grep -v '^USDT' "$OUT/profile_$tag.txt" | head -n 16
     share=$(( $2 * 7 / 30 ))
