@@ -189,7 +189,12 @@ def main(argv=None):
         step()
         sync()
     groups, rows = kernel_groups(prof.key_averages(), cuda)
-    sources = by_source(prof.events(), cuda) if a.by_source else []
+    sources = []
+    if a.by_source:
+        try:                           # an attribution that fails must not cost the kernel table
+            sources = by_source(prof.events(), cuda)
+        except Exception as e:         # noqa: BLE001
+            print(f"--by-source failed: {type(e).__name__}: {e}")
     total = sum(groups.values())
     res = dict(device=torch.cuda.get_device_name(dev) if cuda else "cpu", torch=torch.__version__,
                dims=a.dims, batch=a.batch_size, patch=a.patch, eager_step_ms=statistics.median(times),
