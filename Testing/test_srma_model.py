@@ -123,3 +123,26 @@ def test_model_gradients_unchanged_by_the_upsampling_backward(monkeypatch):
     scale = float(flat_ref.abs().max())   # per tensor against the largest gradient: some biases ahead of a
     for a, b in zip(mine, ref):           # layer norm have near-zero gradients, pure rounding either way
         assert float((a - b).abs().max()) <= 1e-4 * scale
+
+
+def test_trilinear_upsample_backward_stays_on_the_gradients_device():
+    """The trainer captures forward + backward as one CUDA graph, where a host-to-device copy is not allowed:
+    every tensor the backward touches lives on the gradient's device (here 'meta', which no host tensor
+    can sneak past: a CPU tensor anywhere in the backward fails the test)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+    from SRMASegmenterLib.model import _TrilinearUp
+
+    class NoHostTensors(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten((args, kwargs, out))[0]:
+                if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                    raise AssertionError(f"{func} touched a tensor on {t.device}")
+            return out
+
+    x = torch.empty(2, 5, 4, 4, 3, device="meta", requires_grad=True)
+    y = _TrilinearUp.apply(x, (64, 64, 48))
+    with NoHostTensors():
+        (gx,) = torch.autograd.grad(y, x, torch.empty(2, 5, 64, 64, 48, device="meta"))
+    assert gx.shape == x.shape and gx.device.type == "meta"

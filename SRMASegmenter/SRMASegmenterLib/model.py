@@ -11,6 +11,7 @@ four-direction scan), so this file holds no scan of its own.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -239,19 +240,16 @@ def _upsample(x, size):
     return F.interpolate(x, size=size, mode="trilinear", align_corners=False)
 
 
-def _linear_up_weights(s: int) -> torch.Tensor:
+def _linear_up_weights(s: int, device=None, dtype=torch.float64) -> torch.Tensor:
     """(s, 3): how output k of each block of s (output i * s + k, upsampled by a whole factor s with
     align_corners=False) spreads over input i itself, input i + 1 and input i - 1. Its source coordinate is
     i + f with f = (k + 0.5) / s - 0.5: f >= 0 mixes i (1 - f) with i + 1 (f); f < 0 mixes i - 1 (-f)
-    with i (1 + f)."""
-    w = torch.zeros(s, 3, dtype=torch.float64)
-    for k in range(s):
-        f = (k + 0.5) / s - 0.5
-        if f >= 0:
-            w[k, 0], w[k, 1] = 1.0 - f, f
-        else:
-            w[k, 0], w[k, 2] = 1.0 + f, -f
-    return w
+    with i (1 + f). Built by device ops, no host copy: the backward runs inside the trainer's CUDA graph."""
+    f = (torch.arange(s, device=device, dtype=dtype) + 0.5) / s - 0.5
+    ahead = f >= 0
+    zero = torch.zeros_like(f)
+    return torch.stack([torch.where(ahead, 1.0 - f, 1.0 + f), torch.where(ahead, f, zero),
+                        torch.where(ahead, zero, -f)], dim=1)
 
 
 def _linear_up_adjoint(g: torch.Tensor, dim: int, n: int) -> torch.Tensor:
@@ -263,7 +261,7 @@ def _linear_up_adjoint(g: torch.Tensor, dim: int, n: int) -> torch.Tensor:
     if s == 1:
         return g
     pre, post = math.prod(g.shape[:dim]), math.prod(g.shape[dim + 1:])
-    w = _linear_up_weights(s).to(device=g.device, dtype=g.dtype)
+    w = _linear_up_weights(s, g.device, g.dtype)
     if post == 1:                                   # last axis: one GEMM, (pre * n, s) @ (s, 3)
         r = (g.reshape(pre * n, s) @ w).reshape(pre, n, 3)
         same, nxt, prv = r[..., 0], r[..., 1], r[..., 2]
@@ -294,7 +292,8 @@ class _TrilinearUp(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        with torch.autocast(grad.device.type, enabled=False):
+        dev = grad.device.type
+        with torch.autocast(dev, enabled=False) if dev in ("cuda", "cpu") else contextlib.nullcontext():
             g = grad.float() if grad.dtype in (torch.float16, torch.bfloat16) else grad
             for dim in (4, 3, 2):                   # the last axis first: a plain GEMM that shrinks it most
                 g = _linear_up_adjoint(g, dim, ctx.in_size[dim - 2])
