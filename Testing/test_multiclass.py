@@ -422,3 +422,20 @@ def test_shift_tta_shift_moves_by_whole_voxels_and_back():
     assert torch.equal(back[:, :, :-1, :, :-2], t[:, :, :-1, :, :-2])
     assert torch.equal(shift(t, (0, 0, 0)), t)
     assert len(VIEWS["inplane"]) == 4 and VIEWS["k"] == [(0, 0, 0), (0, 0, 1)] and len(set(VIEWS["all"])) == 8 and VIEWS["none"] == [(0, 0, 0)]
+
+
+def test_shift_tta_gamma_view_keeps_mean_and_sd_and_brightens_the_dark():
+    """training/srma/shift_tta.gamma_view: gamma 1 is the image itself; another gamma keeps the image's mean
+    and sd, keeps the order of intensities, and a gamma below 1 lifts the dark half relative to the bright."""
+    import torch
+    from training.srma.shift_tta import VIEWS, _view, gamma_view
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 6, 5, 4)
+    assert gamma_view(x, 1.0) is x
+    for g in (0.7, 1.5):
+        y = gamma_view(x, g)
+        assert abs(float(y.mean() - x.mean())) < 1e-5 and abs(float(y.std() - x.std())) < 1e-5
+        assert torch.equal(torch.argsort(y.flatten()), torch.argsort(x.flatten()))
+    lo = x <= x.median()
+    assert float(gamma_view(x, 0.7)[lo].mean()) > float(x[lo].mean())
+    assert _view((0, 0, 1)) == ((0, 0, 1), 1.0) and _view(VIEWS["gamma0.7"][0]) == ((0, 0, 0), 0.7)
