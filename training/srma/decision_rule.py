@@ -12,10 +12,11 @@ trained on say anything; a bias would have to be chosen by cross-validation befo
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
+
+from .evaluate import write_csv
 
 BIASES = (-0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
@@ -74,11 +75,7 @@ def main(argv=None):
         print(f"bias {b:+.2f}  Dice {np.mean([r['dice'] for r in rs]):.4f}  precision "
               f"{np.mean([r['precision'] for r in rs]):.3f}  recall {np.mean([r['recall'] for r in rs]):.3f}")
     if a.csv:
-        Path(a.csv).parent.mkdir(parents=True, exist_ok=True)
-        with open(a.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(out[0]))
-            w.writeheader()
-            w.writerows(out)
+        write_csv(a.csv, out)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ reference liver, a false one's to the nearest voxel inside it. Through the modul
 from __future__ import annotations
 
 import argparse
-import csv
-from pathlib import Path
 
 import numpy as np
+
+from .evaluate import write_csv
 
 BANDS_MM = (3.0, 5.0, 8.0, 16.0)
 
@@ -75,11 +75,7 @@ def main(argv=None):
     keys = [k for k in rows[0] if k != "id"]
     print("mean " + " ".join(f"{k} {np.mean([r[k] for r in rows]):.3f}" for k in keys))
     if a.csv:
-        Path(a.csv).parent.mkdir(parents=True, exist_ok=True)
-        with open(a.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["id"] + keys)
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(a.csv, rows, ["id"] + keys)
     return rows
 
 

@@ -18,6 +18,16 @@ from pathlib import Path
 import numpy as np
 
 
+def write_csv(path, rows: list[dict], fields=None) -> None:
+    """rows as a CSV with a header (fields: the columns, default the first row's keys), its folder made."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(fields or rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
 def overlay_png(img_kji, truth, pred, path, title=""):
     import matplotlib
     matplotlib.use("Agg")
@@ -86,10 +96,7 @@ def evaluate_cases(seg, cases, out=None, overlays=True, log=print):
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        with open(out / "metrics.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=KEYS)
-            w.writeheader()
-            w.writerows([{k: r.get(k) for k in KEYS} for r in rows])
+        write_csv(out / "metrics.csv", [{k: r.get(k) for k in KEYS} for r in rows], KEYS)
         (out / "metrics.json").write_text(json.dumps({"weights": seg.weights_id, "cases": rows, "summary": summary},
                                                      indent=1))
     return rows, summary

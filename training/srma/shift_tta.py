@@ -22,12 +22,15 @@ confident) without any parameter fitted on these cases.
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from SRMASegmenterLib.inference import LiverSegmenter
+
+from .evaluate import write_csv
 
 VIEWS = {"none": [(0, 0, 0)],                                   # a view: a shift, or (shift, gamma)
          "k": [(0, 0, 0), (0, 0, 1)],
@@ -55,37 +58,34 @@ def _view(v):
 def shift(t, s):
     """t (N, C, I, J, K) moved by s[d] voxels along I, J, K (output[i] = input[i - s]); the voxels that come in
     at the edge repeat the edge (as the module pads nothing there). Negative s moves back."""
-    import torch
-
     for dim, v in zip((2, 3, 4), s):
         n = t.shape[dim]
         if v == 0 or n <= abs(v):
             continue
         if v > 0:
-            t = torch.cat([t.narrow(dim, 0, 1).expand(*t.shape[:dim], v, *t.shape[dim + 1:]), t.narrow(dim, 0, n - v)], dim)
+            t = torch.cat([t.narrow(dim, 0, 1)] * v + [t.narrow(dim, 0, n - v)], dim)
         else:
-            v = -v
-            t = torch.cat([t.narrow(dim, v, n - v), t.narrow(dim, n - 1, 1).expand(*t.shape[:dim], v, *t.shape[dim + 1:])], dim)
+            t = torch.cat([t.narrow(dim, -v, n + v)] + [t.narrow(dim, n - 1, 1)] * -v, dim)
     return t
 
 
-def shifted_segmenter(base_cls):
-    class Shifted(base_cls):
-        shifts = [(0, 0, 0)]
+class ViewAveragingSegmenter(LiverSegmenter):
+    """The module's segmenter, its model-grid probabilities averaged over `views` (VIEWS entries), each view's
+    shift undone before the average; `last_entropy`: the mean entropy of the last average."""
+    views = [(0, 0, 0)]
+    last_entropy = float("nan")
 
-        def predict_probabilities(self, x, *args, **kw):
-            import torch
-            total = None
-            for v in self.shifts:
-                s, g = _view(v)
-                p = super().predict_probabilities(gamma_view(shift(x, s), g), *args, **kw)   # (C, I, J, K)
-                p = shift(p[None], tuple(-d for d in s))[0]
-                total = p if total is None else total + p
-            p = total / len(self.shifts)
-            q = p.clamp_min(1e-8)
-            self.last_entropy = float(-(q * torch.log(q)).sum(0).mean())
-            return p
-    return Shifted
+    def predict_probabilities(self, x, *args, **kw):
+        total = None
+        for v in self.views:
+            s, g = _view(v)
+            p = super().predict_probabilities(gamma_view(shift(x, s), g), *args, **kw)   # (C, I, J, K)
+            p = shift(p[None], tuple(-d for d in s))[0]
+            total = p if total is None else total + p
+        p = total / len(self.views)
+        q = p.clamp_min(1e-8)
+        self.last_entropy = float(-(q * torch.log(q)).sum(0).mean())
+        return p
 
 
 def main(argv=None):
@@ -96,18 +96,17 @@ def main(argv=None):
     p.add_argument("--views", nargs="+", default=list(VIEWS), choices=list(VIEWS))
     p.add_argument("--csv")
     a = p.parse_args(argv)
-    from SRMASegmenterLib.inference import LiverSegmenter
     from SRMASegmenterLib.metrics import segmentation_metrics
     from SRMASegmenterLib.volumes import read_volume
 
-    seg = shifted_segmenter(LiverSegmenter).load(a.weights, device="cpu")
+    seg = ViewAveragingSegmenter.load(a.weights, device="cpu")
     rows = []
     for c in a.cases:
         img, geom = read_volume(Path(a.data) / f"{c}_t2.nii.gz")
         lab, _ = read_volume(Path(a.data) / f"{c}_labels.nii.gz")
         truth = lab == 1
         for v in a.views:
-            seg.shifts = VIEWS[v]
+            seg.views = VIEWS[v]
             t0 = time.perf_counter()
             mask, _ = seg.predict(img, geom)
             dt = time.perf_counter() - t0
@@ -130,11 +129,7 @@ def main(argv=None):
         print(f"lowest-entropy view of {single}: " + ", ".join(f"{r['case']} {r['views']}" for r in picked)
               + f"; Dice {np.mean([r['dice'] for r in picked]):.4f}")
     if a.csv:
-        Path(a.csv).parent.mkdir(parents=True, exist_ok=True)
-        with open(a.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(a.csv, rows)
 
 
 if __name__ == "__main__":
