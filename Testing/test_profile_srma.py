@@ -58,7 +58,7 @@ def test_by_source_charges_operators_to_the_model_functions_that_called_them():
     srcs = {r["source"] for r in res["sources"]}
     assert "model.py: SS2D.forward" in srcs and "model.py: GSC.forward" in srcs
     assert any(s.startswith("backward: ") for s in srcs)
-    ss2d = [r for r in res["sources"] if r["source"] == "model.py: SS2D.forward"]
+    ss2d = [r for r in res["sources"] if r["source"] == "model.py: SS2D.projections"]
     assert any(r["op"] == "aten::mm" or r["op"] == "aten::bmm" for r in ss2d)   # its projections, as matmuls
     assert all(r["ms"] > 0 and r["kernels"] > 0 for r in res["sources"])
     assert not any(".py(" in k["name"] for k in res["kernels"])

@@ -386,11 +386,11 @@ def test_bench_train_step_ops_check_swaps_the_model_ops(monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import bench_train_step
     import SRMASegmenterLib.model as srma_model
-    own = srma_model._upsample, srma_model.SS2D.forward
+    own = srma_model._upsample, srma_model.SS2D.projections
     for revert in (["upsample"], ["proj"], ["upsample", "proj"]):
         bench_train_step.main(["--device", "cpu", "--dims", "8", "--patch", "32", "32", "16", "--compare", "ops",
                                "--chunks", "0", "--revert", *revert])
         check = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert 0 < check["rel_l2_grad_defaults_vs_candidate"] < 1e-4, revert
         assert check["rel_l2_grad_defaults_vs_defaults"] == 0.0    # the CPU step is deterministic
-        assert (srma_model._upsample, srma_model.SS2D.forward) == own
+        assert (srma_model._upsample, srma_model.SS2D.projections) == own

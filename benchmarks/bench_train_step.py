@@ -87,20 +87,15 @@ def scatter_upsample(x, size):
     return torch.nn.functional.interpolate(x, size=tuple(size), mode="trilinear", align_corners=False)
 
 
-def conv_projection_forward(self, x):
-    """SS2D.forward before session 24: the per-direction projections as 1 x 1 convolutions."""
+def conv_projections(self, x):
+    """SS2D.projections before session 24: 1 x 1 convolutions."""
     F = torch.nn.functional
-    b, h, w, _ = x.shape
+    b, _, h, w = x.shape
     k, di, r, n = self.K, self.d_inner, self.dt_rank, self.d_state
-    x = self.in_proj(x).permute(0, 3, 1, 2)
-    x = self.act(self.conv2d(x)).contiguous()
     x_dbl = F.conv2d(x, self.x_proj_weight.reshape(k * (r + 2 * n), di, 1, 1)).view(b, k, r + 2 * n, h, w)
     dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
     dts = F.conv2d(dts.reshape(b, k * r, h, w), self.dt_projs_weight.reshape(k * di, r, 1, 1), groups=k)
-    y = srma_model.cross_selective_scan(
-        x, dts.view(b, k, di, h, w), -torch.exp(self.A_logs.float()), Bs.contiguous(), Cs.contiguous(),
-        self.Ds.float(), self.dt_projs_bias.float().view(-1), delta_softplus=True, backend=self.scan_backend)
-    return self.out_proj(self.out_norm(y.permute(0, 2, 3, 1)).to(x.dtype))
+    return dts.view(b, k, di, h, w), Bs, Cs
 
 
 def main(argv=None):
@@ -130,12 +125,12 @@ def main(argv=None):
                           organ_classes=(1, 4), contrast=(0.35, 1.5), p_contrast=0.3)
     loss_fn = segmentation_loss()
     amp = Amp("auto", dev)
-    own_ops = {"upsample": srma_model._upsample, "proj": srma_model.SS2D.forward}
+    own_ops = {"upsample": srma_model._upsample, "proj": srma_model.SS2D.projections}
 
     def set_ops(names):
         """The model's ops of before session 24 for `names`, its own for the rest."""
         srma_model._upsample = scatter_upsample if "upsample" in names else own_ops["upsample"]
-        srma_model.SS2D.forward = conv_projection_forward if "proj" in names else own_ops["proj"]
+        srma_model.SS2D.projections = conv_projections if "proj" in names else own_ops["proj"]
 
     @contextlib.contextmanager
     def reverted():

@@ -101,19 +101,23 @@ class SS2D(nn.Module):
         self.A_logs._no_weight_decay = True
         self.Ds._no_weight_decay = True
 
-    def forward(self, x):
-        b, h, w, _ = x.shape
+    def projections(self, x):
+        """x (b, di, h, w) -> delta before its bias (b, K, di, h, w), B and C (b, K, N, h, w): the per-direction
+        projections, as matrix products over the channels-first map (b, c, h * w). The same sums as 1 x 1
+        convolutions, without cuDNN's NCHW <-> NHWC conversions around each of them."""
+        b, _, h, w = x.shape
         k, di, r, n = self.K, self.d_inner, self.dt_rank, self.d_state
+        x_dbl = torch.matmul(self.x_proj_weight.reshape(k * (r + 2 * n), di), x.view(b, di, h * w))
+        dts, Bs, Cs = torch.split(x_dbl.view(b, k, r + 2 * n, h, w), [r, n, n], dim=2)
+        dts = torch.matmul(self.dt_projs_weight, dts.reshape(b, k, r, h * w))  # (k, di, r) @ (b, k, r, hw)
+        return dts.view(b, k, di, h, w), Bs, Cs
+
+    def forward(self, x):
         x = self.in_proj(x).permute(0, 3, 1, 2)
         x = self.act(self.conv2d(x)).contiguous()                              # (b, di, h, w)
-        # The per-direction projections as matrix products over channels-first maps (b, c, h * w): the same
-        # sums as 1 x 1 convolutions, without cuDNN's NCHW <-> NHWC conversions around each of them
-        x_dbl = torch.matmul(self.x_proj_weight.reshape(k * (r + 2 * n), di), x.view(b, di, h * w))
-        x_dbl = x_dbl.view(b, k, r + 2 * n, h, w)
-        dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
-        dts = torch.matmul(self.dt_projs_weight, dts.reshape(b, k, r, h * w))  # (k, di, r) @ (b, k, r, hw)
+        dts, Bs, Cs = self.projections(x)
         y = cross_selective_scan(
-            x, dts.view(b, k, di, h, w), -torch.exp(self.A_logs.float()), Bs.contiguous(), Cs.contiguous(),
+            x, dts, -torch.exp(self.A_logs.float()), Bs.contiguous(), Cs.contiguous(),
             self.Ds.float(), self.dt_projs_bias.float().view(-1), delta_softplus=True, backend=self.scan_backend)
         y = self.out_norm(y.permute(0, 2, 3, 1)).to(x.dtype)
         return self.out_proj(y)
