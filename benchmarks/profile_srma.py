@@ -31,6 +31,7 @@ GROUPS = (  # (group, name fragments, lower case); first match wins
     ("scan backward", ("_scan_bwd_kernel",)),
     ("layer norm", ("layer_norm", "layernorm")),
     ("copies, casts and layout conversions", ("copy", "nchwtonhwc", "nhwctonchw", "transpose", "permute")),
+    # cuBLAS's GEMMs before the convolutions (whose "xmma" would take sm90_xmma_gemm_*); other GEMM names after
     ("matrix multiply", ("nvjet", "xmma_gemm", "gemmsn", "gemv", "cublas", "aten::mm", "aten::bmm", "aten::addmm",
                          "aten::matmul")),
     ("convolution", ("conv", "implicit_gemm", "xmma", "cudnn", "winograd", "dgrad", "wgrad")),
