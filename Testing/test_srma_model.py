@@ -146,3 +146,56 @@ def test_trilinear_upsample_backward_stays_on_the_gradients_device():
     with NoHostTensors():
         (gx,) = torch.autograd.grad(y, x, torch.empty(2, 5, 64, 64, 48, device="meta"))
     assert gx.shape == x.shape and gx.device.type == "meta"
+
+
+_LN_SCRIPT = r"""
+import json, sys
+import torch
+from SRMASegmenterLib.model import SRMAMamba
+from ssm_kernels import layer_norm as ln_mod  # noqa: F401  (the package's Triton layer norm is what is timed)
+
+torch.manual_seed(0)
+net = SRMAMamba(dims=8, out_chans=3, class_names=("background", "liver", "spleen"), drop_path_rate=0.0,
+                decoder_drop_path=0.0, scan_backend="torch").train()
+x = torch.randn(1, 1, 64, 64, 16)
+with torch.autocast("cpu", dtype=torch.bfloat16, enabled=sys.argv[1] == "bf16"):
+    outs = net(x)
+loss = sum((o.float() * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs)
+loss.backward()
+torch.save({"outs": [o.detach().float() for o in outs], "grads": [p.grad for p in net.parameters()]}, sys.argv[2])
+"""
+
+
+def test_model_with_the_triton_layer_norm_matches_pytorchs(tmp_path):
+    """The tiny model's outputs and gradients with every layer norm run by the Triton kernel (CPU interpreter;
+    the scan stays torch) against PyTorch's layer norm: to float32 rounding in fp32; under bf16 autocast, where
+    the norms before Linears write bf16 directly, closer to PyTorch's bf16 run than that is to fp32 (the
+    interpreter rounds to bf16 by truncation, a GPU to nearest, so on the GPU it is closer still)."""
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    res = {}
+    for precision in ("fp32", "bf16"):
+        for backend in ("torch", "triton"):
+            out = tmp_path / f"{precision}_{backend}.pt"
+            r = subprocess.run([sys.executable, "-c", _LN_SCRIPT, precision, str(out)], capture_output=True,
+                               text=True, timeout=900, env={**env, "SSM_KERNELS_BACKEND": backend})
+            assert r.returncode == 0, r.stderr[-3000:]
+            res[precision, backend] = torch.load(out)
+
+    def grads(key):
+        return torch.cat([g.flatten() for g in res[key]["grads"]])
+
+    def rel(a, b):
+        return float((a - b).norm() / b.norm())
+
+    for a, b in zip(res["fp32", "triton"]["outs"], res["fp32", "torch"]["outs"]):
+        assert rel(a, b) < 1e-5
+    assert rel(grads(("fp32", "triton")), grads(("fp32", "torch"))) < 1e-4
+    g16, g16t, g32 = (grads(k) for k in (("bf16", "triton"), ("bf16", "torch"), ("fp32", "torch")))
+    assert torch.isfinite(g16).all()
+    assert rel(g16, g16t) < rel(g16t, g32)
+    for a, b, c in zip(res["bf16", "triton"]["outs"], res["bf16", "torch"]["outs"], res["fp32", "torch"]["outs"]):
+        assert rel(a, b) < rel(b, c)

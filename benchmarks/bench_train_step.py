@@ -9,7 +9,7 @@ CHAOS canvas size: where a step's time goes, and the step before / after the sha
     python benchmarks/bench_train_step.py --compare graphs --json step.json # eager vs one CUDA graph
     python benchmarks/bench_train_step.py --compare kernels --kernel-env SSM_BWD_BLOCK_L=256 SSM_BWD_SHIFT=divide
     python benchmarks/bench_train_step.py --compare compile --json step.json  # forward + loss by torch.compile
-    python benchmarks/bench_train_step.py --compare ops --json step.json  # session 24's model ops vs before
+    python benchmarks/bench_train_step.py --compare ops --json step.json  # the model's own ops vs PyTorch's
     python benchmarks/bench_train_step.py --compare ops --revert upsample  # one of them alone
 
 --compare scan times the step (multi-tensor EMA, fused AdamW) with the Triton scan serial over each
@@ -32,12 +32,14 @@ training.loop.compile_around) against the same uncompiled, after checking that t
 defaults' loss and gradients (graph_check.check_candidate_loss). Compilation happens in the warm-up.
 --compile-backend aot_eager checks the plumbing where inductor cannot generate code (this CPU).
 
---compare ops times the step (as a CUDA graph on the GPU) with the model's operations as they were before
-session 24 against the model as it is, after the same loss and gradient check; --revert names which go back
-in the "before" variant (default both): `upsample`, the trilinear upsampling differentiated by PyTorch
+--compare ops times the step (as a CUDA graph on the GPU) with some of the model's operations as they were
+before against the model as it is, after the same loss and gradient check; --revert names which go back
+in the "before" variant (default all): `upsample`, the trilinear upsampling differentiated by PyTorch
 (atomic scatter) instead of the model's gathering backward (SRMASegmenterLib.model._TrilinearUp); `proj`,
 SS2D's per-direction projections as 1 x 1 convolutions (cuDNN, with its NCHW <-> NHWC conversions) instead
-of matrix products. They are swapped while each variant's graph is captured.
+of matrix products (both session 24); `ln`, PyTorch's layer norm (fp32 under autocast, on channels-last
+copies, then cast / permuted) instead of ssm_kernels.layer_norm (session 25). They are swapped while each
+variant's graph is captured.
 
 Whole steps are timed without synchronising inside them (the rate training gets), in chunks that
 alternate between the variants; the breakdown synchronises around each part (so its sum is a little
@@ -98,6 +100,15 @@ def conv_projections(self, x):
     return dts.view(b, k, di, h, w), Bs, Cs
 
 
+def torch_layer_norm(norm, x, channels_first=False, out_channels_first=False, out_dtype=None):
+    """SRMA-Mamba's layer norms before session 25: PyTorch's on a channels-last copy, then cast and permuted."""
+    if channels_first:
+        x = x.movedim(1, -1)
+    y = torch.nn.functional.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    y = y if out_dtype is None else y.to(out_dtype)
+    return y.movedim(-1, 1).contiguous() if out_channels_first else y
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda")
@@ -108,7 +119,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20, help="steps per timed chunk")
     p.add_argument("--chunks", type=int, default=5, help="timed chunks per variant (alternating)")
     p.add_argument("--compare", choices=("optimizer", "scan", "graphs", "kernels", "compile", "ops"), default="optimizer")
-    p.add_argument("--revert", nargs="+", choices=("upsample", "proj"), default=["upsample", "proj"],
+    p.add_argument("--revert", nargs="+", choices=("upsample", "proj", "ln"), default=["upsample", "proj", "ln"],
                    help="--compare ops: what the 'before' variant takes back")
     p.add_argument("--kernel-env", nargs="+", default=[], metavar="SSM_VAR=VALUE",
                    help="--compare kernels: the candidate's ssm_kernels settings")
@@ -125,12 +136,13 @@ def main(argv=None):
                           organ_classes=(1, 4), contrast=(0.35, 1.5), p_contrast=0.3)
     loss_fn = segmentation_loss()
     amp = Amp("auto", dev)
-    own_ops = {"upsample": srma_model._upsample, "proj": srma_model.SS2D.projections}
+    own_ops = {"upsample": srma_model._upsample, "proj": srma_model.SS2D.projections, "ln": srma_model._layer_norm}
 
     def set_ops(names):
-        """The model's ops of before session 24 for `names`, its own for the rest."""
+        """The model's ops of before for `names`, its own for the rest."""
         srma_model._upsample = scatter_upsample if "upsample" in names else own_ops["upsample"]
         srma_model.SS2D.projections = conv_projections if "proj" in names else own_ops["proj"]
+        srma_model._layer_norm = torch_layer_norm if "ln" in names else own_ops["ln"]
 
     @contextlib.contextmanager
     def reverted():
@@ -169,7 +181,7 @@ def main(argv=None):
         variants = {"not compiled (before)": build(True, True), comp: build(True, True)}
         scan_env = {}
     elif a.compare == "ops":
-        before = f"{' + '.join(a.revert)} as before session 24"
+        before = f"{' + '.join(a.revert)} as before"
         variants = {before: build(True, True), "the model's own (after)": build(True, True)}
         scan_env = {}
     else:

@@ -18,7 +18,7 @@
 #   scripts/device_train.sh profile SECONDS            # the step's device time by kernel group, both SS2D layouts (issue 13)
 #   scripts/device_train.sh bwdsplit SECONDS           # the step with the backward alone split (SSM_BWD_SEG_*) vs defaults
 #   scripts/device_train.sh us-sizes "224 288 320" RUN...  # out-of-fold logits of us-variants runs at whole-image sizes
-#   scripts/device_train.sh ops SECONDS                # the step with the model's ops of before session 24 vs now
+#   scripts/device_train.sh ops SECONDS                # the step with the model's ops vs PyTorch's (ln, upsample, proj)
 #   scripts/device_train.sh watch SECONDS [liver|us]   # wait while training runs (of that kind) live, at most SECONDS;
 #                                                      # print their logs (`watch 420 us`, then us-heatmaps, while the liver trains)
 #   EXPORT_FOLDS=1 ...liver-steps...   # also export each CV fold's weights (for CPU analysis of its held-out cases);
@@ -284,18 +284,24 @@ bwdsplit)  # SECONDS: the training step (a CUDA graph, the trainer's patch) with
     SSM_BWD_SEG_PER_SM=4 --chunks 3 --json "$OUT/step_bwdsplit.json" > "$OUT/step_bwdsplit.txt" 2>&1
   tail -n 12 "$OUT/step_bwdsplit.txt"
   ;;
-ops)       # SECONDS: the training step (a CUDA graph) with session 24's model ops against those of before (the
-           # upsampling's backward by PyTorch's atomic scatter; SS2D's projections as 1 x 1 convolutions), both
-           # reverted, then each alone, at the trainer's patch; both at 224 x 224 x 64. Loss and gradients
-           # checked first. Into $OUT (issue 13, item 5).
+ops)       # SECONDS: the training step (a CUDA graph) with the model's ops against PyTorch's of before: all
+           # reverted, then each alone (`ln`: PyTorch's layer norm instead of ssm_kernels.layer_norm, session 25;
+           # `upsample`: the scattering upsampling backward; `proj`: SS2D's projections as 1 x 1 convolutions,
+           # session 24), at the trainer's patch; all at 224 x 224 x 64. Loss and gradients checked first.
+           # Before them: the layer norm's tests on the GPU and its own benchmark. Into $OUT (issue 13, item 5).
   setup
   cd "$W/code" || exit 1
-  for rv in "upsample proj" upsample proj; do
+  if python3 -c "import pytest" 2> /dev/null; then
+    (cd kernels && timeout 150 python3 -m pytest -q -x tests/test_layer_norm.py -p no:cacheprovider 2>&1 | tail -n 3)
+  else echo "pytest not installed here: the layer norm's GPU check is the benchmark's comparison below"; fi
+  timeout 120 python3 kernels/benchmarks/bench_layer_norm.py --json "$OUT/bench_ln_128.json" > "$OUT/bench_ln_128.txt" 2>&1
+  cat "$OUT/bench_ln_128.txt"
+  for rv in "upsample proj ln" ln upsample proj; do
     tag=${rv// /_}
-    timeout $(( $2 / 5 )) python3 benchmarks/bench_train_step.py --compare ops --revert $rv --chunks 3 \
+    timeout $(( $2 / 7 )) python3 benchmarks/bench_train_step.py --compare ops --revert $rv --chunks 3 \
       --json "$OUT/step_ops_128_$tag.json" > "$OUT/step_ops_128_$tag.txt" 2>&1; tail -n 9 "$OUT/step_ops_128_$tag.txt"
   done
-  timeout $(( $2 * 2 / 5 )) python3 benchmarks/bench_train_step.py --compare ops --patch 224 224 64 --steps 8 --chunks 2 \
+  timeout $(( $2 / 4 )) python3 benchmarks/bench_train_step.py --compare ops --patch 224 224 64 --steps 8 --chunks 2 \
     --json "$OUT/step_ops_224.json" > "$OUT/step_ops_224.txt" 2>&1; tail -n 9 "$OUT/step_ops_224.txt"
   ;;
 run)   # one named run in the background; its data must have been copied by an earlier call or this one

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slicer_ai_common.layers import DropPath, Mlp, Permute
-from ssm_kernels import cross_selective_scan
+from ssm_kernels import cross_selective_scan, layer_norm
 
 
 @dataclass
@@ -55,6 +55,34 @@ class SRMAConfig:
         if cfg.out_chans > 1 and len(cfg.class_names) != cfg.out_chans:
             raise ValueError(f"SRMA config: {cfg.out_chans} output classes but class_names {list(cfg.class_names)}")
         return cfg
+
+
+def _autocast_on(x) -> bool:
+    dev = x.device.type
+    return dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev)   # (autocast knows no meta tensors)
+
+
+def _layer_norm(norm, x, channels_first=False, out_channels_first=False, out_dtype=None):
+    """`norm` (an nn.LayerNorm's parameters) over the channels of x by ssm_kernels.layer_norm (Triton on a
+    GPU: one kernel for many short rows, reading and writing either layout without a copy; PyTorch's own
+    elsewhere). out_dtype None gives what the nn.LayerNorm would: fp32 under autocast, else x's dtype."""
+    if out_dtype is None:
+        out_dtype = torch.float32 if _autocast_on(x) else x.dtype
+    return layer_norm(x, norm.weight, norm.bias, norm.eps, channels_first=channels_first,
+                      out_channels_first=out_channels_first, out_dtype=out_dtype)
+
+
+def _low_precision(x):
+    """The dtype a Linear after a layer norm computes in: autocast's, where it is on (a layer norm that
+    feeds only Linears can write it directly, the same numbers as its fp32 output cast there)."""
+    return torch.get_autocast_dtype(x.device.type) if _autocast_on(x) else None
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (the same parameters and state dict) on channels-last input, computed by _layer_norm."""
+
+    def forward(self, x):
+        return _layer_norm(self, x)
 
 
 class SS2D(nn.Module):
@@ -119,7 +147,7 @@ class SS2D(nn.Module):
         y = cross_selective_scan(
             x, dts, -torch.exp(self.A_logs.float()), Bs.contiguous(), Cs.contiguous(),
             self.Ds.float(), self.dt_projs_bias.float().view(-1), delta_softplus=True, backend=self.scan_backend)
-        y = self.out_norm(y.permute(0, 2, 3, 1)).to(x.dtype)
+        y = _layer_norm(self.out_norm, y, channels_first=True, out_dtype=x.dtype)   # (b, h, w, di)
         return self.out_proj(y)
 
 
@@ -152,8 +180,9 @@ class SABMamba(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x):
-        x = x + self.drop_path(self.op(self.norm(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        lp = _low_precision(x)   # both norms feed Linears only (ABSS's in_proj, the MLP's fc1)
+        x = x + self.drop_path(self.op(_layer_norm(self.norm, x, out_dtype=lp)))
+        return x + self.drop_path(self.mlp(_layer_norm(self.norm2, x, out_dtype=lp)))
 
 
 class GSC(nn.Module):
@@ -185,9 +214,9 @@ class SABMambaEncoder(nn.Module):
         self.dims = dims
         ssm_kw = dict(d_state=cfg.d_state, ssm_ratio=cfg.ssm_ratio, scan_backend=cfg.scan_backend)
         self.patch_embed = nn.Sequential(
-            nn.Conv3d(cfg.in_chans, dims[0] // 2, 3, 2, 1), Permute(0, 2, 3, 4, 1), nn.LayerNorm(dims[0] // 2),
+            nn.Conv3d(cfg.in_chans, dims[0] // 2, 3, 2, 1), Permute(0, 2, 3, 4, 1), LayerNorm(dims[0] // 2),
             Permute(0, 4, 1, 2, 3), nn.GELU(), nn.Conv3d(dims[0] // 2, dims[0], 1), Permute(0, 2, 3, 4, 1),
-            nn.LayerNorm(dims[0]))
+            LayerNorm(dims[0]))
         dpr = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
         self.layers = nn.ModuleList()
         for i in range(4):
@@ -196,7 +225,7 @@ class SABMambaEncoder(nn.Module):
             layer = nn.Module()
             layer.blocks = nn.Sequential(*blocks)
             layer.downsample = (nn.Sequential(Permute(0, 4, 1, 2, 3), nn.Conv3d(dims[i], dims[i + 1], 3, 2, 1),
-                                              Permute(0, 2, 3, 4, 1), nn.LayerNorm(dims[i + 1]))
+                                              Permute(0, 2, 3, 4, 1), LayerNorm(dims[i + 1]))
                                 if i < 3 else nn.Identity())
             self.layers.append(layer)
         for i in range(4):
@@ -208,7 +237,7 @@ class SABMambaEncoder(nn.Module):
         for i, layer in enumerate(self.layers):
             o = layer.blocks(x)
             x = layer.downsample(o)
-            outs.append(getattr(self, f"outnorm{i}")(o).permute(0, 4, 1, 2, 3).contiguous())
+            outs.append(_layer_norm(getattr(self, f"outnorm{i}"), o, out_channels_first=True))   # (b, c, h, w, d)
         return outs
 
 
