@@ -29,7 +29,9 @@ loss and gradients (graph_check.check_kernel_env: one batch, eager; --chunks 0 s
 --compare compile times the step (as a CUDA graph on the GPU) with its forward + loss compiled by
 torch.compile (inductor, static shapes; the scan stays the ssm_kernels call between the compiled graphs:
 training.loop.compile_around) against the same uncompiled, after checking that the compiled step gives the
-defaults' loss and gradients (graph_check.check_candidate_loss). Compilation happens in the warm-up.
+defaults' loss and gradients (graph_check.check_candidate_loss). Compilation happens in the warm-up. The
+compiled variant's layer norms are PyTorch's (for inductor to fuse them with their neighbours; --compile-ln
+own keeps ssm_kernels.layer_norm there too); the uncompiled one runs the model's own.
 --compile-backend aot_eager checks the plumbing where inductor cannot generate code (this CPU).
 
 --compare ops times the step (as a CUDA graph on the GPU) with some of the model's operations as they were
@@ -124,6 +126,9 @@ def main(argv=None):
     p.add_argument("--kernel-env", nargs="+", default=[], metavar="SSM_VAR=VALUE",
                    help="--compare kernels: the candidate's ssm_kernels settings")
     p.add_argument("--compile-backend", default="inductor", help="--compare compile: torch.compile's backend")
+    p.add_argument("--compile-ln", choices=("torch", "own"), default="torch",
+                   help="--compare compile: the compiled variant's layer norms: PyTorch's (for inductor to fuse; "
+                        "default) or ssm_kernels.layer_norm (the model's own, as the uncompiled variant)")
     p.add_argument("--json")
     a = p.parse_args(argv)
     dev = torch.device(a.device)
@@ -145,12 +150,14 @@ def main(argv=None):
         srma_model._layer_norm = torch_layer_norm if "ln" in names else own_ops["ln"]
 
     @contextlib.contextmanager
-    def reverted():
-        set_ops(a.revert)
+    def reverted(names=None):
+        set_ops(a.revert if names is None else names)
         try:
             yield
         finally:
             set_ops(())
+
+    compile_ops = ("ln",) if a.compile_ln == "torch" else ()   # what the compiled variant runs as before
 
     def sync():
         if cuda:
@@ -217,7 +224,8 @@ def main(argv=None):
         for k in env_keys:
             os.environ.pop(k, None)
         os.environ.update(scan_env.get(name, {}))
-        set_ops(a.revert if a.compare == "ops" and name == before else ())
+        set_ops(a.revert if a.compare == "ops" and name == before else
+                compile_ops if a.compare == "compile" and name == comp else ())
 
     def parts(model, opt, ema):
         idx = torch.randint(len(images), (a.batch_size,), generator=g, device=dev)
@@ -253,6 +261,8 @@ def main(argv=None):
             with amp.autocast(cache=cache):
                 outs = model(x)
             return deep_supervision_loss([o.float() for o in outs], y[:, None], loss_fn)
+        def fp32_loss(model, x, y):   # the step without autocast: the reference for candidates that round otherwise
+            return deep_supervision_loss([o.float() for o in model(x)], y[:, None], loss_fn)
         idx = torch.arange(a.batch_size, device=dev)
         with torch.no_grad():
             x, y = augment_batch(images[idx], labels[idx], nc, aug, g)
@@ -263,10 +273,11 @@ def main(argv=None):
             check = check_kernel_env(lambda: build(True, True)[0], check_loss, (x, y), scan_env[cand])
         elif a.compare == "compile":   # uncompiled against compiled, eager (graph_check.check_candidate_loss)
             check = check_candidate_loss(lambda: build(True, True)[0], check_loss,
-                                         lambda m, x, y: compiled_loss(m)(x, y), (x, y), comp)
+                                         lambda m, x, y: compiled_loss(m)(x, y), (x, y), comp,
+                                         context=lambda: reverted(compile_ops), reference_loss_of=fp32_loss)
         else:                          # the model's own ops against those of before, eager
             check = check_candidate_loss(lambda: build(True, True)[0], check_loss, check_loss, (x, y), before,
-                                         context=reverted)
+                                         context=reverted, reference_loss_of=fp32_loss)
     if check is not None and a.chunks == 0:
         print(json.dumps(check))
         return

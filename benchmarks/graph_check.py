@@ -66,12 +66,16 @@ def check_graphed_step(make_model, loss_of, inputs):
     return out
 
 
-def check_candidate_loss(make_model, loss_of, candidate_loss_of, inputs, label: str, context=None) -> dict:
+def check_candidate_loss(make_model, loss_of, candidate_loss_of, inputs, label: str, context=None,
+                         reference_loss_of=None) -> dict:
     """Does another way of computing the step (other scan settings, the step compiled by torch.compile)
     give the defaults' loss and gradients? One eager step of loss_of twice (the defaults' own noise: float32
     atomics in the scan, bf16 autocast) and one of candidate_loss_of, run inside `context()` if given
     (forward and backward), on two copies of one model (drop-path and dropout off). The candidate passes
-    when its difference from the defaults is of the size of that noise. loss_of(model, *inputs) -> loss."""
+    when its difference from the defaults is of the size of that noise. loss_of(model, *inputs) -> loss.
+    reference_loss_of (e.g. the step without autocast): also the distance of each from its gradients, for a
+    candidate that rounds differently (bf16 where the defaults keep fp32): it passes when it is no further
+    from the reference than the defaults are."""
     m0 = no_dropout(make_model())
     m1 = no_dropout(make_model())
     m1.load_state_dict(m0.state_dict())
@@ -90,9 +94,16 @@ def check_candidate_loss(make_model, loss_of, candidate_loss_of, inputs, label: 
     out = dict(candidate=label, loss_defaults=l0, loss_defaults_again=l0b, loss_candidate=l1,
                rel_l2_grad_defaults_vs_defaults=noise[0], worst_tensor_defaults_vs_defaults=noise[1],
                rel_l2_grad_defaults_vs_candidate=cand[0], worst_tensor_defaults_vs_candidate=cand[1])
+    ref = ""
+    if reference_loss_of is not None:
+        lr, gr = grads(m0, reference_loss_of)
+        d_ref, c_ref = grad_difference(gr, g0), grad_difference(gr, g1)
+        out.update(loss_reference=lr, rel_l2_grad_reference_vs_defaults=d_ref[0],
+                   rel_l2_grad_reference_vs_candidate=c_ref[0])
+        ref = f"; the reference ({lr:.6f}) vs defaults {d_ref[0]:.2e}, vs candidate {c_ref[0]:.2e}"
     print(f"check {label}: loss defaults {l0:.6f} / again {l0b:.6f}, candidate {l1:.6f}; gradients, relative L2 "
           f"over all (worst tensor): defaults vs defaults {noise[0]:.2e} ({noise[1]:.2e}), defaults vs candidate "
-          f"{cand[0]:.2e} ({cand[1]:.2e})", flush=True)
+          f"{cand[0]:.2e} ({cand[1]:.2e}){ref}", flush=True)
     return out
 
 

@@ -254,10 +254,11 @@ compile)   # SECONDS: the training step with forward + loss compiled by torch.co
            # 224 x 224 x 64. Into $OUT. Inductor compiles in the warm-up (minutes on a fresh machine).
   setup
   cd "$W/code" || exit 1
-  t=$2
-  timeout $(( t / 2 )) python3 benchmarks/bench_train_step.py --compare compile --chunks 3 \
+  t=$2; [ "${3:-}" = 128 ] || t=$(( t / 2 ))   # `compile SECONDS 128`: the trainer's patch only, all the time
+  timeout $t python3 benchmarks/bench_train_step.py --compare compile --chunks 3 \
     --json "$OUT/step_compile_128.json" > "$OUT/step_compile_128.txt" 2>&1; tail -n 9 "$OUT/step_compile_128.txt"
-  timeout $(( t / 2 )) python3 benchmarks/bench_train_step.py --compare compile --patch 224 224 64 --steps 8 --chunks 2 \
+  [ "${3:-}" = 128 ] && exit 0
+  timeout $t python3 benchmarks/bench_train_step.py --compare compile --patch 224 224 64 --steps 8 --chunks 2 \
     --json "$OUT/step_compile_224.json" > "$OUT/step_compile_224.txt" 2>&1; tail -n 9 "$OUT/step_compile_224.txt"
   ;;
 profile)   # SECONDS: where the training step's device time goes, by kernel group and by the model function that
@@ -288,21 +289,24 @@ ops)       # SECONDS: the training step (a CUDA graph) with the model's ops agai
            # reverted, then each alone (`ln`: PyTorch's layer norm instead of ssm_kernels.layer_norm, session 25;
            # `upsample`: the scattering upsampling backward; `proj`: SS2D's projections as 1 x 1 convolutions,
            # session 24), at the trainer's patch; all at 224 x 224 x 64. Loss and gradients checked first.
-           # Before them: the layer norm's tests on the GPU and its own benchmark. Into $OUT (issue 13, item 5).
+           # Before them: the layer norm's tests on the GPU and its own benchmark. JSON into $OUT (a call brings
+           # back 8 files at most), tables printed (issue 13, item 5). OPS_REVERTS="ln,proj" picks the 128 runs,
+           # OPS_224=0 skips the 224 one.
   setup
   cd "$W/code" || exit 1
   if python3 -c "import pytest" 2> /dev/null; then
     (cd kernels && timeout 150 python3 -m pytest -q -x tests/test_layer_norm.py -p no:cacheprovider 2>&1 | tail -n 3)
   else echo "pytest not installed here: the layer norm's GPU check is the benchmark's comparison below"; fi
-  timeout 120 python3 kernels/benchmarks/bench_layer_norm.py --json "$OUT/bench_ln_128.json" > "$OUT/bench_ln_128.txt" 2>&1
-  cat "$OUT/bench_ln_128.txt"
-  for rv in "upsample proj ln" ln upsample proj; do
+  timeout 120 python3 kernels/benchmarks/bench_layer_norm.py --json "$OUT/bench_ln_128.json"
+  IFS=, read -ra reverts <<< "${OPS_REVERTS:-upsample proj ln,ln,upsample,proj}"   # which, comma-separated
+  for rv in "${reverts[@]}"; do
     tag=${rv// /_}
     timeout $(( $2 / 7 )) python3 benchmarks/bench_train_step.py --compare ops --revert $rv --chunks 3 \
-      --json "$OUT/step_ops_128_$tag.json" > "$OUT/step_ops_128_$tag.txt" 2>&1; tail -n 9 "$OUT/step_ops_128_$tag.txt"
+      --json "$OUT/step_ops_128_$tag.json" > "$W/step_ops_128_$tag.txt" 2>&1; grep -a "^check\|^|\|steps/s" "$W/step_ops_128_$tag.txt"
   done
+  [ "${OPS_224:-1}" = 0 ] && exit 0
   timeout $(( $2 / 4 )) python3 benchmarks/bench_train_step.py --compare ops --patch 224 224 64 --steps 8 --chunks 2 \
-    --json "$OUT/step_ops_224.json" > "$OUT/step_ops_224.txt" 2>&1; tail -n 9 "$OUT/step_ops_224.txt"
+    --json "$OUT/step_ops_224.json" > "$W/step_ops_224.txt" 2>&1; grep -a "^check\|^|\|steps/s" "$W/step_ops_224.txt"
   ;;
 run)   # one named run in the background; its data must have been copied by an earlier call or this one
   kind=$2; name=$3; shift 3

@@ -65,8 +65,8 @@ if triton_available():
         cols64 = cols.to(tl.int64)
         mc = cols < C
         w = tl.load(w_ptr + cols, mask=mc, other=0.0).to(tl.float32)
-        dw = tl.zeros((BLOCK_C,), dtype=tl.float32)
-        db = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        dw = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)   # summed over rows once, after the loop
+        db = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
         for blk in range(pid, n_blocks, n_progs):
             rows = blk * BLOCK_M + tl.arange(0, BLOCK_M)
             mr = rows < M
@@ -85,10 +85,10 @@ if triton_available():
             c2 = tl.sum(wdy, axis=1) / C
             dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
             tl.store(dx_ptr + xoff, dx.to(dx_ptr.dtype.element_ty), mask=m2)
-            dw += tl.sum(dy * xhat, axis=0)
-            db += tl.sum(dy, axis=0)
-        tl.store(dw_ptr + pid * C + cols, dw, mask=mc)
-        tl.store(db_ptr + pid * C + cols, db, mask=mc)
+            dw += dy * xhat
+            db += dy
+        tl.store(dw_ptr + pid * C + cols, tl.sum(dw, axis=0), mask=mc)
+        tl.store(db_ptr + pid * C + cols, tl.sum(db, axis=0), mask=mc)
 
 
 def _geometry(shape, channels_first: bool):
