@@ -4,8 +4,10 @@ channels-last copy, then the cast or permute), at the model's own layer-norm sha
     python kernels/benchmarks/bench_layer_norm.py --json ln.json            # GPU
     python kernels/benchmarks/bench_layer_norm.py --patch 224 224 64
 
-Each row: one call of the layer norm as the model makes it, forward alone and forward + backward (medians
-of CUDA-event timings), the two outputs and input gradients compared first (relative L2).
+Each row: one call of the layer norm as the model makes it, forward alone and forward + backward, each
+captured as a CUDA graph and replayed as the trainer runs its step (median over repeats of 20 replays
+between CUDA events; --eager times the calls themselves, host launch overhead included), the two outputs
+and input gradients compared first (relative L2).
 """
 from __future__ import annotations
 
@@ -47,16 +49,32 @@ def cases(patch, batch=2, dims=48):
     return out
 
 
-def timed(fn, reps):
+def timed(fn, reps, graph=True):
+    """Median ms of one call of fn: as a CUDA graph replayed 20 times between events, or eagerly."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    run, per = fn, 1
+    if graph:
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    fn()
+            torch.cuda.current_stream().wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                fn()
+            run, per = (lambda: [g.replay() for _ in range(20)]), 20
+        except RuntimeError as e:   # keep the row, timed eagerly, and say so
+            print(f"(CUDA graph capture failed, timed eagerly: {str(e)[:120]})")
     ts = []
     for i in range(reps + 3):
         start.record()
-        fn()
+        run()
         end.record()
         torch.cuda.synchronize()
         if i >= 3:
-            ts.append(start.elapsed_time(end))
+            ts.append(start.elapsed_time(end) / per)
     return statistics.median(ts)
 
 
@@ -64,12 +82,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--patch", type=int, nargs=3, default=[128, 128, 48])
     p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--eager", action="store_true", help="time eager calls (host overhead included), not graphs")
     p.add_argument("--json")
     a = p.parse_args(argv)
     dev = torch.device("cuda")
     g = torch.Generator(device=dev).manual_seed(0)
     rows = []
-    print(f"{torch.cuda.get_device_name(dev)}, patch {tuple(a.patch)}, batch 2; medians in ms")
+    print(f"{torch.cuda.get_device_name(dev)}, patch {tuple(a.patch)}, batch 2; medians in ms, "
+          f"{'eager calls' if a.eager else 'CUDA graph replays'}")
     print("| layer norm | before fwd | ours fwd | ratio | before fwd+bwd | ours fwd+bwd | ratio | rel. diff y / dx |")
     print("|---|---|---|---|---|---|---|---|")
     for name, shape, cf, ocf, din, dout in cases(tuple(a.patch)):
@@ -84,12 +104,12 @@ def main(argv=None):
             gx, = torch.autograd.grad(y, x, dy)
             res[label] = dict(y=y.detach().float(), gx=gx.float())
             with torch.no_grad():
-                f_ms = timed(lambda: fn(x, w, b, cf, ocf, dout), a.reps)
+                f_ms = timed(lambda: fn(x, w, b, cf, ocf, dout), a.reps, not a.eager)
 
             def fb():
                 torch.autograd.grad(fn(x, w, b, cf, ocf, dout), (x, w, b), dy)
             res[label]["fwd"] = f_ms
-            res[label]["fwdbwd"] = timed(fb, a.reps)
+            res[label]["fwdbwd"] = timed(fb, a.reps, not a.eager)
         ry = float((res["ours"]["y"] - res["before"]["y"]).norm() / res["before"]["y"].norm())
         rg = float((res["ours"]["gx"] - res["before"]["gx"]).norm() / res["before"]["gx"].norm())
         bf, of = res["before"]["fwd"], res["ours"]["fwd"]
@@ -106,6 +126,7 @@ def main(argv=None):
     if a.json:
         with open(a.json, "w") as f:
             json.dump(dict(device=torch.cuda.get_device_name(dev), torch=torch.__version__, patch=a.patch,
+                           timing="eager" if a.eager else "cuda graph",
                            rows=rows, sums=tot), f, indent=1)
 
 
