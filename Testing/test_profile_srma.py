@@ -14,6 +14,8 @@ def test_kernel_names_fall_in_their_groups():
     cases = {
         "_scan_fwd_kernel": "scan forward",
         "_scan_bwd_kernel": "scan backward",
+        "_ln_fwd_kernel": "layer norm",        # ssm_kernels.layer_norm
+        "_ln_bwd_kernel": "layer norm",
         "void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float, float>(int, float, ...)":
             "layer norm",
         "void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<at::native::"

@@ -29,7 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 GROUPS = (  # (group, name fragments, lower case); first match wins
     ("scan forward", ("_scan_fwd_kernel",)),
     ("scan backward", ("_scan_bwd_kernel",)),
-    ("layer norm", ("layer_norm", "layernorm")),
+    ("layer norm", ("layer_norm", "layernorm", "_ln_fwd_kernel", "_ln_bwd_kernel")),  # PyTorch's, ssm_kernels'
     ("copies, casts and layout conversions", ("copy", "nchwtonhwc", "nhwctonchw", "transpose", "permute")),
     # cuBLAS's GEMMs before the convolutions (whose "xmma" would take sm90_xmma_gemm_*); other GEMM names after
     ("matrix multiply", ("nvjet", "xmma_gemm", "gemmsn", "gemv", "cublas", "aten::mm", "aten::bmm", "aten::addmm",
