@@ -20,8 +20,6 @@ else torch (F.layer_norm on the moved axis, then the cast); layer_norm_ref is th
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +28,8 @@ from .interface import resolve_backend, triton_available
 if triton_available():
     import triton
     import triton.language as tl
+
+    from .triton_launch import _empty   # NaN-filled under SSM_KERNELS_POISON=1, as the scan's buffers
 
     @triton.jit
     def _ln_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, M, C, R, sxb, sxr, sxc, syb, syr, syc, eps,
@@ -120,12 +120,6 @@ def _blocks(c: int):
     return bm, bc, nw
 
 
-def _empty(shape, device, dtype):
-    if os.environ.get("SSM_KERNELS_POISON", "0") not in ("", "0"):
-        return torch.full(shape, float("nan"), device=device, dtype=dtype)
-    return torch.empty(shape, device=device, dtype=dtype)
-
-
 class _TritonLayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps, channels_first, out_channels_first, out_dtype):
@@ -133,7 +127,7 @@ class _TritonLayerNorm(torch.autograd.Function):
         m, c, r, sx = _geometry(x.shape, channels_first)
         y_shape = _moved(x.shape, channels_first, out_channels_first)
         sy = _geometry(y_shape, out_channels_first)[3]
-        y = _empty(y_shape, x.device, out_dtype)
+        y = _empty(*y_shape, device=x.device, dtype=out_dtype)
         mean = torch.empty(m, device=x.device, dtype=torch.float32)
         rstd = torch.empty(m, device=x.device, dtype=torch.float32)
         if m:
@@ -150,7 +144,7 @@ class _TritonLayerNorm(torch.autograd.Function):
         x, weight, mean, rstd = ctx.saved_tensors
         m, c, r, sx, sy = ctx.geom
         dy = dy.contiguous()
-        dx = _empty(x.shape, x.device, x.dtype)
+        dx = _empty(*x.shape, device=x.device, dtype=x.dtype)
         none = (None,) * 4
         if not m:
             return dx, torch.zeros_like(weight), torch.zeros(c, device=x.device, dtype=ctx.bias_dtype), *none
