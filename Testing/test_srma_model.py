@@ -199,3 +199,23 @@ def test_model_with_the_triton_layer_norm_matches_pytorchs(tmp_path):
     assert rel(g16, g16t) < rel(g16t, g32)
     for a, b, c in zip(res["bf16", "triton"]["outs"], res["bf16", "torch"]["outs"], res["fp32", "torch"]["outs"]):
         assert rel(a, b) < rel(b, c)
+
+
+@pytest.mark.parametrize("new_api", [True, False])
+def test_layer_norm_dtype_follows_autocast_on_either_torch_api(monkeypatch, new_api):
+    """The layer norms' output dtype follows autocast through torch >= 2.4's API and through the one
+    torch 2.1-2.3 has (the project supports torch >= 2.1): fp32 under autocast, bf16 before a Linear,
+    the input's dtype without autocast."""
+    from SRMASegmenterLib import model as m
+    if new_api and not hasattr(torch, "get_autocast_dtype"):
+        pytest.skip("this torch predates torch.get_autocast_dtype")
+    monkeypatch.setattr(m, "_NEW_AUTOCAST_API", new_api)
+    norm = torch.nn.LayerNorm(8)
+    x = torch.randn(2, 3, 8)
+    assert m._low_precision(x) is None and m._layer_norm(norm, x).dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m._autocast_on(x)
+        assert m._low_precision(x) == torch.bfloat16
+        assert m._layer_norm(norm, x.bfloat16()).dtype == torch.float32
+        assert m._layer_norm(norm, x, out_dtype=m._low_precision(x)).dtype == torch.bfloat16
+    assert not m._autocast_on(torch.empty(2, 8, device="meta"))

@@ -57,9 +57,16 @@ class SRMAConfig:
         return cfg
 
 
+_NEW_AUTOCAST_API = hasattr(torch, "get_autocast_dtype")   # torch >= 2.4; the project supports 2.1 on
+
+
 def _autocast_on(x) -> bool:
     dev = x.device.type
-    return dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev)   # (autocast knows no meta tensors)
+    if dev not in ("cuda", "cpu"):     # (autocast knows no meta tensors)
+        return False
+    if _NEW_AUTOCAST_API:
+        return torch.is_autocast_enabled(dev)
+    return torch.is_autocast_enabled() if dev == "cuda" else torch.is_autocast_cpu_enabled()
 
 
 def _layer_norm(norm, x, channels_first=False, out_channels_first=False, out_dtype=None):
@@ -75,7 +82,11 @@ def _layer_norm(norm, x, channels_first=False, out_channels_first=False, out_dty
 def _low_precision(x):
     """The dtype a Linear after a layer norm computes in: autocast's, where it is on (a layer norm that
     feeds only Linears can write it directly, the same numbers as its fp32 output cast there)."""
-    return torch.get_autocast_dtype(x.device.type) if _autocast_on(x) else None
+    if not _autocast_on(x):
+        return None
+    if _NEW_AUTOCAST_API:
+        return torch.get_autocast_dtype(x.device.type)
+    return torch.get_autocast_gpu_dtype() if x.device.type == "cuda" else torch.get_autocast_cpu_dtype()
 
 
 class LayerNorm(nn.LayerNorm):
