@@ -439,3 +439,17 @@ def test_shift_tta_gamma_view_keeps_mean_and_sd_and_brightens_the_dark():
     lo = x <= x.median()
     assert float(gamma_view(x, 0.7)[lo].mean()) > float(x[lo].mean())
     assert _view((0, 0, 1)) == ((0, 0, 1), 1.0) and _view(VIEWS["gamma0.7"][0]) == ((0, 0, 0), 0.7)
+
+
+def test_cases_by_id_keeps_the_order_asked_and_names_a_missing_case(tmp_path):
+    """training.srma.data.cases_by_id (the analysis scripts' --cases): the CHAOS cases in the order given,
+    image and labels paired; an unknown id is named in the error."""
+    from training.srma.data import cases_by_id
+    for n in ("03", "20"):
+        for kind in ("t2", "labels"):
+            (tmp_path / f"case_{n}_{kind}.nii.gz").write_bytes(b"")
+    got = cases_by_id(tmp_path, ["case_20", "case_03"])
+    assert [c["id"] for c in got] == ["case_20", "case_03"]
+    assert got[0]["image"].endswith("case_20_t2.nii.gz") and got[0]["label"].endswith("case_20_labels.nii.gz")
+    with pytest.raises(FileNotFoundError, match="no case case_99"):
+        cases_by_id(tmp_path, ["case_03", "case_99"])

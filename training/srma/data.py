@@ -49,6 +49,16 @@ def find_cases(root) -> dict:
                             "(train_images/ train_masks/ ...) layout")
 
 
+def cases_by_id(root, ids) -> list:
+    """The cases of find_cases(root) named in `ids`, in that order (an analysis script's --cases); an id
+    that is not in the data raises FileNotFoundError naming it."""
+    by_id = {c["id"]: c for c in find_cases(root)["cases"]}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise FileNotFoundError(f"{root}: no case {', '.join(missing)} (have {', '.join(sorted(by_id))})")
+    return [by_id[i] for i in ids]
+
+
 def split_cases(found: dict, split_file=None, val_ids=None, fold=None):
     """CirrMRI: its own train/valid folders. CHAOS: the split file's validation cases: its "val" list,
     or, for a k-fold file ({"folds": [[ids], ...]}), fold `fold`'s cases."""

@@ -12,7 +12,6 @@ trained on say anything; a bias would have to be chosen by cross-validation befo
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 
@@ -58,12 +57,15 @@ def main(argv=None):
     from SRMASegmenterLib.inference import LiverSegmenter
     from SRMASegmenterLib.volumes import read_volume
 
+    from .data import cases_by_id
+
     seg = LiverSegmenter.load(a.weights, device=a.device)
     liver = seg.classes.index("liver")
     out = []
-    for c in a.cases:
-        img, geom = read_volume(Path(a.data) / f"{c}_t2.nii.gz")
-        lab, _ = read_volume(Path(a.data) / f"{c}_labels.nii.gz")
+    for case in cases_by_id(a.data, a.cases):
+        c = case["id"]
+        img, geom = read_volume(case["image"])
+        lab, _ = read_volume(case["label"])
         _, info = seg.predict(img, geom, keep_probabilities=True)
         for r in sweep(info["probabilities"], lab == 1, liver, a.biases):
             out.append(dict(case=c, **r))

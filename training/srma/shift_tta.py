@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -99,11 +98,14 @@ def main(argv=None):
     from SRMASegmenterLib.metrics import segmentation_metrics
     from SRMASegmenterLib.volumes import read_volume
 
+    from .data import cases_by_id
+
     seg = ViewAveragingSegmenter.load(a.weights, device="cpu")
     rows = []
-    for c in a.cases:
-        img, geom = read_volume(Path(a.data) / f"{c}_t2.nii.gz")
-        lab, _ = read_volume(Path(a.data) / f"{c}_labels.nii.gz")
+    for case in cases_by_id(a.data, a.cases):
+        c = case["id"]
+        img, geom = read_volume(case["image"])
+        lab, _ = read_volume(case["label"])
         truth = lab == 1
         for v in a.views:
             seg.views = VIEWS[v]
