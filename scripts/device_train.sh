@@ -267,13 +267,16 @@ profile)   # SECONDS: where the training step's device time goes, by kernel grou
            # why the layout that runs the scans 1.3-2.7x faster moved the step by 3 % at most). Into $OUT.
   setup
   cd "$W/code" || exit 1
-  share=$(( $2 * 3 / 10 ))   # the first run also compiles the Triton kernels; the other three share the rest
-  for patch in "128 128 48" "224 224 64"; do for lay in transpose strided; do
+  # PROFILE_LAYOUTS="transpose" / PROFILE_PATCHES="224x224x64": a subset (the first run also compiles the Triton
+  # kernels, so it gets 3/10 of the time; the others share the rest)
+  read -ra lays <<< "${PROFILE_LAYOUTS:-transpose strided}"; read -ra patches <<< "${PROFILE_PATCHES:-128x128x48 224x224x64}"
+  n=$(( ${#lays[@]} * ${#patches[@]} )); share=$(( $2 * 3 / 10 )); [ $n = 1 ] && share=$2
+  for p in "${patches[@]}"; do patch=${p//x/ }; for lay in "${lays[@]}"; do
     tag=${patch// /x}_$lay
     SSM_CROSS_LAYOUT=$lay timeout $share python3 benchmarks/profile_srma.py --patch $patch --by-source \
       --json "$OUT/profile_$tag.json" > "$OUT/profile_$tag.txt" 2>&1
     grep -v '^USDT' "$OUT/profile_$tag.txt" | head -n 16
-    share=$(( $2 * 7 / 30 ))
+    share=$(( $2 * 7 / 10 / (n > 1 ? n - 1 : 1) ))
   done; done
   ;;
 bwdsplit)  # SECONDS: the training step (a CUDA graph, the trainer's patch) with the backward alone split into
