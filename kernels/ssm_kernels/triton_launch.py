@@ -230,13 +230,16 @@ def backward(u, delta, A, B, C, D, z, delta_bias, hsave, dout, softplus, hw, met
     f32 = torch.float32
     passes = _passes(cross, layout)
     n_seg, tps = _segments(batch * nblk * passes[0][1], n_chunks, dev, backward=True)
-    du = torch.zeros(batch, dim, L, device=dev, dtype=f32) if cross else _empty(batch, dim, L, device=dev, dtype=f32)
-    ddelta = _empty(batch, KP * dim, L, device=dev, dtype=f32)
+    # du, ddelta and dz are stored by the kernel in their inputs' dtype (rounded from float32 as .to() would,
+    # without a float32 copy to cast afterwards), except du of the four-direction scan, whose directions add
+    # into it with float32 atomics
+    du = torch.zeros(batch, dim, L, device=dev, dtype=f32) if cross else _empty(batch, dim, L, device=dev, dtype=u.dtype)
+    ddelta = _empty(batch, KP * dim, L, device=dev, dtype=delta.dtype)
     dA = _empty(batch, KP * dim, N, n_seg, device=dev, dtype=f32)  # per batch and segment, summed below
     dB = torch.zeros(batch, G, N, L, device=dev, dtype=f32)  # summed over channel blocks with atomics
     dC = torch.zeros(batch, G, N, L, device=dev, dtype=f32)
     dD = _empty(batch, KP * dim, n_seg, device=dev, dtype=f32) if D is not None else None
-    dz = _empty(batch, dim, L, device=dev, dtype=f32) if z is not None else None
+    dz = _empty(batch, dim, L, device=dev, dtype=z.dtype) if z is not None else None
     dbias = _empty(batch, KP * dim, n_seg, device=dev, dtype=f32) if delta_bias is not None else None
     gseg = pseg = du
     if n_seg > 1:  # each segment's start adjoint from a zero end and its product of the adjoint's decays
@@ -249,7 +252,7 @@ def backward(u, delta, A, B, C, D, z, delta_bias, hsave, dout, softplus, hw, met
             dd = _t(delta.view(batch, 4, dim, L)[:, 1::2], H, W).view(batch, 2 * dim, L)
             BB, CC = _t(Bg[:, 1::2], H, W), _t(Cg[:, 1::2], H, W)
             gu = torch.zeros_like(du)
-            gd = _empty(batch, 2 * dim, L, device=dev, dtype=f32)
+            gd = _empty(batch, 2 * dim, L, device=dev, dtype=delta.dtype)
             gB, gC = torch.zeros_like(BB, dtype=f32), torch.zeros_like(CC, dtype=f32)
             hh, ww = W, H
         args = (uu, dd, A, BB, CC, D if D is not None else du, z if z is not None else du,

@@ -297,7 +297,7 @@ def _scan_bwd_kernel(
                     if HAS_D:
                         y += Dv[:, None] * u
                     dzv = dout * y * sz * (1.0 + zz * (1.0 - sz))
-                    tl.store(dz_ptr + row + pos[None, :], dzv, mask=m2)
+                    tl.store(dz_ptr + row + pos[None, :], dzv.to(dz_ptr.dtype.element_ty), mask=m2)
                 q = gs * (hs - bx)  # g_t * dA_t * h_{t-1}
                 ddt = tl.sum(gs * Bv[None, :, :] * u[:, None, :] + q * A[:, :, None], axis=1)
                 dA_acc += tl.sum(q * dt[:, None, :], axis=2)
@@ -309,11 +309,11 @@ def _scan_bwd_kernel(
                     ddt = ddt * tl.sigmoid(dt_raw)
                 ddt = tl.where(m2, ddt, 0.0)
                 dbias_acc += tl.sum(ddt, axis=1)
-                tl.store(ddelta_ptr + drow + pos[None, :], ddt, mask=m2)
+                tl.store(ddelta_ptr + drow + pos[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
                 if CROSS:
                     tl.atomic_add(du_ptr + row + pos[None, :], duv, mask=m2, sem="relaxed")
                 else:
-                    tl.store(du_ptr + row + pos[None, :], duv, mask=m2)
+                    tl.store(du_ptr + row + pos[None, :], duv.to(du_ptr.dtype.element_ty), mask=m2)
                 # B and C are shared by the channels of a group: sum this block's share in (zeroed) float32
                 dBv = tl.sum(gs * (dt * u)[:, None, :], axis=0)
                 dCv = tl.sum(hs * dy[:, None, :], axis=0)

@@ -100,6 +100,51 @@ def test_backward(backend, shape, dtype):
         assert rel_err(gb[k], gr[k]) < GRAD_TOL[dtype], k
 
 
+def _grads_of(fn, x, g):
+    leaves = {k: (v.detach().clone().requires_grad_() if v is not None else None) for k, v in x.items()}
+    (fn(leaves).float() * g).sum().backward()
+    return {k: v.grad for k, v in leaves.items() if v is not None}
+
+
+# The backward stores du, ddelta and dz in their inputs' dtype itself (no float32 buffer cast afterwards): a
+# half-precision run must give exactly the float32 run's gradients of the same values, rounded as .to()
+# rounds them. The kernel reads every input into float32, so the two runs compute the same float32 sums;
+# any other rounding in the store (truncation, a second rounding) shows here bit for bit. du of the
+# four-direction scan is summed by float32 atomics (their order is free on a GPU) and then cast: not compared.
+# Triton's CPU interpreter truncates float32 -> bfloat16 casts (triton 3.6: interpreter.cast_impl converts
+# without a rounding mode), where the GPU rounds to nearest even: there bf16 is held to one unit in the
+# last place of the rounded value and to agreeing with truncation exactly.
+@pytest.mark.parametrize("case", ["plain", "cross-transpose", "cross-strided"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_gradients_are_the_float32_ones_rounded(monkeypatch, case, dtype):
+    dev = device_for("triton")
+    if case == "plain":
+        x = make_inputs(2, 8, 45, 1, None, dtype, dev)
+        fn = lambda t: selective_scan_fn(**t, delta_softplus=True, backend="triton")  # noqa: E731
+        exact = ("u", "delta", "z")
+    else:
+        monkeypatch.setenv("SSM_CROSS_LAYOUT", case.split("-")[1])
+        x = cross_inputs(2, 4, 6, 5, 1, dev)
+        x = {k: (v.to(dtype) if k in ("x", "delta", "B", "C") else v) for k, v in x.items()}
+        fn = lambda t: cross_selective_scan(**t, backend="triton")  # noqa: E731
+        exact = ("delta",)
+    g = torch.randn(fn(x).shape, generator=torch.Generator().manual_seed(5)).to(dtype).float().to(dev)
+    half = _grads_of(fn, x, g)
+    full = _grads_of(fn, {k: (v.float() if v is not None else None) for k, v in x.items()}, g)
+    interpreted_bf16 = dev.type == "cpu" and dtype == torch.bfloat16
+    for k in exact:
+        assert half[k].dtype == dtype, k
+        assert torch.isfinite(full[k]).all(), k
+        want = full[k].to(dtype)
+        if interpreted_bf16:
+            truncated = (full[k].float().view(torch.int32) & ~0xFFFF).view(torch.float32).to(dtype)
+            assert torch.equal(half[k], truncated), k
+            ulp = torch.finfo(dtype).eps * want.float().abs().clamp(min=torch.finfo(dtype).tiny)
+            assert ((half[k].float() - want.float()).abs() <= ulp).all(), k
+        else:
+            assert torch.equal(half[k], want), (k, (half[k].float() - want.float()).abs().max())
+
+
 def test_torch_gradcheck_float64():
     x = make_inputs(1, 4, 9, 2, 2, torch.float64, torch.device("cpu"))
     x = {k: v.double() for k, v in x.items()}
