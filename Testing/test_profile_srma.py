@@ -16,6 +16,9 @@ def test_kernel_names_fall_in_their_groups():
         "_scan_bwd_kernel": "scan backward",
         "_ln_fwd_kernel": "layer norm",        # ssm_kernels.layer_norm
         "_ln_bwd_kernel": "layer norm",
+        "_dw_fwd_kernel": "convolution",       # ssm_kernels.dwconv3x3_silu (with its SiLU)
+        "_dw_bwd_pre_kernel": "convolution",
+        "_dw_bwd_input_kernel": "convolution",
         "void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float, float>(int, float, ...)":
             "layer norm",
         "void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<at::native::"

@@ -151,9 +151,11 @@ def test_trilinear_upsample_backward_stays_on_the_gradients_device():
 _LN_SCRIPT = r"""
 import json, sys
 import torch
+from SRMASegmenterLib import model as m
 from SRMASegmenterLib.model import SRMAMamba
-from ssm_kernels import layer_norm as ln_mod  # noqa: F401  (the package's Triton layer norm is what is timed)
+from ssm_kernels import dwconv3x3_silu
 
+m._dwconv_silu = lambda conv, x: dwconv3x3_silu(x, conv.weight, backend="torch")
 torch.manual_seed(0)
 net = SRMAMamba(dims=8, out_chans=3, class_names=("background", "liver", "spleen"), drop_path_rate=0.0,
                 decoder_drop_path=0.0, scan_backend="torch").train()
@@ -168,9 +170,11 @@ torch.save({"outs": [o.detach().float() for o in outs], "grads": [p.grad for p i
 
 def test_model_with_the_triton_layer_norm_matches_pytorchs(tmp_path):
     """The tiny model's outputs and gradients with every layer norm run by the Triton kernel (CPU interpreter;
-    the scan stays torch) against PyTorch's layer norm: to float32 rounding in fp32; under bf16 autocast, where
-    the norms before Linears write bf16 directly, closer to PyTorch's bf16 run than that is to fp32 (the
-    interpreter rounds to bf16 by truncation, a GPU to nearest, so on the GPU it is closer still)."""
+    the scan and SS2D's convolution stay torch: interpreted, the convolution would take minutes here; it is
+    checked in a module below) against PyTorch's layer norm: to float32 rounding in fp32; under bf16
+    autocast, where the norms before Linears write bf16 directly, closer to PyTorch's bf16 run than that is
+    to fp32 (the interpreter rounds to bf16 by truncation, a GPU to nearest, so on the GPU it is closer
+    still)."""
     import os
     import subprocess
     import sys
@@ -199,6 +203,47 @@ def test_model_with_the_triton_layer_norm_matches_pytorchs(tmp_path):
     assert rel(g16, g16t) < rel(g16t, g32)
     for a, b, c in zip(res["bf16", "triton"]["outs"], res["bf16", "torch"]["outs"], res["fp32", "torch"]["outs"]):
         assert rel(a, b) < rel(b, c)
+
+
+_SS2D_SCRIPT = r"""
+import sys
+import torch
+from SRMASegmenterLib.model import SS2D
+
+torch.manual_seed(0)
+mod = SS2D(8, scan_backend="torch")
+x = torch.randn(2, 6, 10, 8, requires_grad=True)
+y = mod(x)
+(y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+torch.save({"y": y.detach(), "gx": x.grad, "grads": {n: p.grad for n, p in mod.named_parameters()},
+            "triton_conv_ran": "ssm_kernels.triton_depthwise_conv" in sys.modules}, sys.argv[1])
+"""
+
+
+def test_ss2d_with_the_triton_convolution_matches_pytorchs(tmp_path):
+    """One SS2D module (channels-last in and out) with its depthwise convolution + SiLU run by the Triton
+    kernel (CPU interpreter; the scan stays torch) against PyTorch's conv2d + SiLU: outputs, the input's
+    and every parameter's gradient to float32 rounding."""
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    res = {}
+    for backend in ("torch", "triton"):
+        out = tmp_path / f"{backend}.pt"
+        r = subprocess.run([sys.executable, "-c", _SS2D_SCRIPT, str(out)], capture_output=True, text=True,
+                           timeout=600, env={**env, "SSM_KERNELS_BACKEND": backend})
+        assert r.returncode == 0, r.stderr[-3000:]
+        res[backend] = torch.load(out)
+    t, p = res["triton"], res["torch"]
+    rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+    assert t["triton_conv_ran"] and not p["triton_conv_ran"]
+    assert t["y"].shape == (2, 6, 10, 8)
+    assert rel(t["y"], p["y"]) < 1e-5 and rel(t["gx"], p["gx"]) < 1e-5
+    assert t["grads"].keys() == p["grads"].keys() and "conv2d.weight" in t["grads"]
+    for n in t["grads"]:
+        assert rel(t["grads"][n], p["grads"][n]) < 1e-4, n
 
 
 @pytest.mark.parametrize("new_api", [True, False])

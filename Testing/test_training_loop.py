@@ -383,23 +383,31 @@ def test_bench_train_step_ops_check_swaps_the_model_ops(monkeypatch, capsys):
     ops of before session 24 (PyTorch's scattering upsampling backward, SS2D's projections as convolutions;
     each alone and both: its gradients differ from the model's by rounding, not by zero), agrees with the model
     to float32 rounding, and the model's own ops are back afterwards. `ln` (PyTorch's layer norm instead of
-    ssm_kernels.layer_norm) is PyTorch's on the CPU either way: there the check is that it ran, bit for bit."""
+    ssm_kernels.layer_norm) and `dwconv` (PyTorch's conv2d + SiLU instead of ssm_kernels.dwconv3x3_silu) are
+    PyTorch's on the CPU either way: there the check is that they ran, bit for bit."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import bench_train_step
     import SRMASegmenterLib.model as srma_model
     calls = []
     plain_ln = bench_train_step.torch_layer_norm
+    plain_dw = bench_train_step.torch_dwconv_silu
     monkeypatch.setattr(bench_train_step, "torch_layer_norm", lambda *a, **k: calls.append(1) or plain_ln(*a, **k))
-    own = srma_model._upsample, srma_model.SS2D.projections, srma_model._layer_norm
-    for revert in (["upsample"], ["proj"], ["upsample", "proj"], ["ln"]):
+    monkeypatch.setattr(bench_train_step, "torch_dwconv_silu", lambda *a: calls.append(2) or plain_dw(*a))
+    own = srma_model._upsample, srma_model.SS2D.projections, srma_model._layer_norm, srma_model._dwconv_silu
+    for revert in (["upsample"], ["proj"], ["upsample", "proj"], ["ln"], ["dwconv"]):
         calls.clear()
         bench_train_step.main(["--device", "cpu", "--dims", "8", "--patch", "32", "32", "16", "--compare", "ops",
                                "--chunks", "0", "--revert", *revert])
         check = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         if revert == ["ln"]:
-            assert check["rel_l2_grad_defaults_vs_candidate"] == 0.0 and len(calls) >= 4 * 4 + 4 + 4
+            assert check["rel_l2_grad_defaults_vs_candidate"] == 0.0 and calls.count(1) >= 4 * 4 + 4 + 4
+            assert not calls.count(2)
+        elif revert == ["dwconv"]:   # 10 SABMamba blocks of 3 SS2D each, in every forward of the check
+            assert check["rel_l2_grad_defaults_vs_candidate"] == 0.0 and calls.count(2) >= 30
+            assert not calls.count(1)
         else:
             assert 0 < check["rel_l2_grad_defaults_vs_candidate"] < 1e-4, revert
             assert not calls
         assert check["rel_l2_grad_defaults_vs_defaults"] == 0.0    # the CPU step is deterministic
-        assert (srma_model._upsample, srma_model.SS2D.projections, srma_model._layer_norm) == own
+        assert (srma_model._upsample, srma_model.SS2D.projections, srma_model._layer_norm,
+                srma_model._dwconv_silu) == own

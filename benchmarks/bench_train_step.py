@@ -30,8 +30,9 @@ loss and gradients (graph_check.check_kernel_env: one batch, eager; --chunks 0 s
 torch.compile (inductor, static shapes; the scan stays the ssm_kernels call between the compiled graphs:
 training.loop.compile_around) against the same uncompiled, after checking that the compiled step gives the
 defaults' loss and gradients (graph_check.check_candidate_loss). Compilation happens in the warm-up. The
-compiled variant's layer norms are PyTorch's (for inductor to fuse them with their neighbours; --compile-ln
-own keeps ssm_kernels.layer_norm there too); the uncompiled one runs the model's own.
+compiled variant's layer norms and SS2D convolutions are PyTorch's (for inductor to fuse them with their
+neighbours; --compile-ln own keeps ssm_kernels' layer norm and convolution there too); the uncompiled one
+runs the model's own.
 --compile-backend aot_eager checks the plumbing where inductor cannot generate code (this CPU).
 
 --compare ops times the step (as a CUDA graph on the GPU) with some of the model's operations as they were
@@ -40,8 +41,9 @@ in the "before" variant (default all): `upsample`, the trilinear upsampling diff
 (atomic scatter) instead of the model's gathering backward (SRMASegmenterLib.model._TrilinearUp); `proj`,
 SS2D's per-direction projections as 1 x 1 convolutions (cuDNN, with its NCHW <-> NHWC conversions) instead
 of matrix products (both session 24); `ln`, PyTorch's layer norm (fp32 under autocast, on channels-last
-copies, then cast / permuted) instead of ssm_kernels.layer_norm (session 25). They are swapped while each
-variant's graph is captured.
+copies, then cast / permuted) instead of ssm_kernels.layer_norm (session 25); `dwconv`, SS2D's depthwise
+convolution + SiLU by PyTorch on the permuted projection, then copied channels-first, instead of
+ssm_kernels.dwconv3x3_silu (session 26). They are swapped while each variant's graph is captured.
 
 Whole steps are timed without synchronising inside them (the rate training gets), in chunks that
 alternate between the variants; the breakdown synchronises around each part (so its sum is a little
@@ -102,6 +104,12 @@ def conv_projections(self, x):
     return dts.view(b, k, di, h, w), Bs, Cs
 
 
+def torch_dwconv_silu(conv, x):
+    """SS2D's depthwise convolution + SiLU before session 26: conv2d on the permuted projection (cuDNN or
+    PyTorch's depthwise kernels), SiLU, then a channels-first copy."""
+    return torch.nn.functional.silu(conv(x.permute(0, 3, 1, 2))).contiguous()
+
+
 def torch_layer_norm(norm, x, channels_first=False, out_channels_first=False, out_dtype=None):
     """SRMA-Mamba's layer norms before session 25: PyTorch's on a channels-last copy, then cast and permuted."""
     if channels_first:
@@ -121,14 +129,15 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20, help="steps per timed chunk")
     p.add_argument("--chunks", type=int, default=5, help="timed chunks per variant (alternating)")
     p.add_argument("--compare", choices=("optimizer", "scan", "graphs", "kernels", "compile", "ops"), default="optimizer")
-    p.add_argument("--revert", nargs="+", choices=("upsample", "proj", "ln"), default=["upsample", "proj", "ln"],
+    p.add_argument("--revert", nargs="+", choices=("upsample", "proj", "ln", "dwconv"),
+                   default=["upsample", "proj", "ln", "dwconv"],
                    help="--compare ops: what the 'before' variant takes back")
     p.add_argument("--kernel-env", nargs="+", default=[], metavar="SSM_VAR=VALUE",
                    help="--compare kernels: the candidate's ssm_kernels settings")
     p.add_argument("--compile-backend", default="inductor", help="--compare compile: torch.compile's backend")
     p.add_argument("--compile-ln", choices=("torch", "own"), default="torch",
-                   help="--compare compile: the compiled variant's layer norms: PyTorch's (for inductor to fuse; "
-                        "default) or ssm_kernels.layer_norm (the model's own, as the uncompiled variant)")
+                   help="--compare compile: the compiled variant's layer norms and SS2D convolutions: PyTorch's "
+                        "(for inductor to fuse; default) or ssm_kernels' (the model's own, as the uncompiled variant)")
     p.add_argument("--json")
     a = p.parse_args(argv)
     dev = torch.device(a.device)
@@ -141,13 +150,15 @@ def main(argv=None):
                           organ_classes=(1, 4), contrast=(0.35, 1.5), p_contrast=0.3)
     loss_fn = segmentation_loss()
     amp = Amp("auto", dev)
-    own_ops = {"upsample": srma_model._upsample, "proj": srma_model.SS2D.projections, "ln": srma_model._layer_norm}
+    own_ops = {"upsample": srma_model._upsample, "proj": srma_model.SS2D.projections, "ln": srma_model._layer_norm,
+               "dwconv": srma_model._dwconv_silu}
 
     def set_ops(names):
         """The model's ops of before for `names`, its own for the rest."""
         srma_model._upsample = scatter_upsample if "upsample" in names else own_ops["upsample"]
         srma_model.SS2D.projections = conv_projections if "proj" in names else own_ops["proj"]
         srma_model._layer_norm = torch_layer_norm if "ln" in names else own_ops["ln"]
+        srma_model._dwconv_silu = torch_dwconv_silu if "dwconv" in names else own_ops["dwconv"]
 
     @contextlib.contextmanager
     def reverted(names=None):
@@ -157,7 +168,7 @@ def main(argv=None):
         finally:
             set_ops(())
 
-    compile_ops = ("ln",) if a.compile_ln == "torch" else ()   # what the compiled variant runs as before
+    compile_ops = ("ln", "dwconv") if a.compile_ln == "torch" else ()   # what the compiled variant runs as before
 
     def sync():
         if cuda:

@@ -34,7 +34,8 @@ GROUPS = (  # (group, name fragments, lower case); first match wins
     # cuBLAS's GEMMs before the convolutions (whose "xmma" would take sm90_xmma_gemm_*); other GEMM names after
     ("matrix multiply", ("nvjet", "xmma_gemm", "gemmsn", "gemv", "cublas", "aten::mm", "aten::bmm", "aten::addmm",
                          "aten::matmul")),
-    ("convolution", ("conv", "implicit_gemm", "xmma", "cudnn", "winograd", "dgrad", "wgrad")),
+    ("convolution", ("conv", "implicit_gemm", "xmma", "cudnn", "winograd", "dgrad", "wgrad",
+                     "_dw_fwd_kernel", "_dw_bwd_pre_kernel", "_dw_bwd_input_kernel")),   # last three: ssm_kernels
     ("matrix multiply", ("gemm", "cutlass", "matmul")),
     ("upsampling", ("upsample",)),
     ("batch / group norm", ("batch_norm", "batchnorm", "group_norm", "groupnorm")),

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slicer_ai_common.layers import DropPath, Mlp, Permute
-from ssm_kernels import cross_selective_scan, layer_norm
+from ssm_kernels import cross_selective_scan, dwconv3x3_silu, layer_norm
 
 
 @dataclass
@@ -79,6 +79,13 @@ def _layer_norm(norm, x, channels_first=False, out_channels_first=False, out_dty
                       out_channels_first=out_channels_first, out_dtype=out_dtype)
 
 
+def _dwconv_silu(conv, x):
+    """SS2D's depthwise 3 x 3 convolution (`conv`, an nn.Conv2d's weight) and SiLU: channels-last x (b, h, w,
+    c) in, channels-first (b, c, h, w) out, by ssm_kernels.dwconv3x3_silu (Triton on a GPU: one kernel each
+    way, no layout copies; PyTorch's conv2d + SiLU elsewhere)."""
+    return dwconv3x3_silu(x, conv.weight)
+
+
 def _low_precision(x):
     """The dtype a Linear after a layer norm computes in: autocast's, where it is on (a layer norm that
     feeds only Linears can write it directly, the same numbers as its fp32 output cast there)."""
@@ -115,7 +122,7 @@ class SS2D(nn.Module):
         k = self.K
         self.in_proj = nn.Linear(d_model, di, bias=False)
         self.conv2d = nn.Conv2d(di, di, 3, padding=1, groups=di, bias=False)
-        self.act = nn.SiLU()
+        self.act = nn.SiLU()   # (applied inside _dwconv_silu; kept so the module reads as the authors')
         self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * d_state, di))
         self.dt_projs_weight = nn.Parameter(torch.empty(k, di, r))
         self.dt_projs_bias = nn.Parameter(torch.empty(k, di))
@@ -152,8 +159,7 @@ class SS2D(nn.Module):
         return dts.view(b, k, di, h, w), Bs, Cs
 
     def forward(self, x):
-        x = self.in_proj(x).permute(0, 3, 1, 2)
-        x = self.act(self.conv2d(x)).contiguous()                              # (b, di, h, w)
+        x = _dwconv_silu(self.conv2d, self.in_proj(x))                        # (b, di, h, w), self.act's SiLU
         dts, Bs, Cs = self.projections(x)
         y = cross_selective_scan(
             x, dts, -torch.exp(self.A_logs.float()), Bs.contiguous(), Cs.contiguous(),
