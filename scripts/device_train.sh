@@ -294,13 +294,15 @@ ops)       # SECONDS: the training step (a CUDA graph) with the model's ops agai
            # session 24), at the trainer's patch; all at 224 x 224 x 64. Loss and gradients checked first.
            # Before them: the layer norm's tests on the GPU and its own benchmark. JSON into $OUT (a call brings
            # back 8 files at most), tables printed (issue 13, item 5). OPS_REVERTS="ln,proj" picks the 128 runs,
-           # OPS_224=0 skips the 224 one.
+           # OPS_224=0 skips the 224 one, OPS_TESTS="tests/a.py tests/b.py" the kernel tests, OPS_LNBENCH=0 skips
+           # the layer norm's own benchmark; `dwconv` (session 26) reverts SS2D's convolution + SiLU.
   setup
   cd "$W/code" || exit 1
   if python3 -c "import pytest" 2> /dev/null; then
-    (cd kernels && timeout 150 python3 -m pytest -q -x tests/test_layer_norm.py -p no:cacheprovider 2>&1 | tail -n 3)
+    # OPS_TESTS: the kernel tests run first (default the layer norm's)
+    (cd kernels && timeout 150 python3 -m pytest -q -x ${OPS_TESTS:-tests/test_layer_norm.py} -p no:cacheprovider 2>&1 | tail -n 3)
   else echo "pytest not installed here: the layer norm's GPU check is the benchmark's comparison below"; fi
-  timeout 120 python3 kernels/benchmarks/bench_layer_norm.py --json "$OUT/bench_ln_128.json"
+  [ "${OPS_LNBENCH:-1}" = 0 ] || timeout 120 python3 kernels/benchmarks/bench_layer_norm.py --json "$OUT/bench_ln_128.json"
   IFS=, read -ra reverts <<< "${OPS_REVERTS:-upsample proj ln,ln,upsample,proj}"   # which, comma-separated
   for rv in "${reverts[@]}"; do
     tag=${rv// /_}
