@@ -6,6 +6,7 @@ Triton compiles the kernels ahead of time for sm_90a here (its own ptxas ships i
 (sweep_backward.py, sweep_segments.py) and explains their rows; it does not time anything.
 
     python kernels/benchmarks/ptxas_report.py [--json report.json]
+    python kernels/benchmarks/ptxas_report.py --dwconv   # the depthwise convolution's three kernels instead
 """
 from __future__ import annotations
 
@@ -61,10 +62,36 @@ def programs_per_sm(regs, warps):
     return min(65536 // (-(-regs // 8) * 8 * 32 * warps), 64 // warps)  # registers go out in eights
 
 
+# the depthwise convolution's (BLOCK_C, BLOCK_W, warps) tried, 8 rows a program; the last is the default
+DW_LAYOUTS = [(32, 64, 4), (32, 32, 4), (16, 64, 4), (16, 32, 4), (32, 32, 8), (64, 32, 8), (32, 64, 8)]
+
+
+def dwconv_rows():
+    from ssm_kernels.triton_depthwise_conv import _dw_bwd_input_kernel, _dw_bwd_pre_kernel, _dw_fwd_kernel
+    rows = []
+    print(f"{'kernel':<22}{'BLOCK_C':>8}{'BLOCK_W':>8}{'warps':>6}{'regs':>6}{'spill st/ld B':>15}{'progs/SM':>9}")
+    for bc, bw, nw in DW_LAYOUTS:
+        for name, fn in (("forward", _dw_fwd_kernel), ("backward: pre + weight", _dw_bwd_pre_kernel),
+                         ("backward: input", _dw_bwd_input_kernel)):
+            regs, st, ld, smem = ptxas_info(fn, dict(R=8, BLOCK_C=bc, BLOCK_W=bw), nw)
+            row = dict(kernel=name, BLOCK_C=bc, BLOCK_W=bw, warps=nw, registers=regs, spill_store_bytes=st,
+                       spill_load_bytes=ld, shared_bytes=smem, programs_per_sm=programs_per_sm(regs, nw))
+            rows.append(row)
+            print(f"{name:<22}{bc:>8}{bw:>8}{nw:>6}{regs:>6}{f'{st}/{ld}':>15}{row['programs_per_sm']:>9}", flush=True)
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--json")
+    p.add_argument("--dwconv", action="store_true", help="ssm_kernels.dwconv3x3_silu's kernels instead of the scan's")
     a = p.parse_args()
+    if a.dwconv:
+        rows = dwconv_rows()
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(dict(target=f"sm_{TARGET.arch}a", triton=triton.__version__, rows=rows), f, indent=1)
+        return
     rows = []
     print(f"{'use':<7}{'N':>3}{'kernel':<18}{'BLOCK_D':>8}{'BLOCK_L':>8}{'warps':>6}{'regs':>6}{'spill st/ld B':>15}"
           f"{'smem B':>8}{'progs/SM':>9}")

@@ -10,6 +10,8 @@ weight w[c, p, q], which multiplies x[i + p - 1, j + q - 1]; a tap's weights are
 sm_90a, test_depthwise_conv.py::test_kernels_compile_for_hopper_without_spills)."""
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -149,10 +151,13 @@ def _dw_bwd_input_kernel(gp_ptr, w_ptr, gx_ptr, H, W, C, n_hblk,
 
 def _blocks(h: int, w: int, c: int):
     """(R, BLOCK_C, BLOCK_W, warps): 8 rows of up to 64 columns x 32 channels a program, 8 warps. Compiled for
-    sm_90a (ptxas_report.ptxas_info), 4 warps left 16 values of a tile to a thread and the backward's first
-    kernel spilled 800-900 bytes; at 8 warps the three use 126 / 255 / 128 registers, none spilled. Not yet
-    timed on a GPU."""
-    return min(8, h), min(32, triton.next_power_of_2(c)), min(64, triton.next_power_of_2(w)), 8
+    sm_90a (`kernels/benchmarks/ptxas_report.py --dwconv`), 4 warps left 16 values of a tile to a thread and
+    the backward's first kernel spilled 800-900 bytes; at 8 warps the three use 126 / 255 / 128 registers,
+    none spilled. Not yet timed on a GPU: SSM_DW_ROWS, SSM_DW_BLOCK_C, SSM_DW_BLOCK_W and SSM_DW_WARPS
+    override them for a sweep (bench_train_step.py --compare kernels --kernel-env ...)."""
+    env = lambda name, default: int(os.environ.get(name, "") or default)  # noqa: E731
+    return (min(env("SSM_DW_ROWS", 8), h), min(env("SSM_DW_BLOCK_C", 32), triton.next_power_of_2(c)),
+            min(env("SSM_DW_BLOCK_W", 64), triton.next_power_of_2(w)), env("SSM_DW_WARPS", 8))
 
 
 class TritonDepthwiseConvSiLU(torch.autograd.Function):

@@ -50,6 +50,29 @@ def test_forward_backward_match_float64(backend, shape, dtype):
     assert rel_err(w.grad, wd_.grad) < (1e-5 if dtype == torch.float32 or backend == "triton" else 3e-2)
 
 
+def test_block_settings_change_the_tiling_not_the_result(monkeypatch):
+    """SSM_DW_* (for a GPU sweep) pick other tiles; the outputs and gradients stay the float64 definition's."""
+    from ssm_kernels.triton_depthwise_conv import _blocks
+    dev = device_for("triton")
+    assert _blocks(112, 3584, 96) == (8, 32, 64, 8)
+    monkeypatch.setenv("SSM_DW_ROWS", "3")
+    monkeypatch.setenv("SSM_DW_BLOCK_C", "16")
+    monkeypatch.setenv("SSM_DW_BLOCK_W", "16")
+    monkeypatch.setenv("SSM_DW_WARPS", "4")
+    assert _blocks(112, 3584, 96) == (3, 16, 16, 4)
+    x, w = _inputs((2, 7, 20, 40), torch.float32, dev, seed=4)
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+    y = dwconv3x3_silu(x, w, backend="triton")
+    xd, wd = (t.detach().double().cpu().requires_grad_(True) for t in (x, w))
+    ref = dwconv3x3_silu_ref(xd, wd)
+    assert rel_err(y, ref) < 2e-6
+    dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    (y.double() * dy.to(dev)).sum().backward()
+    (ref * dy).sum().backward()
+    assert rel_err(x.grad, xd.grad) < 1e-5 and rel_err(w.grad, wd.grad) < 1e-5
+
+
 def test_triton_equals_pytorchs_convolution():
     """The same numbers as the model's path before: conv2d on the permuted view, SiLU, contiguous."""
     dev = device_for("triton")
