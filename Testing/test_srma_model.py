@@ -205,6 +205,31 @@ def test_model_with_the_triton_layer_norm_matches_pytorchs(tmp_path):
         assert rel(a, b) < rel(b, c)
 
 
+def test_padded_dt_rank_gives_the_same_sums(monkeypatch):
+    """SS2D.projections with the dt rank (3 here) padded with zeros to 8 (what the GPU runs, for cuBLAS's
+    aligned kernels) against the unpadded product: the same delta, B and C, and the same gradients, to
+    float32 rounding; the parameters keep their published shapes."""
+    from SRMASegmenterLib import model as m
+    torch.manual_seed(0)
+    mod = m.SS2D(48)
+    assert mod.dt_rank == 3 and tuple(mod.dt_projs_weight.shape) == (4, 96, 3)
+    x = torch.randn(2, 96, 5, 7)
+    res = {}
+    for pad in (False, True):
+        monkeypatch.setattr(m, "PAD_DT_RANK", pad)
+        mod.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        outs = mod.projections(xi)
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
+        res[pad] = ([o.detach() for o in outs], xi.grad, mod.dt_projs_weight.grad.clone(), mod.x_proj_weight.grad.clone())
+    (o1, gx1, gd1, gp1), (o0, gx0, gd0, gp0) = res[True], res[False]
+    rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+    assert [o.shape for o in o1] == [o.shape for o in o0]
+    assert all(rel(a, b) < 1e-6 for a, b in zip(o1, o0))
+    assert rel(gx1, gx0) < 1e-6 and rel(gd1, gd0) < 1e-6 and rel(gp1, gp0) < 1e-6
+    assert gd1.shape == (4, 96, 3)
+
+
 _SS2D_SCRIPT = r"""
 import sys
 import torch

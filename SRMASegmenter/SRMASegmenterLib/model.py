@@ -57,6 +57,7 @@ class SRMAConfig:
         return cfg
 
 
+PAD_DT_RANK = None   # SS2D.projections pads the dt rank: None on the GPU only; True / False always / never
 _NEW_AUTOCAST_API = hasattr(torch, "get_autocast_dtype")   # torch >= 2.4; the project supports 2.1 on
 
 
@@ -155,7 +156,15 @@ class SS2D(nn.Module):
         k, di, r, n = self.K, self.d_inner, self.dt_rank, self.d_state
         x_dbl = torch.matmul(self.x_proj_weight.reshape(k * (r + 2 * n), di), x.view(b, di, h * w))
         dts, Bs, Cs = torch.split(x_dbl.view(b, k, r + 2 * n, h, w), [r, n, n], dim=2)
-        dts = torch.matmul(self.dt_projs_weight, dts.reshape(b, k, r, h * w))  # (k, di, r) @ (b, k, r, hw)
+        wdt, dts = self.dt_projs_weight, dts.reshape(b, k, r, h * w)
+        rp = -(-r // 8) * 8
+        if (x.is_cuda if PAD_DT_RANK is None else PAD_DT_RANK) and rp != r:
+            # the rank padded with zeros to a multiple of 8 (the same sums): with r = 3 the weight's rows and
+            # its gradient are 6 bytes apart in bf16, and cuBLAS falls back to its unaligned (align1) kernels,
+            # 25.6 ms for the three stage-0 weight gradients of a 224 x 224 x 64 step on an H100 (session 26's
+            # profile, docs/BENCHMARKS.md)
+            wdt, dts = F.pad(wdt, (0, rp - r)), F.pad(dts, (0, 0, 0, rp - r))
+        dts = torch.matmul(wdt, dts)  # (k, di, r) @ (b, k, r, hw)
         return dts.view(b, k, di, h, w), Bs, Cs
 
     def forward(self, x):
