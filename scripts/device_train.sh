@@ -295,7 +295,9 @@ ops)       # SECONDS: the training step (a CUDA graph) with the model's ops agai
            # Before them: the layer norm's tests on the GPU and its own benchmark. JSON into $OUT (a call brings
            # back 8 files at most), tables printed (issue 13, item 5). OPS_REVERTS="ln,proj" picks the 128 runs,
            # OPS_224=0 skips the 224 one, OPS_TESTS="tests/a.py tests/b.py" the kernel tests, OPS_LNBENCH=0 skips
-           # the layer norm's own benchmark; `dwconv` (session 26) reverts SS2D's convolution + SiLU.
+           # the layer norm's own benchmark; `dwconv` (session 26) reverts SS2D's convolution + SiLU, `pad` its
+           # dt rank padding.
+  t_end=$(( $(date +%s) + $2 ))
   setup
   cd "$W/code" || exit 1
   if python3 -c "import pytest" 2> /dev/null; then
@@ -304,13 +306,17 @@ ops)       # SECONDS: the training step (a CUDA graph) with the model's ops agai
   else echo "pytest not installed here: the layer norm's GPU check is the benchmark's comparison below"; fi
   [ "${OPS_LNBENCH:-1}" = 0 ] || timeout 120 python3 kernels/benchmarks/bench_layer_norm.py --json "$OUT/bench_ln_128.json"
   IFS=, read -ra reverts <<< "${OPS_REVERTS:-upsample proj ln,ln,upsample,proj}"   # which, comma-separated
+  # the time left shared out among the step runs (the 224 run, if any, counted as two): a fixed $2 / 7 timed
+  # out every run on a fresh machine in session 26, whose first steps compile the kernels
+  n_runs=$(( ${#reverts[@]} + ( ${OPS_224:-1} == 0 ? 0 : 2 ) ))
   for rv in "${reverts[@]}"; do
     tag=${rv// /_}
-    timeout $(( $2 / 7 )) python3 benchmarks/bench_train_step.py --compare ops --revert $rv --chunks 3 \
+    each=$(( (t_end - $(date +%s)) / n_runs )); n_runs=$(( n_runs > 1 ? n_runs - 1 : 1 ))
+    timeout $each python3 benchmarks/bench_train_step.py --compare ops --revert $rv --chunks 3 \
       --json "$OUT/step_ops_128_$tag.json" > "$W/step_ops_128_$tag.txt" 2>&1; grep -a "^check\|^|\|steps/s" "$W/step_ops_128_$tag.txt"
   done
   [ "${OPS_224:-1}" = 0 ] && exit 0
-  timeout $(( $2 / 4 )) python3 benchmarks/bench_train_step.py --compare ops --patch 224 224 64 --steps 8 --chunks 2 \
+  timeout $(( t_end - $(date +%s) )) python3 benchmarks/bench_train_step.py --compare ops --patch 224 224 64 --steps 8 --chunks 2 \
     --json "$OUT/step_ops_224.json" > "$W/step_ops_224.txt" 2>&1; grep -a "^check\|^|\|steps/s" "$W/step_ops_224.txt"
   ;;
 run)   # one named run in the background; its data must have been copied by an earlier call or this one
