@@ -44,14 +44,18 @@ def _pre(xb, w_ptr, i, offs_w, offs_c, mc, H, W, C):
 
 
 @triton.jit
-def _dw_fwd_kernel(x_ptr, w_ptr, y_ptr, H, W, C, n_hblk,
-                   R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr):
+def _tile(n_hblk, C, R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr):
+    """This program's batch, first row, columns, channels and channel mask."""
     pid0 = tl.program_id(0)
-    b = pid0 // n_hblk
-    i0 = (pid0 % n_hblk) * R
     offs_w = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mc = offs_c < C
+    return pid0 // n_hblk, (pid0 % n_hblk) * R, offs_w, offs_c, offs_c < C
+
+
+@triton.jit
+def _dw_fwd_kernel(x_ptr, w_ptr, y_ptr, H, W, C, n_hblk,
+                   R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr):
+    b, i0, offs_w, offs_c, mc = _tile(n_hblk, C, R, BLOCK_C, BLOCK_W)
     xb = x_ptr + b.to(tl.int64) * H * W * C
     yb = y_ptr + b.to(tl.int64) * C * H * W + offs_c[:, None].to(tl.int64) * H * W
     for r in range(R):
@@ -73,13 +77,7 @@ def _dw_bwd_pre_kernel(x_ptr, w_ptr, gy_ptr, gp_ptr, gwp_ptr, H, W, C, n_hblk,
                        R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr):
     """gp = gy * silu'(pre), channels-first fp32; this program's share of the weight gradient (its rows
     and columns), into row (pid0 * n_wblk + pid1) of (P, C, 9)."""
-    pid0 = tl.program_id(0)
-    pid1 = tl.program_id(1)
-    b = pid0 // n_hblk
-    i0 = (pid0 % n_hblk) * R
-    offs_w = pid1 * BLOCK_W + tl.arange(0, BLOCK_W)
-    offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mc = offs_c < C
+    b, i0, offs_w, offs_c, mc = _tile(n_hblk, C, R, BLOCK_C, BLOCK_W)
     xb = x_ptr + b.to(tl.int64) * H * W * C
     cf = b.to(tl.int64) * C * H * W + offs_c[:, None].to(tl.int64) * H * W   # channels-first rows
     g0 = tl.zeros((BLOCK_C,), dtype=tl.float32)
@@ -108,7 +106,7 @@ def _dw_bwd_pre_kernel(x_ptr, w_ptr, gy_ptr, gp_ptr, gwp_ptr, H, W, C, n_hblk,
         g6 += _gw(xb, gp, i, offs_w, offs_c, mc, H, W, C, 2, 0)
         g7 += _gw(xb, gp, i, offs_w, offs_c, mc, H, W, C, 2, 1)
         g8 += _gw(xb, gp, i, offs_w, offs_c, mc, H, W, C, 2, 2)
-    prog = pid0 * tl.num_programs(1) + pid1
+    prog = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
     out = gwp_ptr + (prog.to(tl.int64) * C + offs_c) * 9
     tl.store(out + 0, g0, mask=mc)
     tl.store(out + 1, g1, mask=mc)
@@ -125,7 +123,7 @@ def _dw_bwd_pre_kernel(x_ptr, w_ptr, gy_ptr, gp_ptr, gwp_ptr, H, W, C, n_hblk,
 def _dw_bwd_input_kernel(gp_ptr, w_ptr, gx_ptr, H, W, C, n_hblk,
                          R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr):
     """gx[i, j] = sum_{p, q} w[p, q] gp[i - p + 1, j - q + 1], written channels-last in gx's dtype."""
-    pid0 = tl.program_id(0)
+    pid0 = tl.program_id(0)   # (as _tile, written out: through _tile this kernel took 154 registers, not 128)
     b = pid0 // n_hblk
     i0 = (pid0 % n_hblk) * R
     offs_w = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)

@@ -35,3 +35,21 @@ def rel_err(out, ref, floor_rms=1e-2):
     den = torch.clamp(ref.norm(), min=floor_rms * ref.numel() ** 0.5)
     num = (out - ref).norm()
     return float(num / den) if den > 0 else float(num)
+
+
+def compile_for_hopper(script: str, *args: str) -> str:
+    """Run `script` (Python source that compiles kernels for sm_90a with kernels/benchmarks/ptxas_report.py and
+    prints what ptxas reports) in a fresh interpreter, without TRITON_INTERPRET; return its stdout. Skips
+    where Triton or the ptxas its wheel ships is missing. No GPU is needed."""
+    import subprocess
+    import sys
+    triton = pytest.importorskip("triton")
+    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
+        pytest.skip("this Triton wheel ships no ptxas")
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.join(here, ".."), os.path.join(here, "..", "benchmarks"),
+                                         env.get("PYTHONPATH", "")])
+    r = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import device_for, rel_err
+from conftest import compile_for_hopper, device_for, rel_err
 from ssm_kernels.depthwise_conv import dwconv3x3_silu, dwconv3x3_silu_ref, dwconv3x3_silu_torch
 
 
@@ -117,20 +117,9 @@ for fn in (_dw_fwd_kernel, _dw_bwd_pre_kernel, _dw_bwd_input_kernel):
 def test_kernels_compile_for_hopper_without_spills():
     """The three kernels at their default blocks compiled for sm_90a (Triton's own ptxas, no GPU needed):
     they compile, and no thread spills registers to local memory."""
-    import os
     import re
-    import subprocess
-    import sys
-    triton = pytest.importorskip("triton")
-    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
-        pytest.skip("this Triton wheel ships no ptxas")
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([os.path.join(here, ".."), os.path.join(here, "..", "benchmarks"),
-                                         env.get("PYTHONPATH", "")])
-    r = subprocess.run([sys.executable, "-c", _COMPILE_CHECK], capture_output=True, text=True, env=env, timeout=900)
-    assert r.returncode == 0, r.stderr[-2000:]
-    info = [tuple(int(v) for v in m) for m in re.findall(r"\((\d+), (\d+), (\d+), \d+\)", r.stdout)]
-    assert len(info) == 3, r.stdout
+    out = compile_for_hopper(_COMPILE_CHECK)
+    info = [tuple(int(v) for v in m) for m in re.findall(r"\((\d+), (\d+), (\d+), \d+\)", out)]
+    assert len(info) == 3, out
     for regs, spill_st, spill_ld in info:
-        assert 0 < regs <= 255 and spill_st == 0 and spill_ld == 0, r.stdout
+        assert 0 < regs <= 255 and spill_st == 0 and spill_ld == 0, out

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import device_for, rel_err
+from conftest import compile_for_hopper, device_for, rel_err
 from ssm_kernels import (cross_merge, cross_scan, cross_selective_scan, cross_selective_scan_ref,
                          selective_scan_fn, selective_scan_ref)
 
@@ -504,19 +504,7 @@ for bd, bn, bl, sub in ((2, 1, 1024, 256), (1, 16, 128, 32)):
 
 @pytest.mark.parametrize("use", ["plain", "cross", "cross-strided"])
 def test_kernels_compile_for_hopper(use):
-    import os
     import re
-    import subprocess
-    import sys
-    triton = pytest.importorskip("triton")
-    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
-        pytest.skip("this Triton wheel ships no ptxas")
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([os.path.join(here, ".."), os.path.join(here, "..", "benchmarks"),
-                                         env.get("PYTHONPATH", "")])
-    r = subprocess.run([sys.executable, "-c", _COMPILE_CHECK, use], capture_output=True, text=True, env=env,
-                       timeout=900)
-    assert r.returncode == 0, r.stderr[-2000:]
-    regs = [int(m) for m in re.findall(r"\((\d+), \d+, \d+, \d+\)", r.stdout)]
-    assert len(regs) == 10 and all(0 < x <= 255 for x in regs), r.stdout
+    out = compile_for_hopper(_COMPILE_CHECK, use)
+    regs = [int(m) for m in re.findall(r"\((\d+), \d+, \d+, \d+\)", out)]
+    assert len(regs) == 10 and all(0 < x <= 255 for x in regs), out
