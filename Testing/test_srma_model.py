@@ -148,6 +148,21 @@ def test_trilinear_upsample_backward_stays_on_the_gradients_device():
     assert gx.shape == x.shape and gx.device.type == "meta"
 
 
+def _interpreted(script, backend, out, *args, timeout=900):
+    """Run `script` in a fresh interpreter with Triton's CPU interpreter on and ssm_kernels' backend set
+    (TRITON_INTERPRET is read when a kernel module is imported, so it cannot be switched on in this
+    process); the script saves its results to `out`, which is loaded and returned."""
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path), "SSM_KERNELS_BACKEND": backend}
+    r = subprocess.run([sys.executable, "-c", script, *args, str(out)], capture_output=True, text=True,
+                       timeout=timeout, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return torch.load(out)
+
+
 _LN_SCRIPT = r"""
 import json, sys
 import torch
@@ -175,19 +190,11 @@ def test_model_with_the_triton_layer_norm_matches_pytorchs(tmp_path):
     autocast, where the norms before Linears write bf16 directly, closer to PyTorch's bf16 run than that is
     to fp32 (the interpreter rounds to bf16 by truncation, a GPU to nearest, so on the GPU it is closer
     still)."""
-    import os
-    import subprocess
-    import sys
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     res = {}
     for precision in ("fp32", "bf16"):
         for backend in ("torch", "triton"):
-            out = tmp_path / f"{precision}_{backend}.pt"
-            r = subprocess.run([sys.executable, "-c", _LN_SCRIPT, precision, str(out)], capture_output=True,
-                               text=True, timeout=900, env={**env, "SSM_KERNELS_BACKEND": backend})
-            assert r.returncode == 0, r.stderr[-3000:]
-            res[precision, backend] = torch.load(out)
+            res[precision, backend] = _interpreted(_LN_SCRIPT, backend, tmp_path / f"{precision}_{backend}.pt",
+                                                   precision)
 
     def grads(key):
         return torch.cat([g.flatten() for g in res[key]["grads"]])
@@ -249,18 +256,7 @@ def test_ss2d_with_the_triton_convolution_matches_pytorchs(tmp_path):
     """One SS2D module (channels-last in and out) with its depthwise convolution + SiLU run by the Triton
     kernel (CPU interpreter; the scan stays torch) against PyTorch's conv2d + SiLU: outputs, the input's
     and every parameter's gradient to float32 rounding."""
-    import os
-    import subprocess
-    import sys
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    res = {}
-    for backend in ("torch", "triton"):
-        out = tmp_path / f"{backend}.pt"
-        r = subprocess.run([sys.executable, "-c", _SS2D_SCRIPT, str(out)], capture_output=True, text=True,
-                           timeout=600, env={**env, "SSM_KERNELS_BACKEND": backend})
-        assert r.returncode == 0, r.stderr[-3000:]
-        res[backend] = torch.load(out)
+    res = {b: _interpreted(_SS2D_SCRIPT, b, tmp_path / f"{b}.pt", timeout=600) for b in ("torch", "triton")}
     t, p = res["triton"], res["torch"]
     rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
     assert t["triton_conv_ran"] and not p["triton_conv_ran"]

@@ -186,25 +186,23 @@ def main(argv=None):
         step()
         sync()
         times.append((time.perf_counter() - t0) * 1e3)
-    acts = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
-    with profile(activities=acts, with_stack=a.by_source and not cuda) as prof:
-        step()
-        sync()
+    def profiled(activities, with_stack):
+        with profile(activities=activities, with_stack=with_stack) as prof:
+            step()
+            sync()
+        return prof
+
+    prof = profiled([ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU], a.by_source and not cuda)
     groups, rows = kernel_groups(prof.key_averages(), cuda)
     sources = []
     if a.by_source:
         try:                           # an attribution that fails must not cost the kernel table
-            if cuda:
-                # a kernel is tied to the operator that launched it, and that to its Python stack, only when
-                # the CPU is profiled too (session 26's GPU profile, CUDA alone, came back with no sources);
-                # that profile would count each kernel's time twice in the table above (on the kernel and on
-                # its operator), so the sources come from a second step profiled with both
-                with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as both:
-                    step()
-                    sync()
-                sources = by_source(both.events(), cuda)
-            else:
-                sources = by_source(prof.events(), cuda)
+            # on the GPU a kernel is tied to the operator that launched it, and that to its Python stack, only
+            # when the CPU is profiled too (session 26's GPU profile, CUDA alone, came back with no sources);
+            # that profile would count each kernel's time twice in the table above (on the kernel and on its
+            # operator), so the sources come from a second step profiled with both
+            src = profiled([ProfilerActivity.CPU, ProfilerActivity.CUDA], True) if cuda else prof
+            sources = by_source(src.events(), cuda)
         except Exception as e:         # noqa: BLE001
             print(f"--by-source failed: {type(e).__name__}: {e}")
     total = sum(groups.values())

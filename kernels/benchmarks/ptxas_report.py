@@ -62,6 +62,31 @@ def programs_per_sm(regs, warps):
     return min(65536 // (-(-regs // 8) * 8 * 32 * warps), 64 // warps)  # registers go out in eights
 
 
+def scan_rows():
+    rows = []
+    print(f"{'use':<7}{'N':>3}{'kernel':<18}{'BLOCK_D':>8}{'BLOCK_L':>8}{'warps':>6}{'regs':>6}{'spill st/ld B':>15}"
+          f"{'smem B':>8}{'progs/SM':>9}")
+    for use, flags in USES.items():
+        for N, bn, layouts in LAYOUTS:
+            for bd, bl, nw in layouts:
+                kernels = [("fwd", _scan_fwd_kernel, dict(SAVE=True, STORE_LAST=True, LOCAL=False, SUB=bl))]
+                if bl >= 256:  # the forward saving states for backward tiles a quarter of its own
+                    kernels.append(("fwd saves bl/4", _scan_fwd_kernel,
+                                    dict(SAVE=True, STORE_LAST=True, LOCAL=False, SUB=bl // 4)))
+                kernels += [(f"bwd {name}", _scan_bwd_kernel, dict(LOCAL=False, SHIFT=v)) for name, v in SHIFTS.items()]
+                for kname, fn, extra in kernels:
+                    consts = dict(flags, **extra, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl)
+                    regs, st, ld, smem = ptxas_info(fn, consts, nw)
+                    row = dict(use=use, N=N, kernel=kname, BLOCK_D=bd, BLOCK_L=bl, warps=nw, registers=regs,
+                               spill_store_bytes=st, spill_load_bytes=ld, shared_bytes=smem,
+                               programs_per_sm=programs_per_sm(regs, nw))
+                    rows.append(row)
+                    print(f"{use:<7}{N:>3} {kname:<17}{bd:>8}{bl:>8}{nw:>6}{regs:>6}{f'{st}/{ld}':>15}{smem:>8}"
+                          f"{row['programs_per_sm']:>9}", flush=True)
+    return rows
+
+
+
 # the depthwise convolution's (BLOCK_C, BLOCK_W, warps) tried, 8 rows a program; the last is the default
 DW_LAYOUTS = [(32, 64, 4), (32, 32, 4), (16, 64, 4), (16, 32, 4), (32, 32, 8), (64, 32, 8), (32, 64, 8)]
 
@@ -86,32 +111,7 @@ def main():
     p.add_argument("--json")
     p.add_argument("--dwconv", action="store_true", help="ssm_kernels.dwconv3x3_silu's kernels instead of the scan's")
     a = p.parse_args()
-    if a.dwconv:
-        rows = dwconv_rows()
-        if a.json:
-            with open(a.json, "w") as f:
-                json.dump(dict(target=f"sm_{TARGET.arch}a", triton=triton.__version__, rows=rows), f, indent=1)
-        return
-    rows = []
-    print(f"{'use':<7}{'N':>3}{'kernel':<18}{'BLOCK_D':>8}{'BLOCK_L':>8}{'warps':>6}{'regs':>6}{'spill st/ld B':>15}"
-          f"{'smem B':>8}{'progs/SM':>9}")
-    for use, flags in USES.items():
-        for N, bn, layouts in LAYOUTS:
-            for bd, bl, nw in layouts:
-                kernels = [("fwd", _scan_fwd_kernel, dict(SAVE=True, STORE_LAST=True, LOCAL=False, SUB=bl))]
-                if bl >= 256:  # the forward saving states for backward tiles a quarter of its own
-                    kernels.append(("fwd saves bl/4", _scan_fwd_kernel,
-                                    dict(SAVE=True, STORE_LAST=True, LOCAL=False, SUB=bl // 4)))
-                kernels += [(f"bwd {name}", _scan_bwd_kernel, dict(LOCAL=False, SHIFT=v)) for name, v in SHIFTS.items()]
-                for kname, fn, extra in kernels:
-                    consts = dict(flags, **extra, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl)
-                    regs, st, ld, smem = ptxas_info(fn, consts, nw)
-                    row = dict(use=use, N=N, kernel=kname, BLOCK_D=bd, BLOCK_L=bl, warps=nw, registers=regs,
-                               spill_store_bytes=st, spill_load_bytes=ld, shared_bytes=smem,
-                               programs_per_sm=programs_per_sm(regs, nw))
-                    rows.append(row)
-                    print(f"{use:<7}{N:>3} {kname:<17}{bd:>8}{bl:>8}{nw:>6}{regs:>6}{f'{st}/{ld}':>15}{smem:>8}"
-                          f"{row['programs_per_sm']:>9}", flush=True)
+    rows = dwconv_rows() if a.dwconv else scan_rows()
     if a.json:
         with open(a.json, "w") as f:
             json.dump(dict(target=f"sm_{TARGET.arch}a", triton=triton.__version__, rows=rows), f, indent=1)
