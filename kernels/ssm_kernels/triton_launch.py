@@ -142,8 +142,17 @@ def cross_layout(save: bool = False) -> str:
 
 
 def _t(x, h, w):
-    """(..., h*w) in row-major (h, w) -> (..., w*h) row-major in (w, h): the column-major sequence."""
-    return x.unflatten(-1, (h, w)).transpose(-1, -2).contiguous().flatten(-2)
+    """(..., h*w) in row-major (h, w) -> (..., w*h) row-major in (w, h): the column-major sequence (a new
+    contiguous tensor; triton_transpose's tiled kernel)."""
+    from .triton_transpose import transpose_last2
+    return transpose_last2(x.unflatten(-1, (h, w))).flatten(-2)
+
+
+def _t_back(t, out, h, w, accumulate):
+    """out (..., h * w) row-major in (h, w) gets (or, with accumulate, adds) t (..., w * h), row-major in
+    (w, h), transposed back."""
+    from .triton_transpose import transpose_last2
+    transpose_last2(t.unflatten(-1, (w, h)), out=out.unflatten(-1, (h, w)), accumulate=accumulate)
 
 
 def _passes(cross, layout):
@@ -203,7 +212,7 @@ def forward(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save):
         _scan_fwd_kernel[(batch, nblk, n_dirs * n_seg)](*args, n_seg, n_saved, SAVE=save, STORE_LAST=True,
                                                         LOCAL=False, **flags)
         if trans:
-            out.view(batch, dim, H, W).add_(oo.view(batch, dim, W, H).transpose(-1, -2))
+            _t_back(oo, out, H, W, accumulate=True)
     if out.dtype != out_dtype:
         out = out.to(out_dtype)
     meta = dict(bd=bd, bn=bn, bl=bl, nw=nw, n_chunks=n_chunks, n_seg=n_seg, G=G, grouped_input=True,
@@ -266,12 +275,11 @@ def backward(u, delta, A, B, C, D, z, delta_bias, hsave, dout, softplus, hw, met
         if n_seg > 1:  # segments 1 .. n_seg - 1 (the first one's start adjoint is never needed)
             _scan_bwd_kernel[(batch, nblk, n_dirs * (n_seg - 1))](*args, n_seg - 1, 1, n_saved, LOCAL=True, **flags)
         _scan_bwd_kernel[(batch, nblk, n_dirs * n_seg)](*args, n_seg, 0, n_saved, LOCAL=False, **flags)
-        if trans:
-            back = lambda t: t.unflatten(-1, (W, H)).transpose(-1, -2)  # noqa: E731 (W, H) rows -> (H, W)
-            du.view(batch, dim, H, W).add_(back(gu))
-            ddelta.view(batch, 4, dim, H, W)[:, 1::2].copy_(back(gd.view(batch, 2, dim, L)))
-            dB.view(batch, 4, N, H, W)[:, 1::2].copy_(back(gB))
-            dC.view(batch, 4, N, H, W)[:, 1::2].copy_(back(gC))
+        if trans:   # (W, H) rows -> (H, W)
+            _t_back(gu, du, H, W, accumulate=True)
+            _t_back(gd.view(batch, 2, dim, L), ddelta.view(batch, 4, dim, L)[:, 1::2], H, W, accumulate=False)
+            _t_back(gB, dB[:, 1::2], H, W, accumulate=False)
+            _t_back(gC, dC[:, 1::2], H, W, accumulate=False)
     if ungrouped:
         dB, dC = dB[:, 0], dC[:, 0]
     return (du.to(u.dtype), ddelta.to(delta.dtype), dA.sum((0, 3)).to(A.dtype), dB.to(B.dtype).view(B.shape),
