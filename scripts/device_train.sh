@@ -18,6 +18,8 @@
 #   scripts/device_train.sh profile SECONDS            # the step's device time by kernel group, both SS2D layouts (issue 13)
 #   scripts/device_train.sh bwdsplit SECONDS           # the step with the backward alone split (SSM_BWD_SEG_*) vs defaults
 #   scripts/device_train.sh us-sizes "224 288 320" RUN...  # out-of-fold logits of us-variants runs at whole-image sizes
+#   DW_TILES="default 8,16,32,4" DW_ALSO=F scripts/device_train.sh dwconv SECONDS  # the depthwise conv alone
+#   scripts/device_train.sh kenv SECONDS SSM_X=V...       # the step with these kernel settings vs the defaults
 #   scripts/device_train.sh ops SECONDS                # the step with the model's ops vs PyTorch's (ln, upsample, proj)
 #   scripts/device_train.sh watch SECONDS [liver|us]   # wait while training runs (of that kind) live, at most SECONDS;
 #                                                      # print their logs (`watch 420 us`, then us-heatmaps, while the liver trains)
@@ -318,6 +320,33 @@ ops)       # SECONDS: the training step (a CUDA graph) with the model's ops agai
   [ "${OPS_224:-1}" = 0 ] && exit 0
   timeout $(( t_end - $(date +%s) )) python3 benchmarks/bench_train_step.py --compare ops --patch 224 224 64 --steps 8 --chunks 2 \
     --json "$OUT/step_ops_224.json" > "$W/step_ops_224.txt" 2>&1; grep -a "^check\|^|\|steps/s" "$W/step_ops_224.txt"
+  ;;
+dwconv)    # SECONDS: SS2D's depthwise convolution alone (benchmarks/bench_dwconv.py) on one step's maps at
+           # 224 x 224 x 64, then at the trainer's patch: PyTorch's path, the Triton kernels at the tiles of
+           # DW_TILES, and DW_ALSO (files: earlier triton_depthwise_conv.py versions, carried) beside. Into $OUT.
+  setup
+  cd "$W/code" || exit 1
+  also=(); [ -n "${DW_ALSO:-}" ] && read -ra also <<< "--also $DW_ALSO"
+  read -ra tiles <<< "${DW_TILES:-default}"
+  for p in "224 224 64" "128 128 48"; do tag=${p// /x}
+    timeout $(( $2 / 2 )) python3 benchmarks/bench_dwconv.py --patch $p --tiles "${tiles[@]}" "${also[@]}" \
+      --json "$OUT/bench_dwconv_$tag.json" > "$OUT/bench_dwconv_$tag.txt" 2>&1; tail -n $(( ${#tiles[@]} + 5 )) "$OUT/bench_dwconv_$tag.txt"
+  done
+  ;;
+kenv)      # SECONDS VAR=VALUE...: the training step (a CUDA graph) with the ssm_kernels defaults against the same
+           # with these SSM_* settings (e.g. SSM_TRANSPOSE=torch: the transposed layout's copies by PyTorch, as
+           # before session 27), loss and gradients checked first; the trainer's patch, then 224 x 224 x 64
+           # (KENV_224=0 skips it). Into $OUT.
+  t_end=$(( $(date +%s) + $2 )); shift 2
+  setup
+  cd "$W/code" || exit 1
+  tag=$(echo "$*" | tr ' =,' '_-_' | tr -cd 'A-Za-z0-9_-')
+  timeout $(( (t_end - $(date +%s)) * 45 / 100 )) python3 benchmarks/bench_train_step.py --compare kernels --kernel-env "$@" \
+    --chunks 3 --json "$OUT/step_${tag}_128.json" > "$OUT/step_${tag}_128.txt" 2>&1; tail -n 12 "$OUT/step_${tag}_128.txt"
+  [ "${KENV_224:-1}" = 0 ] && exit 0
+  timeout $(( t_end - $(date +%s) )) python3 benchmarks/bench_train_step.py --compare kernels --kernel-env "$@" \
+    --patch 224 224 64 --steps 8 --chunks 2 --json "$OUT/step_${tag}_224.json" > "$OUT/step_${tag}_224.txt" 2>&1
+  tail -n 12 "$OUT/step_${tag}_224.txt"
   ;;
 run)   # one named run in the background; its data must have been copied by an earlier call or this one
   kind=$2; name=$3; shift 3
