@@ -40,9 +40,13 @@ LAYOUTS = [
 ]
 
 
-def ptxas_info(fn, consts, num_warps):
-    """(registers, spill store bytes, spill load bytes, shared bytes) of one compiled configuration."""
-    sig = {n: ("constexpr" if n in consts else "*fp32" if n.endswith("_ptr") else "i32") for n in fn.arg_names}
+def ptxas_info(fn, consts, num_warps, ptr_types=None):
+    """(registers, spill store bytes, spill load bytes, shared bytes) of one compiled configuration; pointers
+    are fp32 unless ptr_types names another element type ({"x_ptr": "*bf16"}): the compiled code, and so
+    its registers, depends on it (the depthwise forward: 126 registers at fp32, 195 at bf16)."""
+    ptr_types = ptr_types or {}
+    sig = {n: ("constexpr" if n in consts else ptr_types.get(n, "*fp32") if n.endswith("_ptr") else "i32")
+           for n in fn.arg_names}
     k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=TARGET,
                        options=dict(num_warps=num_warps))
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
@@ -89,6 +93,9 @@ def scan_rows():
 
 # the depthwise convolution's (BLOCK_C, BLOCK_W, warps) tried, 8 rows a program; the last is the default
 DW_LAYOUTS = [(32, 64, 4), (32, 32, 4), (16, 64, 4), (16, 32, 4), (32, 32, 8), (64, 32, 8), (32, 64, 8)]
+# the training step's dtypes: the maps and their gradients in bf16 (autocast), the weight and the
+# pre-activation's gradient in fp32
+DW_BF16 = {"x_ptr": "*bf16", "y_ptr": "*bf16", "gy_ptr": "*bf16", "gx_ptr": "*bf16"}
 
 
 def dwconv_rows():
@@ -98,7 +105,7 @@ def dwconv_rows():
     for bc, bw, nw in DW_LAYOUTS:
         for name, fn in (("forward", _dw_fwd_kernel), ("backward: pre + weight", _dw_bwd_pre_kernel),
                          ("backward: input", _dw_bwd_input_kernel)):
-            regs, st, ld, smem = ptxas_info(fn, dict(R=8, BLOCK_C=bc, BLOCK_W=bw), nw)
+            regs, st, ld, smem = ptxas_info(fn, dict(R=8, BLOCK_C=bc, BLOCK_W=bw), nw, DW_BF16)
             row = dict(kernel=name, BLOCK_C=bc, BLOCK_W=bw, warps=nw, registers=regs, spill_store_bytes=st,
                        spill_load_bytes=ld, shared_bytes=smem, programs_per_sm=programs_per_sm(regs, nw))
             rows.append(row)
@@ -114,7 +121,8 @@ def main():
     rows = dwconv_rows() if a.dwconv else scan_rows()
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(dict(target=f"sm_{TARGET.arch}a", triton=triton.__version__, rows=rows), f, indent=1)
+            extra = dict(pointers=DW_BF16) if a.dwconv else {}
+            json.dump(dict(target=f"sm_{TARGET.arch}a", triton=triton.__version__, **extra, rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -151,9 +151,10 @@ def _dw_bwd_input_kernel(gp_ptr, w_ptr, gx_ptr, H, W, C, n_hblk,
 def _blocks(h: int, w: int, c: int):
     """(R, BLOCK_C, BLOCK_W, warps): 8 rows of up to 64 columns x 32 channels a program, 8 warps. Compiled for
     sm_90a (`kernels/benchmarks/ptxas_report.py --dwconv`), 4 warps left 16 values of a tile to a thread and
-    the backward's first kernel spilled 800-900 bytes; at 8 warps the three use 126 / 255 / 128 registers,
-    none spilled. Not yet timed on a GPU: SSM_DW_ROWS, SSM_DW_BLOCK_C, SSM_DW_BLOCK_W and SSM_DW_WARPS
-    override them for a sweep (bench_train_step.py --compare kernels --kernel-env ...)."""
+    the backward's first kernel spilled 800-900 bytes; at 8 warps the three use 126 / 255 / 128 registers
+    with fp32 maps and 195 / 255 / 179 with the training step's bf16 ones (one program an SM), none spilled.
+    Not yet swept on a GPU: SSM_DW_ROWS, SSM_DW_BLOCK_C, SSM_DW_BLOCK_W and SSM_DW_WARPS override them
+    (benchmarks/bench_dwconv.py --tiles R,C,W,WARPS ...: the convolution alone on one step's maps)."""
     env = lambda name, default: int(os.environ.get(name, "") or default)  # noqa: E731
     return (min(env("SSM_DW_ROWS", 8), h), min(env("SSM_DW_BLOCK_C", 32), triton.next_power_of_2(c)),
             min(env("SSM_DW_BLOCK_W", 64), triton.next_power_of_2(w)), env("SSM_DW_WARPS", 8))

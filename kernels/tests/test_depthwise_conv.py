@@ -106,20 +106,21 @@ def test_bad_inputs(args, match):
 
 
 _COMPILE_CHECK = r"""
-from ptxas_report import ptxas_info
+from ptxas_report import DW_BF16, ptxas_info
 from ssm_kernels.triton_depthwise_conv import _blocks, _dw_bwd_input_kernel, _dw_bwd_pre_kernel, _dw_fwd_kernel
 r, bc, bw, nw = _blocks(112, 3584, 96)   # SRMA-Mamba's stage-0 map at a 224 x 224 x 64 patch
 for fn in (_dw_fwd_kernel, _dw_bwd_pre_kernel, _dw_bwd_input_kernel):
-    print(ptxas_info(fn, dict(R=r, BLOCK_C=bc, BLOCK_W=bw), nw))
+    for types in (None, DW_BF16):        # fp32 maps, and the training step's bf16 ones
+        print(ptxas_info(fn, dict(R=r, BLOCK_C=bc, BLOCK_W=bw), nw, types))
 """
 
 
 def test_kernels_compile_for_hopper_without_spills():
-    """The three kernels at their default blocks compiled for sm_90a (Triton's own ptxas, no GPU needed):
-    they compile, and no thread spills registers to local memory."""
+    """The three kernels at their default blocks compiled for sm_90a (Triton's own ptxas, no GPU needed),
+    for fp32 and bf16 maps: they compile, and no thread spills registers to local memory."""
     import re
     out = compile_for_hopper(_COMPILE_CHECK)
     info = [tuple(int(v) for v in m) for m in re.findall(r"\((\d+), (\d+), (\d+), \d+\)", out)]
-    assert len(info) == 3, out
+    assert len(info) == 6, out
     for regs, spill_st, spill_ld in info:
         assert 0 < regs <= 255 and spill_st == 0 and spill_ld == 0, out
