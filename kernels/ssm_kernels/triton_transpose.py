@@ -3,8 +3,8 @@ layout (triton_launch: directions 1 and 3 scan rows of a transposed copy of x, d
 output and gradients are transposed back and added). Imported by triton_launch.
 
 Why our own: PyTorch copies `t.transpose(-1, -2).contiguous()` (and `out.add_(t.transpose(-1, -2))`) with
-its generic strided elementwise kernel, each thread one element: the reads are coalesced and the writes
-are not (neighbouring threads write a column apart). At 224 x 224 x 64 those copies were most of the 27 ms
+its generic strided elementwise kernel, each thread one element: one side of the copy is coalesced, and
+on the other neighbouring threads touch values a row apart. At 224 x 224 x 64 those copies were most of the 27 ms
 of `elementwise_kernel<128, 4>` in the training step's profile (session 26, docs/BENCHMARKS.md). Here a
 program loads a TILE x TILE tile along its rows, and Triton's layout conversion (through shared memory)
 lets it store the transposed tile along the output's rows too: both sides coalesced.
