@@ -19,6 +19,7 @@ def test_kernel_names_fall_in_their_groups():
         "_dw_fwd_kernel": "convolution",       # ssm_kernels.dwconv3x3_silu (with its SiLU)
         "_dw_bwd_pre_kernel": "convolution",
         "_dw_bwd_input_kernel": "convolution",
+        "_transpose_kernel": "copies, casts and layout conversions",   # ssm_kernels.triton_transpose
         "void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float, float>(int, float, ...)":
             "layer norm",
         "void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<at::native::"
@@ -67,3 +68,20 @@ def test_by_source_charges_operators_to_the_model_functions_that_called_them():
     assert any(r["op"] == "aten::mm" or r["op"] == "aten::bmm" for r in ss2d)   # its projections, as matmuls
     assert all(r["ms"] > 0 and r["kernels"] > 0 for r in res["sources"])
     assert not any(".py(" in k["name"] for k in res["kernels"])
+
+
+def test_bench_dwconv_records_every_ss2d_map_of_a_forward():
+    """benchmarks/bench_dwconv.py times the depthwise convolution on the maps one forward gives it: all 30 SS2D
+    calls of the model (10 ABSS blocks x 3 planes), each a channels-last (2, h, w, c) map whose h * w is
+    one of the three plane sizes of its stage's grid, and the model's own function is restored after."""
+    import torch
+    import SRMASegmenterLib.model as model_mod
+    from bench_dwconv import record_maps
+    before = model_mod._dwconv_silu
+    maps = record_maps((32, 32, 16), 8, torch.device("cpu"))
+    assert model_mod._dwconv_silu is before
+    assert sum(maps.values()) == 30
+    grids = ((16, 16, 8), (8, 8, 4), (4, 4, 2), (2, 2, 1))    # the four stages' grids at a 32 x 32 x 16 patch
+    planes = {a * b * c for a, b, c in grids}                   # each ABSS plane covers its whole grid
+    for (b, h, w, c), calls in maps.items():
+        assert b == 2 and calls > 0 and h * w in planes and c % 8 == 0

@@ -28,6 +28,8 @@ import time
 import torch
 
 import SRMASegmenterLib.model as model_mod
+from bench_srma import cuda_time
+from graph_check import environ
 from SRMASegmenterLib.model import SRMAConfig, SRMAMamba
 from ssm_kernels.depthwise_conv import dwconv3x3_silu, dwconv3x3_silu_torch
 
@@ -53,24 +55,15 @@ def record_maps(patch, dims, device):
 
 
 def timed(fn, reps, device):
-    for _ in range(2):
-        fn()
-    if device.type != "cuda":
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            ts.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(ts)
-    torch.cuda.synchronize()
+    """Median ms of fn: CUDA events on the GPU (bench_srma.cuda_time), the wall clock on the CPU."""
+    if device.type == "cuda":
+        return cuda_time(fn, reps=reps, warmup=2)
+    fn()
     ts = []
     for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
+        t = time.perf_counter()
         fn()
-        e.record()
-        torch.cuda.synchronize()
-        ts.append(s.elapsed_time(e))
+        ts.append((time.perf_counter() - t) * 1e3)
     return statistics.median(ts)
 
 
@@ -113,9 +106,7 @@ def main():
         gy = torch.randn(shape[0], shape[3], shape[1], shape[2], generator=g).to(torch.bfloat16).to(dev)
         ref = None
         for name, fn, env in variants:
-            saved = {k: os.environ.get(k) for k in TILE_VARS}
-            os.environ.update(env or {})
-            try:
+            with environ(env or {}, unset=TILE_VARS):
                 xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
                 y = fn(xr, wr)
                 y.backward(gy)
@@ -132,12 +123,6 @@ def main():
                     xr.grad = wr.grad = None
                     fn(xr, wr).backward(gy)
                 f_ms, fb_ms = timed(fwd, a.reps, dev), timed(fwd_bwd, a.reps, dev)
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
             rows.append(dict(shape=list(shape), calls=calls, variant=name, fwd_ms=f_ms, fwd_bwd_ms=fb_ms,
                              rel_err_y=err[0], rel_err_gx=err[1], rel_err_gw=err[2]))
             print(f"{str(shape):<22}x{calls} {name:<32} fwd {f_ms:8.3f} ms  fwd+bwd {fb_ms:8.3f} ms  "

@@ -107,26 +107,28 @@ def check_candidate_loss(make_model, loss_of, candidate_loss_of, inputs, label: 
     return out
 
 
-def check_kernel_env(make_model, loss_of, inputs, env: dict) -> dict:
-    """check_candidate_loss for ssm_kernels settings `env` ({"SSM_CROSS_LAYOUT": "transpose"}, ...): the
-    defaults with those variables unset, the candidate with them set (forward and backward). The caller's
-    environment is restored afterwards."""
-    saved = {k: os.environ.get(k) for k in env}
-
-    @contextlib.contextmanager
-    def settings():
-        os.environ.update(env)
-        yield
-
-    for k in env:
+@contextlib.contextmanager
+def environ(env: dict, unset=()):
+    """os.environ with `env` set and the names in `unset` removed, restored afterwards."""
+    saved = {k: os.environ.get(k) for k in (*env, *unset)}
+    for k in unset:
         os.environ.pop(k, None)
+    os.environ.update(env)
     try:
-        out = check_candidate_loss(make_model, loss_of, loss_of, inputs,
-                                   " ".join(f"{k}={v}" for k, v in env.items()), settings)
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def check_kernel_env(make_model, loss_of, inputs, env: dict) -> dict:
+    """check_candidate_loss for ssm_kernels settings `env` ({"SSM_CROSS_LAYOUT": "transpose"}, ...): the
+    defaults with those variables unset, the candidate with them set (forward and backward). The caller's
+    environment is restored afterwards."""
+    with environ({}, unset=env):
+        out = check_candidate_loss(make_model, loss_of, loss_of, inputs,
+                                   " ".join(f"{k}={v}" for k, v in env.items()), lambda: environ(env))
     return dict(env=dict(env), **out)
