@@ -72,8 +72,8 @@ def test_by_source_charges_operators_to_the_model_functions_that_called_them():
 
 def test_bench_dwconv_records_every_ss2d_map_of_a_forward():
     """benchmarks/bench_dwconv.py times the depthwise convolution on the maps one forward gives it: all 30 SS2D
-    calls of the model (10 ABSS blocks x 3 planes), each a channels-last (2, h, w, c) map whose h * w is
-    one of the three plane sizes of its stage's grid, and the model's own function is restored after."""
+    calls of the model (10 ABSS blocks x 3 planes), each a channels-last (2, h, w, c) map that flattens one
+    stage's whole grid (h * w voxels), and the model's own function is restored after."""
     import torch
     import SRMASegmenterLib.model as model_mod
     from bench_dwconv import record_maps
