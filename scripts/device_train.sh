@@ -25,6 +25,9 @@
 #                                                      # print their logs (`watch 420 us`, then us-heatmaps, while the liver trains)
 #   EXPORT_FOLDS=1 ...liver-steps...   # also export each CV fold's weights (for CPU analysis of its held-out cases);
 #                                      # a call brings back about 64 MB: two folds' shards per collect, copy the rest after
+# .whl (git-ignored) holds what the device image lacks, built here once per checkout:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux2014_x86_64 -d .whl monai==1.6.1 efficientnet-lite-pytorch==0.1.0   (1.7 MB; pure Python)
 # What a call brings back lands in /work/.device/N, which a later session's downloads reuse: copy it out
 # (fold weights included) before relying on it; session 19's fold networks were lost that way.
 #
