@@ -91,7 +91,7 @@ def main():
         mod = importlib.util.module_from_spec(spec)   # named inside ssm_kernels: its relative imports resolve
         spec.loader.exec_module(mod)
         impls.append((os.path.basename(path).removesuffix(".py"), mod))
-    variants = [("torch", lambda x, w: dwconv3x3_silu_torch(x, w), None)]
+    variants = [("torch", dwconv3x3_silu_torch, None)]
     for iname, mod in impls:     # each implementation at each tile
         fn = ((lambda x, w: dwconv3x3_silu(x, w, backend="triton")) if mod is None
               else (lambda x, w, mod=mod: mod.TritonDepthwiseConvSiLU.apply(x, w)))

@@ -90,7 +90,6 @@ def scan_rows():
     return rows
 
 
-
 # the depthwise convolution's (BLOCK_C, BLOCK_W, warps) tried, 8 rows a program; the last is the default
 DW_LAYOUTS = [(32, 64, 4), (32, 32, 4), (16, 64, 4), (16, 32, 4), (32, 32, 8), (64, 32, 8), (32, 64, 8)]
 # the training step's dtypes: the maps and their gradients in bf16 (autocast), the weight and the

@@ -11,13 +11,11 @@ weight w[c, p, q], which multiplies x[i + p - 1, j + q - 1]; a tap's weights are
 test_depthwise_conv.py::test_kernels_compile_for_hopper_without_spills)."""
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from .triton_launch import _empty   # NaN-filled under SSM_KERNELS_POISON=1, as the scan's buffers
+from .triton_launch import _empty, _env_int   # _empty: NaN-filled under SSM_KERNELS_POISON=1
 
 
 @triton.jit
@@ -155,9 +153,8 @@ def _blocks(h: int, w: int, c: int):
     with fp32 maps and 195 / 255 / 179 with the training step's bf16 ones (one program an SM), none spilled.
     Not yet swept on a GPU: SSM_DW_ROWS, SSM_DW_BLOCK_C, SSM_DW_BLOCK_W and SSM_DW_WARPS override them
     (benchmarks/bench_dwconv.py --tiles R,C,W,WARPS ...: the convolution alone on one step's maps)."""
-    env = lambda name, default: int(os.environ.get(name, "") or default)  # noqa: E731
-    return (min(env("SSM_DW_ROWS", 8), h), min(env("SSM_DW_BLOCK_C", 32), triton.next_power_of_2(c)),
-            min(env("SSM_DW_BLOCK_W", 64), triton.next_power_of_2(w)), env("SSM_DW_WARPS", 8))
+    return (min(_env_int("SSM_DW_ROWS", 8), h), min(_env_int("SSM_DW_BLOCK_C", 32), triton.next_power_of_2(c)),
+            min(_env_int("SSM_DW_BLOCK_W", 64), triton.next_power_of_2(w)), _env_int("SSM_DW_WARPS", 8))
 
 
 class TritonDepthwiseConvSiLU(torch.autograd.Function):

@@ -17,6 +17,11 @@ def _empty(*shape, device, dtype):
     return torch.empty(*shape, device=device, dtype=dtype)
 
 
+def _env_int(name: str, default: int) -> int:
+    """An integer tuning setting from the environment (SSM_*), `default` where it is unset or empty."""
+    return int(os.environ.get(name, "") or default)
+
+
 def _pow2_divisor(n: int, cap: int) -> int:
     b = 1
     while b * 2 <= cap and n % (b * 2) == 0:

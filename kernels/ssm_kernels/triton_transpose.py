@@ -4,8 +4,9 @@ output and gradients are transposed back and added). Imported by triton_launch.
 
 Why our own: PyTorch copies `t.transpose(-1, -2).contiguous()` (and `out.add_(t.transpose(-1, -2))`) with
 its generic strided elementwise kernel, each thread one element: one side of the copy is coalesced, and
-on the other neighbouring threads touch values a row apart. At 224 x 224 x 64 those copies were most of the 27 ms
-of `elementwise_kernel<128, 4>` in the training step's profile (session 26, docs/BENCHMARKS.md). Here a
+on the other neighbouring threads touch values a row apart. At 224 x 224 x 64 those copies were most of
+the 27 ms of `elementwise_kernel<128, 4>` in the training step's profile (session 26, docs/BENCHMARKS.md,
+an estimate from their bytes and launches). Here a
 program loads a TILE x TILE tile along its rows, and Triton's layout conversion (through shared memory)
 lets it store the transposed tile along the output's rows too: both sides coalesced.
 
@@ -23,13 +24,14 @@ SSM_TRANSPOSE=torch sends every call there (the step before / after in one run: 
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-from .triton_launch import _empty   # NaN-filled under SSM_KERNELS_POISON=1
+from .triton_launch import _empty, _env_int   # _empty: NaN-filled under SSM_KERNELS_POISON=1
 
 
 @triton.jit
@@ -53,14 +55,14 @@ def _transpose_kernel(x_ptr, o_ptr, A, B, n_tb, O1, O2, xs0, xs1, xs2, os0, os1,
     tl.store(op, vt.to(o_ptr.dtype.element_ty), mask=mt)
 
 
-def _plane_major(t, a, b):
-    return t.dim() >= 2 and t.dim() <= 5 and (t.stride(-1) == 1 or b == 1) and (t.stride(-2) == b or a == 1)
+def _tiled(t, a, b):
+    """Can the kernel read / write t (..., a, b): row-major unit-stride planes, at most three outer axes."""
+    return t.dim() <= 5 and (t.stride(-1) == 1 or b == 1) and (t.stride(-2) == b or a == 1)
 
 
 def _tile():
     """(TILE, warps): 64 x 64 tiles, 4 warps; SSM_TRANSPOSE_TILE and SSM_TRANSPOSE_WARPS override (a sweep)."""
-    env = lambda name, default: int(os.environ.get(name, "") or default)  # noqa: E731
-    return env("SSM_TRANSPOSE_TILE", 64), env("SSM_TRANSPOSE_WARPS", 4)
+    return _env_int("SSM_TRANSPOSE_TILE", 64), _env_int("SSM_TRANSPOSE_WARPS", 4)
 
 
 def transpose_last2(x: torch.Tensor, out: torch.Tensor | None = None, accumulate: bool = False) -> torch.Tensor:
@@ -73,11 +75,9 @@ def transpose_last2(x: torch.Tensor, out: torch.Tensor | None = None, accumulate
         out = _empty(*outer, b, a, device=x.device, dtype=x.dtype)
     if tuple(out.shape) != (*outer, b, a):
         raise ValueError(f"transpose_last2: out of shape {tuple(out.shape)} for x of shape {tuple(x.shape)}")
-    planes = 1
-    for n in outer:
-        planes *= n
-    if (os.environ.get("SSM_TRANSPOSE", "") == "torch" or not x.numel() or x.dtype != out.dtype or not _plane_major(x, a, b) or not _plane_major(out, b, a)
-            or planes > 65535 or (accumulate and x.dtype != torch.float32)):
+    planes = math.prod(outer)
+    if (os.environ.get("SSM_TRANSPOSE", "") == "torch" or not x.numel() or planes > 65535 or x.dtype != out.dtype
+            or (accumulate and x.dtype != torch.float32) or not _tiled(x, a, b) or not _tiled(out, b, a)):
         t = x.transpose(-1, -2)
         return out.add_(t) if accumulate else out.copy_(t)
     pad = 3 - len(outer)
