@@ -91,7 +91,7 @@ def scan_rows():
 
 
 # the depthwise convolution's (BLOCK_C, BLOCK_W, warps) tried, 8 rows a program; the last is the default
-DW_LAYOUTS = [(32, 64, 4), (32, 32, 4), (16, 64, 4), (16, 32, 4), (32, 32, 8), (64, 32, 8), (32, 64, 8)]
+DW_LAYOUTS = [(32, 64, 4), (32, 32, 4), (16, 64, 4), (32, 32, 8), (64, 32, 8), (32, 64, 8), (16, 32, 4)]
 # the training step's dtypes: the maps and their gradients in bf16 (autocast), the weight and the
 # pre-activation's gradient in fp32
 DW_BF16 = {"x_ptr": "*bf16", "y_ptr": "*bf16", "gy_ptr": "*bf16", "gx_ptr": "*bf16"}

@@ -54,12 +54,12 @@ def test_block_settings_change_the_tiling_not_the_result(monkeypatch):
     """SSM_DW_* (for a GPU sweep) pick other tiles; the outputs and gradients stay the float64 definition's."""
     from ssm_kernels.triton_depthwise_conv import _blocks
     dev = device_for("triton")
-    assert _blocks(112, 3584, 96) == (8, 32, 64, 8)
+    assert _blocks(112, 3584, 96) == (8, 16, 32, 4)
     monkeypatch.setenv("SSM_DW_ROWS", "3")
-    monkeypatch.setenv("SSM_DW_BLOCK_C", "16")
+    monkeypatch.setenv("SSM_DW_BLOCK_C", "8")
     monkeypatch.setenv("SSM_DW_BLOCK_W", "16")
-    monkeypatch.setenv("SSM_DW_WARPS", "4")
-    assert _blocks(112, 3584, 96) == (3, 16, 16, 4)
+    monkeypatch.setenv("SSM_DW_WARPS", "2")
+    assert _blocks(112, 3584, 96) == (3, 8, 16, 2)
     x, w = _inputs((2, 7, 20, 40), torch.float32, dev, seed=4)
     x.requires_grad_(True)
     w.requires_grad_(True)
