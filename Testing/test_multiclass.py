@@ -453,3 +453,33 @@ def test_cases_by_id_keeps_the_order_asked_and_names_a_missing_case(tmp_path):
     assert got[0]["image"].endswith("case_20_t2.nii.gz") and got[0]["label"].endswith("case_20_labels.nii.gz")
     with pytest.raises(FileNotFoundError, match="no case case_99"):
         cases_by_id(tmp_path, ["case_03", "case_99"])
+
+
+def test_bias_field_is_smooth_centred_and_as_strong_as_asked():
+    """The probe's field: exp of a low-order polynomial, its log mean zero and max |log| the strength."""
+    from training.srma.bias_field import smooth_bias_field
+    f = smooth_bias_field((9, 20, 24), 0.4, seed=3)
+    lf = np.log(f)
+    assert f.shape == (9, 20, 24) and f.dtype == np.float64
+    assert abs(lf.mean()) < 1e-12 and np.isclose(np.abs(lf).max(), 0.4)
+    assert 0.6 < f.min() < 1.0 < f.max() < 1.5
+    # smooth: neighbouring voxels differ by far less than the field's range; seeds give different fields
+    assert np.abs(np.diff(lf, axis=2)).max() < 0.1 * (lf.max() - lf.min())
+    assert not np.allclose(f, smooth_bias_field((9, 20, 24), 0.4, seed=4))
+    assert np.allclose(smooth_bias_field((9, 20, 24), 0.0, seed=3), 1.0)
+
+
+def test_bias_field_probe_scores_the_volume_as_it_is_and_under_each_field(tmp_path):
+    """The probe runs the shipped model through the module's path on a CHAOS case, plain and under a field."""
+    need(CHAOS)
+    import csv
+
+    from training.srma import bias_field
+    out = tmp_path / "bias.csv"
+    bias_field.main(["--data", str(CHAOS), "--cases", "case_20", "--strengths", "0.4", "--seeds", "1",
+                     "--csv", str(out)])
+    rows = list(csv.DictReader(open(out)))
+    assert [(float(r["strength"]), int(r["seed"])) for r in rows] == [(0.0, -1), (0.4, 0)]
+    assert float(rows[0]["field_min"]) == float(rows[0]["field_max"]) == 1.0
+    assert np.isclose(np.log(float(rows[1]["field_max"])), 0.4) or np.isclose(np.log(float(rows[1]["field_min"])), -0.4)
+    assert all(0.5 < float(r["dice"]) <= 1.0 for r in rows)
