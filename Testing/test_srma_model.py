@@ -237,6 +237,44 @@ def test_padded_dt_rank_gives_the_same_sums(monkeypatch):
     assert gd1.shape == (4, 96, 3)
 
 
+def test_projections_hand_x_a_channels_first_gradient():
+    """SS2D's x feeds the projections and the scan; autograd adds their two gradients of x. The scan's is
+    channels-first (x's layout), so the projections' must be too: a channels-last one (matmul's folded
+    GEMM gave one) makes that add an elementwise pass through strides. Values against float64."""
+    from SRMASegmenterLib import model as m
+
+    seen = []
+
+    class Seen(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t.view_as(t)
+
+        @staticmethod
+        def backward(ctx, g):
+            seen.append(g)
+            return g
+
+    torch.manual_seed(0)
+    mod = m.SS2D(48)
+    x = torch.randn(2, 96, 5, 7, requires_grad=True)
+    outs = mod.projections(Seen.apply(x))
+    ws = [torch.linspace(-1, 1, o.numel()).view_as(o) for o in outs]
+    sum((o * w).sum() for o, w in zip(outs, ws)).backward()
+    (g,) = seen
+    assert g.shape == x.shape and g.is_contiguous()
+    xd = x.detach().double().requires_grad_(True)
+    k, di, r, n = mod.K, mod.d_inner, mod.dt_rank, mod.d_state
+    x_dbl = torch.einsum("md,bdl->bml", mod.x_proj_weight.detach().double().reshape(k * (r + 2 * n), di), xd.view(2, di, 35))
+    dts, Bs, Cs = torch.split(x_dbl.view(2, k, r + 2 * n, 5, 7), [r, n, n], dim=2)
+    dts = torch.einsum("kdr,bkrl->bkdl", mod.dt_projs_weight.detach().double(), dts.reshape(2, k, r, 35))
+    ref = (dts.view(2, k, di, 5, 7), Bs, Cs)
+    rel = lambda a, b: float((a.double() - b).norm() / b.norm())  # noqa: E731
+    assert all(rel(o, q) < 1e-6 for o, q in zip(outs, ref))
+    sum((q * w.double()).sum() for q, w in zip(ref, ws)).backward()
+    assert rel(g, xd.grad) < 1e-6
+
+
 _SS2D_SCRIPT = r"""
 import sys
 import torch

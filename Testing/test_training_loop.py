@@ -394,7 +394,7 @@ def test_bench_train_step_ops_check_swaps_the_model_ops(monkeypatch, capsys):
     monkeypatch.setattr(bench_train_step, "torch_layer_norm", lambda *a, **k: calls.append(1) or plain_ln(*a, **k))
     monkeypatch.setattr(bench_train_step, "torch_dwconv_silu", lambda *a: calls.append(2) or plain_dw(*a))
     own = srma_model._upsample, srma_model.SS2D.projections, srma_model._layer_norm, srma_model._dwconv_silu
-    for revert in (["upsample"], ["proj"], ["upsample", "proj"], ["ln"], ["dwconv"], ["pad"]):
+    for revert in (["upsample"], ["proj"], ["upsample", "proj"], ["ln"], ["dwconv"], ["pad"], ["xgrad"]):
         calls.clear()
         bench_train_step.main(["--device", "cpu", "--dims", "8", "--patch", "32", "32", "16", "--compare", "ops",
                                "--chunks", "0", "--revert", *revert])
@@ -407,9 +407,11 @@ def test_bench_train_step_ops_check_swaps_the_model_ops(monkeypatch, capsys):
             assert not calls.count(1)
         elif revert == ["pad"]:      # the dt rank is padded on the GPU only: on the CPU both variants are one
             assert check["rel_l2_grad_defaults_vs_candidate"] == 0.0 and not calls
+        elif revert == ["xgrad"]:    # matmul instead of bmm: the same sums, maybe in another order
+            assert check["rel_l2_grad_defaults_vs_candidate"] < 1e-5 and not calls
         else:
             assert 0 < check["rel_l2_grad_defaults_vs_candidate"] < 1e-4, revert
             assert not calls
         assert check["rel_l2_grad_defaults_vs_defaults"] == 0.0    # the CPU step is deterministic
         assert (srma_model._upsample, srma_model.SS2D.projections, srma_model._layer_norm,
-                srma_model._dwconv_silu) == own and srma_model.PAD_DT_RANK is None
+                srma_model._dwconv_silu) == own and srma_model.PAD_DT_RANK is None and srma_model.X_PROJ_BMM is True

@@ -44,7 +44,9 @@ of matrix products (both session 24); `ln`, PyTorch's layer norm (fp32 under aut
 copies, then cast / permuted) instead of ssm_kernels.layer_norm (session 25); `dwconv`, SS2D's depthwise
 convolution + SiLU by PyTorch on the permuted projection, then copied channels-first, instead of
 ssm_kernels.dwconv3x3_silu (session 26); `pad`, SS2D's dt projection with its rank of 3 as it is (cuBLAS's
-unaligned kernels) instead of padded to 8 (session 26). They are swapped while each variant's graph is
+unaligned kernels) instead of padded to 8 (session 26); `xgrad`, SS2D's x multiplied by matmul, whose
+gradient of x comes back channels-last and is added to the scan's through strides, instead of bmm
+(session 28). They are swapped while each variant's graph is
 captured.
 
 Whole steps are timed without synchronising inside them (the rate training gets), in chunks that
@@ -131,8 +133,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20, help="steps per timed chunk")
     p.add_argument("--chunks", type=int, default=5, help="timed chunks per variant (alternating)")
     p.add_argument("--compare", choices=("optimizer", "scan", "graphs", "kernels", "compile", "ops"), default="optimizer")
-    p.add_argument("--revert", nargs="+", choices=("upsample", "proj", "ln", "dwconv", "pad"),
-                   default=["upsample", "proj", "ln", "dwconv", "pad"],
+    p.add_argument("--revert", nargs="+", choices=("upsample", "proj", "ln", "dwconv", "pad", "xgrad"),
+                   default=["upsample", "proj", "ln", "dwconv", "pad", "xgrad"],
                    help="--compare ops: what the 'before' variant takes back")
     p.add_argument("--kernel-env", nargs="+", default=[], metavar="SSM_VAR=VALUE",
                    help="--compare kernels: the candidate's ssm_kernels settings")
@@ -162,6 +164,7 @@ def main(argv=None):
         srma_model._layer_norm = torch_layer_norm if "ln" in names else own_ops["ln"]
         srma_model._dwconv_silu = torch_dwconv_silu if "dwconv" in names else own_ops["dwconv"]
         srma_model.PAD_DT_RANK = False if "pad" in names else None
+        srma_model.X_PROJ_BMM = "xgrad" not in names
 
     @contextlib.contextmanager
     def reverted(names=None):
