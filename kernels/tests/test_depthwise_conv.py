@@ -15,9 +15,10 @@ def _inputs(shape, dtype, device, seed):
     return x, w
 
 
-# (B, H, W, C): a map smaller than one block; rows that leave the last 8-row block partial (9, 17);
-# columns past one 64-wide block (70) and channels past one 32-wide block (40, 96: SRMA-Mamba's stage-0
-# width); one-row and one-column maps, whose taps all but the middle fall in the padding
+# (B, H, W, C): a map smaller than one block; rows that leave the last 8-row block partial (9, 17), so the
+# rolling row window starts and ends mid-map; columns that leave the last 32-wide block partial (70) and
+# channels the last 16-wide one (40; 96 is SRMA-Mamba's stage-0 width); one-row and one-column maps, whose
+# taps all but the middle fall in the padding
 SHAPES = [(2, 5, 7, 6), (1, 9, 70, 40), (2, 17, 12, 96), (1, 1, 9, 8), (2, 6, 1, 5)]
 
 
