@@ -29,7 +29,7 @@ def _w(w_ptr, offs_c, mc, t: tl.constexpr):
 @triton.jit
 def _row(base, ii, offs_w, offs_c, mc, H, W, C, CHANNELS_LAST: tl.constexpr):
     """Row ii of a map at columns j - 1, j, j + 1 for a block of channels and columns: three fp32
-    [BLOCK_C, BLOCK_W] tiles, zero outside the map. Channels-last (B's map at base is (H, W, C)) or
+    [BLOCK_C, BLOCK_W] tiles, zero outside the map. Channels-last (the batch's map at base is (H, W, C)) or
     channels-first ((C, H, W))."""
     row_ok = (ii >= 0) & (ii < H)
     jl = offs_w - 1
