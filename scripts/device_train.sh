@@ -327,9 +327,12 @@ ops)       # SECONDS: the training step (a CUDA graph) with the model's ops agai
 dwconv)    # SECONDS: SS2D's depthwise convolution alone (benchmarks/bench_dwconv.py) on one step's maps at
            # 224 x 224 x 64, then at the trainer's patch: PyTorch's path, the Triton kernels at the tiles of
            # DW_TILES, and DW_ALSO (files: earlier triton_depthwise_conv.py versions, carried) beside. Into $OUT.
+  # DW_ALSO's paths are taken from the checkout, before the cd: setup copies the code without .carry, so a
+  # relative .carry/... path does not exist under $W/code (session 28's first sweep lost its candidates so)
+  also=(); for f in ${DW_ALSO:-}; do also+=("$(realpath -m "$f")"); done
+  [ ${#also[@]} -gt 0 ] && also=(--also "${also[@]}")
   setup
   cd "$W/code" || exit 1
-  also=(); [ -n "${DW_ALSO:-}" ] && read -ra also <<< "--also $DW_ALSO"
   read -ra tiles <<< "${DW_TILES:-default}"
   for p in "224 224 64" "128 128 48"; do tag=${p// /x}
     timeout $(( $2 / 2 )) python3 benchmarks/bench_dwconv.py --patch $p --tiles "${tiles[@]}" "${also[@]}" \
