@@ -10,6 +10,11 @@ is checked against the first (today's default) for output and all gradients.
     cd kernels/benchmarks && PYTHONPATH=..:. python sweep_backward.py --json backward.json [--quick] [--only ss2d]
 
 --quick: fp32 only and the shift x block grid without the N = 16 forward layouts (those run in fp32).
+--tune: the SS2D maps of the 224 x 224 x 64 step (both of each stage's planes) in the step's bfloat16,
+through the layout training uses (transposed), under launch settings of both passes (channel block, warps,
+tile, the backward's split) instead of the shift grid:
+
+    cd kernels/benchmarks && PYTHONPATH=..:. python sweep_backward.py --tune --json tune.json
 """
 from __future__ import annotations
 
@@ -45,6 +50,28 @@ def backward_configs(N):
     return out
 
 
+# (batch, d_inner, H, W) of every SS2D plane the 224 x 224 x 64 step scans (Testing/test_srma_scan_shapes.py),
+# largest first
+CROSS224 = [(2, 96, 112, 3584), (2, 32, 32, 12544), (2, 192, 56, 896), (2, 32, 16, 3136)]
+
+
+def tune_configs():
+    """Today's defaults first, then one launch setting changed at a time (and two pairs): the backward's
+    channel block (dB / dC summed over more channels before their atomics), warps and tile; the forward's
+    channel block, warps and tile; the backward split across programs at any grid size."""
+    one = [("bwd bd=4", {"SSM_BWD_BLOCK_D": "4"}), ("bwd bd=8", {"SSM_BWD_BLOCK_D": "8"}),
+           ("bwd nw=8", {"SSM_BWD_NUM_WARPS": "8"}), ("bwd nw=2", {"SSM_BWD_NUM_WARPS": "2"}),
+           ("bwd bd=4 nw=8", {"SSM_BWD_BLOCK_D": "4", "SSM_BWD_NUM_WARPS": "8"}),
+           ("bwd bd=8 nw=8", {"SSM_BWD_BLOCK_D": "8", "SSM_BWD_NUM_WARPS": "8"}),
+           ("bwd bl=256", {"SSM_BWD_BLOCK_L": "256"}), ("bwd bl=1024", {"SSM_BWD_BLOCK_L": "1024"}),
+           ("bwd split 4/SM", {"SSM_BWD_SEG_BELOW_PER_SM": "inf", "SSM_BWD_SEG_PER_SM": "4"}),
+           ("fwd bd=1", {"SSM_BLOCK_D": "1", "SSM_BWD_BLOCK_D": "2"}),
+           ("fwd nw=8", {"SSM_NUM_WARPS": "8", "SSM_BWD_NUM_WARPS": "4"}),
+           ("fwd nw=2", {"SSM_NUM_WARPS": "2", "SSM_BWD_NUM_WARPS": "4"}),
+           ("fwd bl=2048", {"SSM_BLOCK_L": "2048", "SSM_BWD_BLOCK_L": "512"})]
+    return [("default", {})] + one
+
+
 def n16_layouts():
     """Forward channel block x tile at N = 16 (today: 1 channel x 128 steps), backward on the same tiles."""
     out = []
@@ -59,6 +86,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--json")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--tune", action="store_true", help="the launch-settings sweep of the 224 step's SS2D maps, bf16")
     p.add_argument("--only", choices=("ss2d", "n1", "n16"), action="append",
                    help="a part of the sweep (repeatable; default all): the four-direction scans of SRMA-Mamba, "
                         "the plain N = 1 shapes, the N = 16 shapes")
@@ -67,6 +95,15 @@ def main():
     print(f"device {torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).multi_processor_count} SMs")
     print(f"{'case':<40}{'config':<28}{'fwd ms':>9}{'f+b ms':>10}{'fwd x':>8}{'f+b x':>8}{'max diff':>10}")
     rows = []
+    if a.tune:
+        for shape in CROSS224:
+            x = {k: (v.to(torch.bfloat16) if k in ("x", "delta", "B", "C") else v)
+                 for k, v in cross_inputs(*shape).items()}
+            run_case(f"SS2D {shape} bfloat16", lambda t: cross_selective_scan(**t, backend="triton"), x, rows,
+                     tune_configs())
+            del x
+            torch.cuda.empty_cache()
+        parts = []
     if "ss2d" in parts:  # first: the training step of the liver model runs these
         for shape in CROSS:
             x = cross_inputs(*shape)
@@ -97,7 +134,7 @@ def main():
     suggest = best_overall(rows, "SS2D")
     if suggest:
         name, gm, n = suggest
-        env = dict(backward_configs(1))[name]
+        env = dict(tune_configs() if a.tune else backward_configs(1))[name]
         print(f"\nbest over the {n} SS2D cases (geometric mean of fwd+bwd speed-ups {gm:.2f}x): {name}\n"
               f"KERNEL_ENV {' '.join(f'{k}={v}' for k, v in env.items())}")
     if a.json:
