@@ -169,6 +169,36 @@ def _passes(cross, layout):
     return [(4, 2, 2, 0, False, False), (2, 2, 2, 1, False, True)]
 
 
+# The one-wide-state kernels (triton_scan1.py) for d_state = 1 read in memory order (the plain scan and the
+# transposed four-direction layout); SSM_SCAN1=0 keeps the general kernels there too, for an A/B.
+SCAN1_DEFAULT = "0"
+
+
+def use_scan1(N: int, layout: str) -> bool:
+    """Whether a scan with state width N in this layout runs the one-wide-state kernels."""
+    flag = os.environ.get("SSM_SCAN1", "") or SCAN1_DEFAULT
+    if flag not in ("0", "1"):
+        raise ValueError(f"SSM_SCAN1={flag!r}: choose 0 or 1")
+    return flag == "1" and N == 1 and layout in ("plain", "transpose")
+
+
+def _passes1(cross):
+    """The launches of the one-wide-state kernels: (direction k, its slice kd of delta / B / C, REV, ACC,
+    on the transposed copy?) each. Directions 0 and 2 on the map, 1 and 3 on its transposed copy; the
+    second launch on each output adds to the first's."""
+    if not cross:
+        return [(0, 0, False, False, False)]
+    return [(0, 0, False, False, False), (2, 2, True, True, False), (1, 0, False, False, True),
+            (3, 1, True, True, True)]
+
+
+def _transposed_inputs(u, delta, B, C, H, W):
+    """Directions 1 and 3 read rows of the transposed map: x, their two slices of delta, B and C."""
+    batch, dim, L = u.shape
+    dT = _t(delta.view(batch, 4, dim, L)[:, 1::2], H, W).view(batch, 2 * dim, L)
+    return _t(u, H, W), dT, _t(B[:, 1::2], H, W), _t(C[:, 1::2], H, W)
+
+
 def forward(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save):
     batch, dim, L = u.shape
     cross = hw is not None
@@ -183,6 +213,9 @@ def forward(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save):
     bd, bn, bl, nw = _blocks(dim, dpg, N, cross, L)
     n_chunks = max(1, triton.cdiv(L, bl))
     sub = _bwd_tile(bl, bn, layout) if save else bl  # the backward's tile: the forward saves the state at each one's start
+    if use_scan1(N, layout):
+        return _forward1(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save, layout,
+                         dpg, bd, bl, nw, sub)
     n_saved = n_chunks * (bl // sub)
     dev = u.device
     out = (torch.zeros(batch, dim, L, device=dev, dtype=torch.float32) if cross
@@ -225,6 +258,106 @@ def forward(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save):
     return out, last, hsave, meta
 
 
+def _forward1(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save, layout, dpg, bd, bl, nw, sub):
+    """forward() through the one-wide-state kernels (B and C grouped: (batch, G, 1, L))."""
+    from .triton_scan1 import _scan1_fwd_kernel
+    batch, dim, L = u.shape
+    cross = hw is not None
+    KP = 4 if cross else 1
+    H, W = hw if cross else (1, L)
+    n_chunks = max(1, triton.cdiv(L, bl))
+    n_saved = n_chunks * (bl // sub)
+    dev = u.device
+    f32 = torch.float32
+    out = _empty(batch, dim, L, device=dev, dtype=f32 if cross else out_dtype)
+    last = _empty(batch, KP * dim, 1, device=dev, dtype=f32)
+    hsave = _empty(batch, KP * dim, 1, n_saved, device=dev, dtype=f32) if save else torch.empty(0, device=dev)
+    nblk = triton.cdiv(dim, bd)
+    n_seg, tps = _segments(batch * nblk, n_chunks, dev)
+    hseg = pseg = u
+    if n_seg > 1:
+        hseg = _empty(batch, KP * dim, 1, n_seg, device=dev, dtype=f32)
+        pseg = _empty(batch, KP * dim, 1, n_seg, device=dev, dtype=f32)
+    if cross:
+        uT, dT, BT, CT = _transposed_inputs(u, delta, B, C, H, W)
+        outT = _empty(batch, dim, L, device=dev, dtype=f32)
+    for k, kd, rev, acc, trans in _passes1(cross):
+        uu, dd, BB, CC, oo = (uT, dT, BT, CT, outT) if trans else (u, delta, B, C, out)
+        args = (uu, dd, A, BB, CC, D if D is not None else u, z if z is not None else u,
+                delta_bias if delta_bias is not None else u, oo, last, hsave, hseg, pseg,
+                dim, L, dpg, n_chunks, BB.shape[1], dd.shape[1] // dim, k, kd, n_seg, tps)
+        flags = dict(KP=KP, CROSS=cross, REV=rev, ACC=acc, HAS_D=D is not None, HAS_Z=z is not None,
+                     HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, SAVE=save, STORE_LAST=True,
+                     SEGMENTED=n_seg > 1, BLOCK_D=bd, BLOCK_L=bl, SUB=sub, num_warps=nw)
+        if n_seg > 1:  # the segments whose end states later ones start from: all but the direction's last
+            _scan1_fwd_kernel[(batch, nblk, n_seg - 1)](*args, 1 if rev else 0, n_saved, LOCAL=True, **flags)
+        _scan1_fwd_kernel[(batch, nblk, n_seg)](*args, 0, n_saved, LOCAL=False, **flags)
+    if cross:
+        _t_back(outT, out, H, W, accumulate=True)
+    if out.dtype != out_dtype:
+        out = out.to(out_dtype)
+    meta = dict(bd=bd, bn=1, bl=bl, nw=nw, n_chunks=n_chunks, n_seg=n_seg, G=B.shape[1], grouped_input=True,
+                sub=sub, n_saved=n_saved, layout=layout, scan1=True)
+    return out, last, hsave, meta
+
+
+def _backward1(u, delta, A, Bg, Cg, D, z, delta_bias, hsave, dout, softplus, hw, meta, dpg):
+    """backward() through the one-wide-state kernels: (du, ddelta, dA (batch, KP dim, 1, segments), dB, dC
+    (grouped, float32), dD and dbias per segment, dz)."""
+    from .triton_scan1 import _scan1_bwd_kernel
+    batch, dim, L = u.shape
+    cross = hw is not None
+    KP = 4 if cross else 1
+    H, W = hw if cross else (1, L)
+    bl, n_saved = meta["sub"], meta["n_saved"]
+    n_chunks = max(1, triton.cdiv(L, bl))
+    bd, nw, _ = _bwd_blocks(dim, dpg, meta["layout"], meta)
+    nblk = triton.cdiv(dim, bd)
+    dev = u.device
+    f32 = torch.float32
+    n_seg, tps = _segments(batch * nblk, n_chunks, dev, backward=True)
+    du = _empty(batch, dim, L, device=dev, dtype=f32 if cross else u.dtype)
+    ddelta = _empty(batch, KP * dim, L, device=dev, dtype=delta.dtype)
+    dA = _empty(batch, KP * dim, 1, n_seg, device=dev, dtype=f32)
+    dB = torch.zeros(Bg.shape, device=dev, dtype=f32)  # summed over channel blocks with atomics
+    dC = torch.zeros(Cg.shape, device=dev, dtype=f32)
+    dD = _empty(batch, KP * dim, n_seg, device=dev, dtype=f32) if D is not None else None
+    dz = _empty(batch, dim, L, device=dev, dtype=z.dtype) if z is not None else None
+    dbias = _empty(batch, KP * dim, n_seg, device=dev, dtype=f32) if delta_bias is not None else None
+    gseg = pseg = du
+    if n_seg > 1:
+        gseg = _empty(batch, KP * dim, 1, n_seg, device=dev, dtype=f32)
+        pseg = _empty(batch, KP * dim, 1, n_seg, device=dev, dtype=f32)
+    if cross:
+        uT, dT, BT, CT = _transposed_inputs(u, delta, Bg, Cg, H, W)
+        doutT = _t(dout, H, W)
+        duT = _empty(batch, dim, L, device=dev, dtype=f32)
+        gdT = _empty(batch, 2 * dim, L, device=dev, dtype=delta.dtype)
+        gBT, gCT = torch.zeros_like(BT, dtype=f32), torch.zeros_like(CT, dtype=f32)
+    for k, kd, rev, acc, trans in _passes1(cross):
+        if trans:
+            uu, dd, BB, CC, go, gu, gd, gB, gC = uT, dT, BT, CT, doutT, duT, gdT, gBT, gCT
+        else:
+            uu, dd, BB, CC, go, gu, gd, gB, gC = u, delta, Bg, Cg, dout, du, ddelta, dB, dC
+        args = (uu, dd, A, BB, CC, D if D is not None else du, z if z is not None else du,
+                delta_bias if delta_bias is not None else du, go, hsave,
+                gu, gd, dA, gB, gC, dD if dD is not None else du, dz if dz is not None else du,
+                dbias if dbias is not None else du, gseg, pseg,
+                dim, L, dpg, n_chunks, BB.shape[1], dd.shape[1] // dim, k, kd, n_seg, tps)
+        flags = dict(KP=KP, CROSS=cross, REV=rev, ACC=acc, HAS_D=D is not None, HAS_Z=z is not None,
+                     HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, SEGMENTED=n_seg > 1, BLOCK_D=bd,
+                     BLOCK_L=bl, num_warps=nw)
+        if n_seg > 1:  # the segments whose start adjoints earlier ones need: all but the direction's first
+            _scan1_bwd_kernel[(batch, nblk, n_seg - 1)](*args, 0 if rev else 1, n_saved, LOCAL=True, **flags)
+        _scan1_bwd_kernel[(batch, nblk, n_seg)](*args, 0, n_saved, LOCAL=False, **flags)
+    if cross:   # (W, H) rows -> (H, W)
+        _t_back(duT, du, H, W, accumulate=True)
+        _t_back(gdT.view(batch, 2, dim, L), ddelta.view(batch, 4, dim, L)[:, 1::2], H, W, accumulate=False)
+        _t_back(gBT, dB[:, 1::2], H, W, accumulate=False)
+        _t_back(gCT, dC[:, 1::2], H, W, accumulate=False)
+    return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
 def backward(u, delta, A, B, C, D, z, delta_bias, hsave, dout, softplus, hw, meta):
     batch, dim, L = u.shape
     cross = hw is not None
@@ -236,6 +369,10 @@ def backward(u, delta, A, B, C, D, z, delta_bias, hsave, dout, softplus, hw, met
     dpg = dim if cross else dim // G
     H, W = hw if cross else (1, L)
     layout = meta["layout"]
+    if meta.get("scan1"):
+        du, ddelta, dA, dB, dC, dD, dz, dbias = _backward1(u, delta, A, Bg, Cg, D, z, delta_bias, hsave, dout,
+                                                           softplus, hw, meta, dpg)
+        return _reduced(u, delta, A, B, C, D, z, delta_bias, du, ddelta, dA, dB, dC, dD, dz, dbias, ungrouped)
     bn, bl, n_saved = meta["bn"], meta["sub"], meta["n_saved"]  # the backward's tiles: the saved states'
     n_chunks = max(1, triton.cdiv(L, bl))
     bd, nw, shift = _bwd_blocks(dim, dpg, layout, meta)
@@ -285,6 +422,11 @@ def backward(u, delta, A, B, C, D, z, delta_bias, hsave, dout, softplus, hw, met
             _t_back(gd.view(batch, 2, dim, L), ddelta.view(batch, 4, dim, L)[:, 1::2], H, W, accumulate=False)
             _t_back(gB, dB[:, 1::2], H, W, accumulate=False)
             _t_back(gC, dC[:, 1::2], H, W, accumulate=False)
+    return _reduced(u, delta, A, B, C, D, z, delta_bias, du, ddelta, dA, dB, dC, dD, dz, dbias, ungrouped)
+
+
+def _reduced(u, delta, A, B, C, D, z, delta_bias, du, ddelta, dA, dB, dC, dD, dz, dbias, ungrouped):
+    """The gradients in their inputs' dtypes and shapes: per-segment partials of dA, dD, dbias summed."""
     if ungrouped:
         dB, dC = dB[:, 0], dC[:, 0]
     return (du.to(u.dtype), ddelta.to(delta.dtype), dA.sum((0, 3)).to(A.dtype), dB.to(B.dtype).view(B.shape),
