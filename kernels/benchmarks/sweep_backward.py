@@ -72,6 +72,23 @@ def tune_configs():
     return [("default", {})] + one
 
 
+def tune1_configs():
+    """The general kernels (today's defaults) first, then the one-wide-state kernels (SSM_SCAN1=1,
+    triton_scan1.py) under launch settings of both passes. All in the transposed layout, so the forward
+    column times the kernels training runs (under no_grad the default would read strided)."""
+    s1 = {"SSM_SCAN1": "1", "SSM_CROSS_LAYOUT": "transpose"}
+    var = [("", {}), (" serial", {"SSM_SEGMENTS": "1"}), (" bd=1", {"SSM_BLOCK_D": "1"}),
+           (" bd=1 serial", {"SSM_BLOCK_D": "1", "SSM_SEGMENTS": "1"}),
+           (" bd=1 bwd bl=1024", {"SSM_BLOCK_D": "1", "SSM_BWD_BLOCK_L": "1024"}),
+           (" bd=4 bl=512/256", {"SSM_BLOCK_D": "4", "SSM_BLOCK_L": "512", "SSM_BWD_BLOCK_L": "256"}),
+           (" bd=1 nw=2 bl=512", {"SSM_BLOCK_D": "1", "SSM_NUM_WARPS": "2", "SSM_BLOCK_L": "512",
+                                  "SSM_BWD_BLOCK_L": "512"}),
+           (" nw=8", {"SSM_NUM_WARPS": "8"}),
+           (" split 4/SM", {"SSM_SEG_BELOW_PER_SM": "inf", "SSM_SEG_PER_SM": "4"}),
+           (" bd=1 split 4/SM", {"SSM_BLOCK_D": "1", "SSM_SEG_BELOW_PER_SM": "inf", "SSM_SEG_PER_SM": "4"})]
+    return [("general", {"SSM_CROSS_LAYOUT": "transpose"})] + [(f"scan1{n}", dict(s1, **e)) for n, e in var]
+
+
 def n16_layouts():
     """Forward channel block x tile at N = 16 (today: 1 channel x 128 steps), backward on the same tiles."""
     out = []
@@ -87,6 +104,7 @@ def main():
     p.add_argument("--json")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--tune", action="store_true", help="the launch-settings sweep of the 224 step's SS2D maps, bf16")
+    p.add_argument("--tune1", action="store_true", help="--tune's maps: the one-wide-state kernels against the general ones")
     p.add_argument("--only", choices=("ss2d", "n1", "n16"), action="append",
                    help="a part of the sweep (repeatable; default all): the four-direction scans of SRMA-Mamba, "
                         "the plain N = 1 shapes, the N = 16 shapes")
@@ -95,12 +113,12 @@ def main():
     print(f"device {torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).multi_processor_count} SMs")
     print(f"{'case':<40}{'config':<28}{'fwd ms':>9}{'f+b ms':>10}{'fwd x':>8}{'f+b x':>8}{'max diff':>10}")
     rows = []
-    if a.tune:
+    if a.tune or a.tune1:
         for shape in CROSS224:
             x = {k: (v.to(torch.bfloat16) if k in ("x", "delta", "B", "C") else v)
                  for k, v in cross_inputs(*shape).items()}
             run_case(f"SS2D {shape} bfloat16", lambda t: cross_selective_scan(**t, backend="triton"), x, rows,
-                     tune_configs())
+                     tune1_configs() if a.tune1 else tune_configs())
             del x
             torch.cuda.empty_cache()
         parts = []
@@ -134,7 +152,7 @@ def main():
     suggest = best_overall(rows, "SS2D")
     if suggest:
         name, gm, n = suggest
-        env = dict(tune_configs() if a.tune else backward_configs(1))[name]
+        env = dict(tune1_configs() if a.tune1 else tune_configs() if a.tune else backward_configs(1))[name]
         print(f"\nbest over the {n} SS2D cases (geometric mean of fwd+bwd speed-ups {gm:.2f}x): {name}\n"
               f"KERNEL_ENV {' '.join(f'{k}={v}' for k, v in env.items())}")
     if a.json:

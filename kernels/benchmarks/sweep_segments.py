@@ -30,13 +30,16 @@ CROSS = [(2, 96, 112, 3584), (2, 192, 56, 896), (2, 384, 28, 224), (2, 96, 64, 1
 CONFIGS = ([("serial", {"SSM_SEGMENTS": "1"})]
            + [(f"per_sm={p}", {"SSM_SEG_PER_SM": str(p), "SSM_SEG_BELOW_PER_SM": "inf"}) for p in (2, 4, 8, 16, 32)]
            + [("default", {})])
-KEYS = ("SSM_SEGMENTS", "SSM_SEG_PER_SM", "SSM_SEG_MIN_TILES", "SSM_SEG_BELOW_PER_SM", "SSM_BLOCK_D", "SSM_BLOCK_L",
-        "SSM_NUM_WARPS", "SSM_BWD_BLOCK_D", "SSM_BWD_NUM_WARPS", "SSM_BWD_SHIFT")
+BASE_ENV = {k: v for k, v in os.environ.items() if k.startswith("SSM_")}  # as the run was started
 
 
 def use(env):
-    for k in KEYS:
-        os.environ.pop(k, None)
+    """The kernels' settings of one configuration: the SSM_* variables the run started with, plus env. Every
+    other SSM_* variable is cleared, so no configuration inherits a setting from the one before it (until
+    session 29 a fixed list was cleared: SSM_BWD_BLOCK_L and SSM_BWD_SEG_* carried over)."""
+    for k in [k for k in os.environ if k.startswith("SSM_")]:
+        del os.environ[k]
+    os.environ.update(BASE_ENV)
     os.environ.update(env)
 
 
