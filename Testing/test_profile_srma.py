@@ -14,6 +14,8 @@ def test_kernel_names_fall_in_their_groups():
     cases = {
         "_scan_fwd_kernel": "scan forward",
         "_scan_bwd_kernel": "scan backward",
+        "_scan1_fwd_kernel": "scan forward",   # ssm_kernels.triton_scan1 (d_state 1, the training default)
+        "_scan1_bwd_kernel": "scan backward",
         "_ln_fwd_kernel": "layer norm",        # ssm_kernels.layer_norm
         "_ln_bwd_kernel": "layer norm",
         "_dw_fwd_kernel": "convolution",       # ssm_kernels.dwconv3x3_silu (with its SiLU)

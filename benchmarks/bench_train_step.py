@@ -287,7 +287,8 @@ def main(argv=None):
             check = check_graphed_step(lambda: build(True, True)[0],
                                        lambda m, on, x, y: check_loss(m, x, y, cache=not on), (x, y))
         elif a.compare == "kernels":   # defaults against the candidate's settings (graph_check.check_kernel_env)
-            check = check_kernel_env(lambda: build(True, True)[0], check_loss, (x, y), scan_env[cand])
+            check = check_kernel_env(lambda: build(True, True)[0], check_loss, (x, y), scan_env[cand],
+                                     reference_loss_of=fp32_loss)
         elif a.compare == "compile":   # uncompiled against compiled, eager (graph_check.check_candidate_loss)
             check = check_candidate_loss(lambda: build(True, True)[0], check_loss,
                                          lambda m, x, y: compiled_loss(m)(x, y), (x, y), comp,

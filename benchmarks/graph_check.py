@@ -124,11 +124,14 @@ def environ(env: dict, unset=()):
                 os.environ[k] = v
 
 
-def check_kernel_env(make_model, loss_of, inputs, env: dict) -> dict:
+def check_kernel_env(make_model, loss_of, inputs, env: dict, reference_loss_of=None) -> dict:
     """check_candidate_loss for ssm_kernels settings `env` ({"SSM_CROSS_LAYOUT": "transpose"}, ...): the
     defaults with those variables unset, the candidate with them set (forward and backward). The caller's
-    environment is restored afterwards."""
+    environment is restored afterwards. reference_loss_of: as in check_candidate_loss (the step without
+    autocast: which of the two is nearer to it, where their bf16 steps differ by more than the defaults' own
+    noise)."""
     with environ({}, unset=env):
         out = check_candidate_loss(make_model, loss_of, loss_of, inputs,
-                                   " ".join(f"{k}={v}" for k, v in env.items()), lambda: environ(env))
+                                   " ".join(f"{k}={v}" for k, v in env.items()), lambda: environ(env),
+                                   reference_loss_of=reference_loss_of)
     return dict(env=dict(env), **out)

@@ -10,7 +10,7 @@ The step is the trainer's (training/srma/train.py) without its data pipeline: th
 AdamW. It runs eager (a CUDA graph replays as one launch, which the profiler does not split), so the
 whole-step time printed is above the trainer's graphed step; the groups say where the kernels' time goes.
 Each kernel's own (self) device time is counted once, in the first group whose pattern its name holds
-(GROUPS, in order). The scan kernels are named by ssm_kernels (`_scan_fwd_kernel`, `_scan_bwd_kernel`);
+(GROUPS, in order). The scan kernels are named by ssm_kernels (`_scan_fwd_kernel`, `_scan_bwd_kernel`; d_state 1: `_scan1_...`);
 the copies of the transposed SS2D layout (SSM_CROSS_LAYOUT=transpose, the training default) land in
 "copies, casts and layout conversions", so running both layouts says whether the copies eat the scans' gain.
 """
@@ -27,8 +27,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 GROUPS = (  # (group, name fragments, lower case); first match wins
-    ("scan forward", ("_scan_fwd_kernel",)),
-    ("scan backward", ("_scan_bwd_kernel",)),
+    ("scan forward", ("_scan_fwd_kernel", "_scan1_fwd_kernel")),
+    ("scan backward", ("_scan_bwd_kernel", "_scan1_bwd_kernel")),
     ("layer norm", ("layer_norm", "layernorm", "_ln_fwd_kernel", "_ln_bwd_kernel")),  # PyTorch's, ssm_kernels'
     ("copies, casts and layout conversions", ("copy", "nchwtonhwc", "nhwctonchw", "transpose", "permute")),
     # cuBLAS's GEMMs before the convolutions (whose "xmma" would take sm90_xmma_gemm_*); other GEMM names after

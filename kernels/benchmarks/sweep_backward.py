@@ -86,7 +86,8 @@ def tune1_configs():
            (" nw=8", {"SSM_NUM_WARPS": "8"}),
            (" split 4/SM", {"SSM_SEG_BELOW_PER_SM": "inf", "SSM_SEG_PER_SM": "4"}),
            (" bd=1 split 4/SM", {"SSM_BLOCK_D": "1", "SSM_SEG_BELOW_PER_SM": "inf", "SSM_SEG_PER_SM": "4"})]
-    return [("general", {"SSM_CROSS_LAYOUT": "transpose"})] + [(f"scan1{n}", dict(s1, **e)) for n, e in var]
+    return ([("general", {"SSM_SCAN1": "0", "SSM_CROSS_LAYOUT": "transpose"})]
+            + [(f"scan1{n}", dict(s1, **e)) for n, e in var])
 
 
 def n16_layouts():

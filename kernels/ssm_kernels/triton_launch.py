@@ -29,11 +29,13 @@ def _pow2_divisor(n: int, cap: int) -> int:
     return b
 
 
-def _blocks(dim, dpg, N, cross, L):
+def _blocks(dim, dpg, N, cross, L, scan1=False):
     """Block sizes: few channels per program (many programs in flight: the scan over L is serial within
-    one), long tiles along L. Overridable through SSM_BLOCK_D / SSM_BLOCK_L / SSM_NUM_WARPS for tuning."""
+    one), long tiles along L. Overridable through SSM_BLOCK_D / SSM_BLOCK_L / SSM_NUM_WARPS for tuning.
+    The one-wide-state kernels (scan1) take one channel a program (session 29's sweep: at every large SS2D
+    map of the 224 x 224 x 64 step the fastest of 1, 2 and 4)."""
     bn = triton.next_power_of_2(max(N, 1))
-    cap = int(os.environ.get("SSM_BLOCK_D", 0)) or (2 if bn <= 2 else 1)  # from kernels/benchmarks/sweep_scan.py on an H100
+    cap = int(os.environ.get("SSM_BLOCK_D", 0)) or (1 if scan1 else 2 if bn <= 2 else 1)  # general: sweep_scan.py, H100
     bd = min(cap, triton.next_power_of_2(dim)) if cross else _pow2_divisor(dpg, cap)
     bl = int(os.environ.get("SSM_BLOCK_L", 0)) or (1024 if bn <= 2 else (256 if bn <= 4 else 128))
     bl = max(16, min(bl, triton.next_power_of_2(max(L, 1))))
@@ -93,6 +95,14 @@ def bwd_defaults(bn, layout):
 SEG_BELOW_PER_SM = 1
 SEG_PER_SM = 16
 SEG_MIN_TILES = 2
+# The one-wide-state kernels (SSM_SCAN1) split every grid: ~16 programs per SM below one per SM, ~4 above.
+# From the H100 sweep of session 29 (kernels/benchmarks/sweep_backward.py --tune1, docs/BENCHMARKS.md) at one
+# channel a program: stage 0 of the 224 x 224 x 64 step (192 programs a launch) 15.6 -> 10.1 ms forward +
+# backward split in 3; (2, 192, 56, 896) (384) 2.83 -> 2.51 in 2; (2, 32, 32, 12544) (64) 3.11 ms in 33
+# segments, 3.57 in 9.
+SCAN1_SEG_PER_SM = 16
+SCAN1_SEG_PER_SM_FULL = 4
+SCAN1_SEG_BELOW_PER_SM = float("inf")
 
 
 def plan_segments(programs: int, n_chunks: int, sms: int, per_sm: int = SEG_PER_SM,
@@ -108,9 +118,11 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _segments(programs: int, n_chunks: int, device, backward: bool = False) -> tuple[int, int]:
+def _segments(programs: int, n_chunks: int, device, backward: bool = False,
+              scan1: bool = False) -> tuple[int, int]:
     """(n_seg, tiles per segment) for a grid of `programs` (batch x channel blocks x directions); the
-    backward reads SSM_BWD_<name> before SSM_<name>."""
+    backward reads SSM_BWD_<name> before SSM_<name>. scan1: the one-wide-state kernels' policy
+    (SCAN1_SEG_*)."""
     def env(name, default=0):
         v = os.environ.get(f"SSM_BWD_{name}", "") if backward else ""
         return v or os.environ.get(f"SSM_{name}", "") or default
@@ -120,10 +132,14 @@ def _segments(programs: int, n_chunks: int, device, backward: bool = False) -> t
     elif device.type != "cuda":
         n = 1
     else:
-        n = plan_segments(programs, n_chunks, _sm_count(device.index or 0),
-                          per_sm=int(env("SEG_PER_SM")) or SEG_PER_SM,
+        sms = _sm_count(device.index or 0)
+        if scan1:
+            per_sm, below = SCAN1_SEG_PER_SM if programs < sms else SCAN1_SEG_PER_SM_FULL, SCAN1_SEG_BELOW_PER_SM
+        else:
+            per_sm, below = SEG_PER_SM, SEG_BELOW_PER_SM
+        n = plan_segments(programs, n_chunks, sms, per_sm=int(env("SEG_PER_SM")) or per_sm,
                           min_tiles=int(env("SEG_MIN_TILES")) or SEG_MIN_TILES,
-                          below_per_sm=float(env("SEG_BELOW_PER_SM")) or SEG_BELOW_PER_SM)
+                          below_per_sm=float(env("SEG_BELOW_PER_SM")) or below)
     n = max(1, min(n, n_chunks))
     tps = triton.cdiv(n_chunks, n)
     return triton.cdiv(n_chunks, tps), tps
@@ -170,8 +186,10 @@ def _passes(cross, layout):
 
 
 # The one-wide-state kernels (triton_scan1.py) for d_state = 1 read in memory order (the plain scan and the
-# transposed four-direction layout); SSM_SCAN1=0 keeps the general kernels there too, for an A/B.
-SCAN1_DEFAULT = "0"
+# transposed four-direction layout); SSM_SCAN1=0 keeps the general kernels there too, for an A/B. The default
+# since session 29 (H100, CUDA-graphed trainer step, docs/BENCHMARKS.md): 224 x 224 x 64 215.6 -> 163.0 ms,
+# the trainer's 128 x 128 x 48 68.0 -> 55.7 ms; the gradients as near the fp32 step's as before.
+SCAN1_DEFAULT = "1"
 
 
 def use_scan1(N: int, layout: str) -> bool:
@@ -210,10 +228,11 @@ def forward(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save):
     dpg = dim if cross else dim // G
     H, W = hw if cross else (1, L)
     layout = cross_layout(save) if cross else "plain"
-    bd, bn, bl, nw = _blocks(dim, dpg, N, cross, L)
+    scan1 = use_scan1(N, layout)
+    bd, bn, bl, nw = _blocks(dim, dpg, N, cross, L, scan1)
     n_chunks = max(1, triton.cdiv(L, bl))
     sub = _bwd_tile(bl, bn, layout) if save else bl  # the backward's tile: the forward saves the state at each one's start
-    if use_scan1(N, layout):
+    if scan1:
         return _forward1(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save, layout,
                          dpg, bd, bl, nw, sub)
     n_saved = n_chunks * (bl // sub)
@@ -273,7 +292,7 @@ def _forward1(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save
     last = _empty(batch, KP * dim, 1, device=dev, dtype=f32)
     hsave = _empty(batch, KP * dim, 1, n_saved, device=dev, dtype=f32) if save else torch.empty(0, device=dev)
     nblk = triton.cdiv(dim, bd)
-    n_seg, tps = _segments(batch * nblk, n_chunks, dev)
+    n_seg, tps = _segments(batch * nblk, n_chunks, dev, scan1=True)
     hseg = pseg = u
     if n_seg > 1:
         hseg = _empty(batch, KP * dim, 1, n_seg, device=dev, dtype=f32)
@@ -315,7 +334,7 @@ def _backward1(u, delta, A, Bg, Cg, D, z, delta_bias, hsave, dout, softplus, hw,
     nblk = triton.cdiv(dim, bd)
     dev = u.device
     f32 = torch.float32
-    n_seg, tps = _segments(batch * nblk, n_chunks, dev, backward=True)
+    n_seg, tps = _segments(batch * nblk, n_chunks, dev, backward=True, scan1=True)
     du = _empty(batch, dim, L, device=dev, dtype=f32 if cross else u.dtype)
     ddelta = _empty(batch, KP * dim, L, device=dev, dtype=delta.dtype)
     dA = _empty(batch, KP * dim, 1, n_seg, device=dev, dtype=f32)

@@ -508,3 +508,92 @@ def test_kernels_compile_for_hopper(use):
     out = compile_for_hopper(_COMPILE_CHECK, use)
     regs = [int(m) for m in re.findall(r"\((\d+), \d+, \d+, \d+\)", out)]
     assert len(regs) == 10 and all(0 < x <= 255 for x in regs), out
+
+
+# The one-wide-state kernels (triton_scan1.py; SSM_SCAN1, the default for d_state = 1 in memory order) and the
+# general ones, each against the float64 reference: the plain scan (z, D, bias; grouped B and C), the
+# transposed four-direction scan (directions 2 and 3 run REV, each second launch adds to the first's output),
+# split into segments (the carries composed in each direction's order), backward tiles a quarter of the
+# forward's (states saved at each, from the end of the tile when REV), a channel block wider than the last
+# one's channels, and sequences that end inside a tile. A spy checks which kernels ran.
+@pytest.mark.parametrize("scan1", ["0", "1"])
+@pytest.mark.parametrize("case", ["plain", "plain-grouped-segments", "cross", "cross-segments",
+                                  "cross-short-bwd-tiles", "cross-wide-block-segments"])
+def test_one_wide_state_kernels(monkeypatch, scan1, case):
+    from ssm_kernels import triton_launch
+    dev = device_for("triton")
+    monkeypatch.setenv("SSM_SCAN1", scan1)
+    monkeypatch.setenv("SSM_CROSS_LAYOUT", "transpose")
+    monkeypatch.setenv("SSM_BLOCK_L", "64" if "short-bwd-tiles" in case else "16")
+    monkeypatch.setenv("SSM_BWD_BLOCK_L", "16")
+    monkeypatch.setenv("SSM_SEGMENTS", "3" if "segments" in case else "1")
+    if "wide-block" in case:
+        monkeypatch.setenv("SSM_BLOCK_D", "4")
+    seen, real = [], triton_launch.forward
+
+    def spy(*args, save):
+        r = real(*args, save=save)
+        seen.append(bool(r[3].get("scan1")))
+        return r
+    monkeypatch.setattr(triton_launch, "forward", spy)
+    if case.startswith("cross"):
+        x = cross_inputs(2, 6 if "wide-block" in case else 4, 8, 5 if "short" not in case else 9, 1, dev)
+        gr = _grads(lambda t: cross_selective_scan_ref(**t), x, 3)
+        gb = _grads(lambda t: cross_selective_scan(**t, backend="triton"), x, 3)
+        out, ref = cross_selective_scan(**x, backend="triton"), cross_selective_scan_ref(**x)
+        tol = 1e-4
+    else:
+        x = make_inputs(2, 8, 61, 1, 2 if "grouped" in case else None, torch.float32, dev)
+        gr = _grads(lambda t: selective_scan_ref(**t, delta_softplus=True), x, 7)
+        gb = _grads(lambda t: selective_scan_fn(**t, delta_softplus=True, backend="triton"), x, 7)
+        out = selective_scan_fn(**x, delta_softplus=True, backend="triton")
+        ref = selective_scan_ref(**x, delta_softplus=True)
+        tol = GRAD_TOL[torch.float32]
+    assert rel_err(out, ref) < 2e-5
+    for k in gr:
+        assert rel_err(gb[k], gr[k]) < tol, (k, rel_err(gb[k], gr[k]))
+    assert seen and all(s == (scan1 == "1") for s in seen)
+
+
+def test_one_wide_state_choice(monkeypatch):
+    """SSM_SCAN1 picks the kernels for d_state 1 read in memory order only (the strided four-direction layout
+    and wider states keep the general ones); the split policy reproduces the sweep's best measured splits."""
+    from ssm_kernels.triton_launch import (SCAN1_SEG_BELOW_PER_SM, SCAN1_SEG_PER_SM, SCAN1_SEG_PER_SM_FULL,
+                                           plan_segments, use_scan1)
+    monkeypatch.delenv("SSM_SCAN1", raising=False)
+    assert use_scan1(1, "plain") and use_scan1(1, "transpose")
+    assert not use_scan1(1, "strided") and not use_scan1(2, "transpose") and not use_scan1(16, "plain")
+    monkeypatch.setenv("SSM_SCAN1", "0")
+    assert not use_scan1(1, "transpose")
+    monkeypatch.setenv("SSM_SCAN1", "yes")
+    with pytest.raises(ValueError, match="SSM_SCAN1"):
+        use_scan1(1, "plain")
+    full = dict(per_sm=SCAN1_SEG_PER_SM_FULL, below_per_sm=SCAN1_SEG_BELOW_PER_SM)
+    assert plan_segments(192, 392, 132, **full) == 3     # stage 0 of the 224 step: 2 x 96 channels a launch
+    assert plan_segments(384, 49, 132, **full) == 2      # (2, 192, 56, 896)
+    assert plan_segments(64, 392, 132, per_sm=SCAN1_SEG_PER_SM, below_per_sm=SCAN1_SEG_BELOW_PER_SM) == 33
+
+
+_COMPILE_CHECK1 = """
+from ptxas_report import ptxas_info
+from ssm_kernels.triton_scan1 import _scan1_bwd_kernel, _scan1_fwd_kernel
+for cross in (True, False):
+    base = dict(KP=4 if cross else 1, CROSS=cross, HAS_D=True, HAS_Z=not cross, HAS_BIAS=True, SOFTPLUS=True,
+                SEGMENTED=True)
+    for rev in (False, True):
+        for local in (False, True):
+            print("fwd", cross, rev, local, ptxas_info(_scan1_fwd_kernel, dict(base, REV=rev, ACC=rev, SAVE=True,
+                  STORE_LAST=True, LOCAL=local, BLOCK_D=1, BLOCK_L=1024, SUB=512), 4))
+            print("bwd", cross, rev, local, ptxas_info(_scan1_bwd_kernel, dict(base, REV=rev, ACC=rev, LOCAL=local,
+                  BLOCK_D=1, BLOCK_L=512), 4))
+"""
+
+
+def test_one_wide_state_kernels_compile_for_hopper():
+    """At the defaults (one channel, tiles 1024 / 512, 4 warps) every variant compiles for sm_90a without
+    spilling."""
+    import re
+    out = compile_for_hopper(_COMPILE_CHECK1)
+    got = [tuple(int(v) for v in m) for m in re.findall(r"\((\d+), (\d+), (\d+), \d+\)", out)]
+    assert len(got) == 16, out
+    assert all(0 < r <= 255 and st == 0 and ld == 0 for r, st, ld in got), out
