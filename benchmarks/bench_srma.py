@@ -3,6 +3,8 @@ peak GPU memory, a whole 256x256x40 volume through the inference path, and the C
 
     python benchmarks/bench_srma.py --json srma.json          # on the GPU machine
     python benchmarks/bench_srma.py --cpu --threads 2          # CPU forward per patch
+    python benchmarks/bench_srma.py --layouts strided transpose  # GPU: the forward per patch under each
+                                                               # SS2D scan layout (SSM_CROSS_LAYOUT), same run
 
 Weights are random (speed does not depend on them); the published code's figures for comparison are
 in docs/BENCHMARKS.md.
@@ -93,6 +95,41 @@ def gpu(args):
     return res
 
 
+def layouts(args):
+    """The forward per 224 x 224 x 64 patch (inference mode, fp32 and bf16) under each SS2D scan layout of
+    args.layouts, same model and input, timed in alternation (3 rounds, the median of each); outputs compared
+    with the first layout's. The inference default reads "strided" through the general kernels; "transpose"
+    runs the one-wide-state kernels (SSM_SCAN1) on rows of a transposed copy."""
+    import os
+    dev = torch.device("cuda")
+    model = SRMAMamba().to(dev).eval()
+    x = torch.randn(1, 1, 224, 224, 64, device=dev)
+    res = dict(device=torch.cuda.get_device_name(), layouts=args.layouts)
+    first = {}
+    times = {(lay, amp): [] for lay in args.layouts for amp in ("fp32", "bf16")}
+    saved = os.environ.get("SSM_CROSS_LAYOUT")
+    try:
+        with torch.inference_mode():
+            for _ in range(3):
+                for lay in args.layouts:
+                    os.environ["SSM_CROSS_LAYOUT"] = lay
+                    for amp in ("fp32", "bf16"):
+                        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp == "bf16"):
+                            times[(lay, amp)].append(cuda_time(lambda: model(x), reps=10, warmup=3))
+                            y = model(x)[0].float()
+                        first.setdefault(amp, y)
+                        res[f"{lay}_{amp}_rel_diff_vs_{args.layouts[0]}"] = float((y - first[amp]).norm() /
+                                                                                  first[amp].norm())
+    finally:
+        if saved is None:
+            os.environ.pop("SSM_CROSS_LAYOUT", None)
+        else:
+            os.environ["SSM_CROSS_LAYOUT"] = saved
+    for (lay, amp), t in times.items():
+        res[f"fwd_{lay}_{amp}_ms"] = statistics.median(t)
+    return res
+
+
 def cpu(args):
     torch.set_num_threads(args.threads)
     model = SRMAMamba().eval()
@@ -117,9 +154,11 @@ if __name__ == "__main__":
     p.add_argument("--cpu", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--layouts", nargs="+", choices=("strided", "transpose"),
+                   help="only the forward per patch, under each SS2D scan layout")
     p.add_argument("--json")
     a = p.parse_args()
-    r = cpu(a) if a.cpu else gpu(a)
+    r = cpu(a) if a.cpu else layouts(a) if a.layouts else gpu(a)
     for k, v in r.items():
         print(f"{k:<36} {v:.3f}" if isinstance(v, float) else f"{k:<36} {v}")
     if a.json:
