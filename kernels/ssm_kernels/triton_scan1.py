@@ -43,18 +43,12 @@ _UNCLAMP: tl.constexpr = tl.constexpr(1.152921504606847e18) # 2^60
 
 
 @triton.jit
-def _scan1_fwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
-    out_ptr, last_ptr, hsave_ptr, hseg_ptr, pseg_ptr,
-    dim, L, dpg, n_chunks, n_bc_groups, n_dsl, k, kd, n_seg, tps, seg_off, n_saved,
-    KP: tl.constexpr, CROSS: tl.constexpr, REV: tl.constexpr, ACC: tl.constexpr, HAS_D: tl.constexpr,
-    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr,
-    STORE_LAST: tl.constexpr, LOCAL: tl.constexpr, SEGMENTED: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, SUB: tl.constexpr,
-):
-    """Direction k (its parameters A, D, bias and state slots), reading slice kd of delta's n_dsl and group
-    kd of B and C (CROSS), else the channel block's group. LOCAL: segment seg_off + program stores its end
-    state from a zero start and the product of its decays; else segment program(2) does the full work."""
+def _setup(A_ptr, D_ptr, bias_ptr, dim, L, dpg, n_bc_groups, n_dsl, k, kd, seg_off, KP: tl.constexpr,
+           CROSS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr,
+           BLOCK_L: tl.constexpr):
+    """What both kernels take from the program's place in the grid: its segment, channels, their parameters
+    (A, D, bias: zeros where absent) and the row offsets of u-shaped tensors, of delta's slice kd, of B and C
+    (the direction's group when CROSS, else the channel block's), and of the per-channel state buffers."""
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     seg = tl.program_id(2) + seg_off
@@ -67,6 +61,8 @@ def _scan1_fwd_kernel(
     else:
         grp = (pid_d * BLOCK_D) // dpg
     A = tl.load(A_ptr + vch, mask=mask_d, other=0.0).to(tl.float32)
+    Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + vch, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -74,7 +70,26 @@ def _scan1_fwd_kernel(
     row = (pid_b.to(tl.int64) * dim + offs_d[:, None]) * L
     drow = (pid_b.to(tl.int64) * n_dsl * dim + kd * dim + offs_d[:, None]) * L
     bc = (pid_b.to(tl.int64) * n_bc_groups + grp) * L
-    sv = pid_b.to(tl.int64) * KP * dim + vch          # state row of each channel
+    sv = pid_b.to(tl.int64) * KP * dim + vch
+    return seg, offs_d, mask_d, offs_l, A, Dv, bias, row, drow, bc, sv
+
+
+@triton.jit
+def _scan1_fwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    out_ptr, last_ptr, hsave_ptr, hseg_ptr, pseg_ptr,
+    dim, L, dpg, n_chunks, n_bc_groups, n_dsl, k, kd, n_seg, tps, seg_off, n_saved,
+    KP: tl.constexpr, CROSS: tl.constexpr, REV: tl.constexpr, ACC: tl.constexpr, HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr,
+    STORE_LAST: tl.constexpr, LOCAL: tl.constexpr, SEGMENTED: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, SUB: tl.constexpr,
+):
+    """Direction k (its parameters A, D, bias and state slots), reading slice kd of delta's n_dsl and group
+    kd of B and C (CROSS), else the channel block's group. LOCAL: segment seg_off + program stores its end
+    state from a zero start and the product of its decays; else segment program(2) does the full work."""
+    seg, offs_d, mask_d, offs_l, A, Dv, bias, row, drow, bc, sv = _setup(
+        A_ptr, D_ptr, bias_ptr, dim, L, dpg, n_bc_groups, n_dsl, k, kd, seg_off, KP, CROSS, HAS_D, HAS_BIAS,
+        BLOCK_D, BLOCK_L)
     c_lo = seg * tps
     c_hi = tl.minimum(c_lo + tps, n_chunks)
     h = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -164,26 +179,9 @@ def _scan1_bwd_kernel(
     launch of another direction stored) and ddelta in the slices of this launch. LOCAL: segment
     seg_off + program stores its start adjoint from a zero end and the product of the adjoint's decays,
     reading only delta, C, dout (and z). BLOCK_L is the forward's SUB: the saved state slot of tile c is c."""
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    seg = tl.program_id(2) + seg_off
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < dim
-    offs_l = tl.arange(0, BLOCK_L)
-    vch = k * dim + offs_d
-    if CROSS:
-        grp = kd
-    else:
-        grp = (pid_d * BLOCK_D) // dpg
-    A = tl.load(A_ptr + vch, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + vch, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + vch, mask=mask_d, other=0.0).to(tl.float32)
-    row = (pid_b.to(tl.int64) * dim + offs_d[:, None]) * L
-    drow = (pid_b.to(tl.int64) * n_dsl * dim + kd * dim + offs_d[:, None]) * L
-    bc = (pid_b.to(tl.int64) * n_bc_groups + grp) * L
-    sv = pid_b.to(tl.int64) * KP * dim + vch
+    seg, offs_d, mask_d, offs_l, A, Dv, bias, row, drow, bc, sv = _setup(
+        A_ptr, D_ptr, bias_ptr, dim, L, dpg, n_bc_groups, n_dsl, k, kd, seg_off, KP, CROSS, HAS_D, HAS_BIAS,
+        BLOCK_D, BLOCK_L)
     c_lo = seg * tps
     c_hi = tl.minimum(c_lo + tps, n_chunks)
     g = tl.zeros((BLOCK_D,), dtype=tl.float32)
