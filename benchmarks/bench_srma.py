@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -100,7 +101,6 @@ def layouts(args):
     args.layouts, same model and input, timed in alternation (3 rounds, the median of each); outputs compared
     with the first layout's. The inference default reads "strided" through the general kernels; "transpose"
     runs the one-wide-state kernels (SSM_SCAN1) on rows of a transposed copy."""
-    import os
     dev = torch.device("cuda")
     model = SRMAMamba().to(dev).eval()
     x = torch.randn(1, 1, 224, 224, 64, device=dev)

@@ -134,7 +134,8 @@ def _segments(programs: int, n_chunks: int, device, backward: bool = False,
     else:
         sms = _sm_count(device.index or 0)
         if scan1:
-            per_sm, below = SCAN1_SEG_PER_SM if programs < sms else SCAN1_SEG_PER_SM_FULL, SCAN1_SEG_BELOW_PER_SM
+            per_sm = SCAN1_SEG_PER_SM if programs < sms else SCAN1_SEG_PER_SM_FULL
+            below = SCAN1_SEG_BELOW_PER_SM
         else:
             per_sm, below = SEG_PER_SM, SEG_BELOW_PER_SM
         n = plan_segments(programs, n_chunks, sms, per_sm=int(env("SEG_PER_SM")) or per_sm,
@@ -252,9 +253,7 @@ def forward(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save):
     for KD, n_dirs, k_step, k_off, cols, trans in passes:
         uu, dd, BB, CC, oo, hh, ww = u, delta, B, C, out, H, W
         if trans:  # directions 1 and 3: rows of the transposed map
-            uu = _t(u, H, W)
-            dd = _t(delta.view(batch, 4, dim, L)[:, 1::2], H, W).view(batch, 2 * dim, L)
-            BB, CC = _t(B[:, 1::2], H, W), _t(C[:, 1::2], H, W)
+            uu, dd, BB, CC = _transposed_inputs(u, delta, B, C, H, W)
             oo = torch.zeros_like(out)
             hh, ww = W, H
         args = (uu, dd, A, BB, CC, D if D is not None else u, z if z is not None else u,
@@ -418,9 +417,8 @@ def backward(u, delta, A, B, C, D, z, delta_bias, hsave, dout, softplus, hw, met
     for KD, n_dirs, k_step, k_off, cols, trans in passes:
         uu, dd, BB, CC, go, gu, gd, gB, gC, hh, ww = u, delta, Bg, Cg, dout, du, ddelta, dB, dC, H, W
         if trans:  # directions 1 and 3 as rows of the transposed map; their gradients transposed back below
-            uu, go = _t(u, H, W), _t(dout, H, W)
-            dd = _t(delta.view(batch, 4, dim, L)[:, 1::2], H, W).view(batch, 2 * dim, L)
-            BB, CC = _t(Bg[:, 1::2], H, W), _t(Cg[:, 1::2], H, W)
+            uu, dd, BB, CC = _transposed_inputs(u, delta, Bg, Cg, H, W)
+            go = _t(dout, H, W)
             gu = torch.zeros_like(du)
             gd = _empty(batch, 2 * dim, L, device=dev, dtype=delta.dtype)
             gB, gC = torch.zeros_like(BB, dtype=f32), torch.zeros_like(CC, dtype=f32)

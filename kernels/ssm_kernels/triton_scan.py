@@ -36,6 +36,9 @@ import triton.language as tl
 RELOAD: tl.constexpr = tl.constexpr(0)
 DIVIDE: tl.constexpr = tl.constexpr(1)
 SHIFTS = {"reload": RELOAD.value, "divide": DIVIDE.value}
+# the divide shift's clamp: the smallest decay it divides by (2^-60), and its reciprocal
+DIVIDE_CLAMP: tl.constexpr = tl.constexpr(8.673617379884035e-19)
+DIVIDE_UNCLAMP: tl.constexpr = tl.constexpr(1.152921504606847e18)
 
 
 @triton.jit
@@ -275,7 +278,7 @@ def _scan_bwd_kernel(
                 g = tl.sum(tl.where(first_l, gs, 0.0), axis=2)
                 step = tl.sum(tl.where(first_l, ga, 0.0), axis=2)
             else:  # DIVIDE: y_t = a_t g_t on the unshifted decays, then g_t = y_t / a_t
-                ac = tl.maximum(dA, 8.673617379884035e-19)  # 2^-60
+                ac = tl.maximum(dA, DIVIDE_CLAMP)
                 ga, gb = tl.associative_scan((ac, ac * cb), 2, _combine, reverse=True)
                 ys = ga * g[:, :, None] + gb
                 g = tl.sum(tl.where(first_l, ys, 0.0), axis=2)

@@ -36,10 +36,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_scan import _combine, _softplus
-
-_CLAMP: tl.constexpr = tl.constexpr(8.673617379884035e-19)  # 2^-60: the smallest decay the divide shift divides by
-_UNCLAMP: tl.constexpr = tl.constexpr(1.152921504606847e18) # 2^60
+from .triton_scan import DIVIDE_CLAMP, DIVIDE_UNCLAMP, _combine, _softplus
 
 
 @triton.jit
@@ -72,6 +69,20 @@ def _setup(A_ptr, D_ptr, bias_ptr, dim, L, dpg, n_bc_groups, n_dsl, k, kd, seg_o
     bc = (pid_b.to(tl.int64) * n_bc_groups + grp) * L
     sv = pid_b.to(tl.int64) * KP * dim + vch
     return seg, offs_d, mask_d, offs_l, A, Dv, bias, row, drow, bc, sv
+
+
+@triton.jit
+def _step(delta, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """A tile of delta (channels, steps) in float32 with its channels' bias added, and the step taken from it
+    (softplus of it where asked)."""
+    dt_raw = delta.to(tl.float32)
+    if HAS_BIAS:
+        dt_raw = dt_raw + bias[:, None]
+    if SOFTPLUS:
+        dt = _softplus(dt_raw)
+    else:
+        dt = dt_raw
+    return dt_raw, dt
 
 
 @triton.jit
@@ -117,11 +128,7 @@ def _scan1_fwd_kernel(
         mask_t = t < L
         m2 = mask_d[:, None] & mask_t[None, :]
         u = tl.load(u_ptr + row + t[None, :], mask=m2, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + drow + t[None, :], mask=m2, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt = dt + bias[:, None]
-        if SOFTPLUS:
-            dt = _softplus(dt)
+        _, dt = _step(tl.load(delta_ptr + drow + t[None, :], mask=m2, other=0.0), bias, HAS_BIAS, SOFTPLUS)
         Bv = tl.load(B_ptr + bc + t, mask=mask_t, other=0.0).to(tl.float32)
         dA = tl.where(m2, tl.exp(dt * A[:, None]), 1.0)
         bx = tl.where(m2, dt * u * Bv[None, :], 0.0)
@@ -211,13 +218,7 @@ def _scan1_bwd_kernel(
         t = c * BLOCK_L + offs_l
         mask_t = t < L
         m2 = mask_d[:, None] & mask_t[None, :]
-        dt_raw = tl.load(delta_ptr + drow + t[None, :], mask=m2, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt_raw = dt_raw + bias[:, None]
-        if SOFTPLUS:
-            dt = _softplus(dt_raw)
-        else:
-            dt = dt_raw
+        dt_raw, dt = _step(tl.load(delta_ptr + drow + t[None, :], mask=m2, other=0.0), bias, HAS_BIAS, SOFTPLUS)
         dA = tl.where(m2, tl.exp(dt * A[:, None]), 1.0)
         Cv = tl.load(C_ptr + bc + t, mask=mask_t, other=0.0).to(tl.float32)
         dout = tl.load(dout_ptr + row + t[None, :], mask=m2, other=0.0).to(tl.float32)
@@ -228,14 +229,14 @@ def _scan1_bwd_kernel(
         else:
             dy = dout
         # y_t = a_t (C_t dy_t + y_next) against the direction, then g_t = y_t / a_t
-        ac = tl.maximum(dA, _CLAMP)
+        ac = tl.maximum(dA, DIVIDE_CLAMP)
         ga, gb = tl.associative_scan((ac, ac * (dy * Cv[None, :])), 1, _combine, reverse=not REV)
         ys = ga * g[:, None] + gb
         g = tl.sum(tl.where(gend[None, :], ys, 0.0), axis=1)
         if LOCAL:
             prod = prod * tl.sum(tl.where(gend[None, :], ga, 0.0), axis=1)
         else:
-            gs = tl.where(m2, ys * tl.minimum(tl.exp(-dt * A[:, None]), _UNCLAMP), 0.0)
+            gs = tl.where(m2, ys * tl.minimum(tl.exp(-dt * A[:, None]), DIVIDE_UNCLAMP), 0.0)
             u = tl.load(u_ptr + row + t[None, :], mask=m2, other=0.0).to(tl.float32)
             Bv = tl.load(B_ptr + bc + t, mask=mask_t, other=0.0).to(tl.float32)
             h0 = tl.load(hsave_ptr + sv * n_saved + c, mask=mask_d, other=0.0)
