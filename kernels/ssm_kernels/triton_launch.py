@@ -411,15 +411,22 @@ def _backward1(u, delta, A, Bg, Cg, D, z, delta_bias, hsave, dout, softplus, hw,
         duT = _empty(batch, dim, L, device=dev, dtype=f32)
         gdT = _empty(batch, 2 * dim, L, device=dev, dtype=delta.dtype)
         gBT, gCT = torch.zeros_like(BT, dtype=f32), torch.zeros_like(CT, dtype=f32)
-    for k, kd, rev, acc, mode in _passes1(cross, cols):
+    passes = _passes1(cross, cols)
+    du_final = du
+    if cols and u.dtype != f32:  # the last launch stores the sum of all four in x's dtype
+        du_final = _empty(batch, dim, L, device=dev, dtype=u.dtype)
+    for i, (k, kd, rev, acc, mode) in enumerate(passes):
         _, btile, hp, n_chunks, n_seg, tps = plan[mode]
         if mode == "trans":
             uu, dd, BB, CC, go, gu, gd, gB, gC = uT, dT, BT, CT, doutT, duT, gdT, gBT, gCT
         else:
             uu, dd, BB, CC, go, gu, gd, gB, gC = u, delta, Bg, Cg, dout, du, ddelta, dB, dC
+        gres = gu
+        if i == len(passes) - 1 and mode == "cols":
+            gu = du_final
         args = (uu, dd, A, BB, CC, D if D is not None else du, z if z is not None else du,
                 delta_bias if delta_bias is not None else du, go, hsave,
-                gu, gd, dA, gB, gC, dD if dD is not None else du, dz if dz is not None else du,
+                gu, gres, gd, dA, gB, gC, dD if dD is not None else du, dz if dz is not None else du,
                 dbias if dbias is not None else du, gseg, pseg,
                 dim, L, H, W, dpg, n_chunks, BB.shape[1], dd.shape[1] // dim, k, kd, n_seg, seg_stride, tps)
         flags = dict(KP=KP, CROSS=cross, REV=rev, ACC=acc,
@@ -434,7 +441,7 @@ def _backward1(u, delta, A, Bg, Cg, D, z, delta_bias, hsave, dout, softplus, hw,
         _t_back(gdT.view(batch, 2, dim, L), ddelta.view(batch, 4, dim, L)[:, 1::2], H, W, accumulate=False)
         _t_back(gBT, dB[:, 1::2], H, W, accumulate=False)
         _t_back(gCT, dC[:, 1::2], H, W, accumulate=False)
-    return du, ddelta, dA, dB, dC, dD, dz, dbias
+    return du_final, ddelta, dA, dB, dC, dD, dz, dbias
 
 
 def backward(u, delta, A, B, C, D, z, delta_bias, hsave, dout, softplus, hw, meta):

@@ -249,7 +249,7 @@ def _scan1_fwd_kernel(
 @triton.jit
 def _scan1_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, hsave_ptr,
-    du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr, gseg_ptr, pseg_ptr,
+    du_ptr, dures_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr, gseg_ptr, pseg_ptr,
     dim, L, HH, WW, dpg, n_chunks, n_bc_groups, n_dsl, k, kd, n_seg, seg_stride, tps, seg_off, n_saved,
     KP: tl.constexpr, CROSS: tl.constexpr, REV: tl.constexpr, ACC: tl.constexpr, COLS: tl.constexpr,
     HP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -257,8 +257,8 @@ def _scan1_bwd_kernel(
     SEGMENTED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """The adjoint runs against the direction: from the end of memory to its start unless REV. dA, dD and
-    dbias are stored per (batch, channel, segment) and summed on the host; du (ACC: added to what the
-    launch of another direction stored) and ddelta in the slices of this launch. LOCAL: segment
+    dbias are stored per (batch, channel, segment) and summed on the host; du (ACC: added to dures, what the
+    launches of other directions stored, as the forward's out to res) and ddelta in the slices of this launch. LOCAL: segment
     seg_off + program stores its start adjoint from a zero end and the product of the adjoint's decays,
     reading only delta, C, dout (and z). BLOCK_L is the forward's SUB: the saved state slot of tile c is c."""
     seg, offs_d, mask_d, offs_l, A, Dv, bias, row, drow, bc, sv = _setup(
@@ -338,7 +338,7 @@ def _scan1_bwd_kernel(
             dbias_acc += ddt
             _st(ddelta_ptr, drow, off, msk, mask_d, ddt, COLS, BLOCK_D, HP, BLOCK_L)
             if ACC:
-                duv += _ld(du_ptr, row, off, msk, mask_d, COLS, BLOCK_D, BLOCK_L).to(tl.float32)
+                duv += _ld(dures_ptr, row, off, msk, mask_d, COLS, BLOCK_D, BLOCK_L).to(tl.float32)
             _st(du_ptr, row, off, msk, mask_d, duv, COLS, BLOCK_D, HP, BLOCK_L)
             # B and C are shared by the channels of a group: this block's share, added in (zeroed) float32
             _addv(dB_ptr + bc, off, msk, tl.sum(gs * dtu, axis=0), COLS, HP, BLOCK_L)
