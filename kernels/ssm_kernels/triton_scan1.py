@@ -257,8 +257,9 @@ def _scan1_bwd_kernel(
     SEGMENTED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """The adjoint runs against the direction: from the end of memory to its start unless REV. dA, dD and
-    dbias are stored per (batch, channel, segment) and summed on the host; du (ACC: added to dures, what the
-    launches of other directions stored, as the forward's out to res) and ddelta in the slices of this launch. LOCAL: segment
+    dbias are stored per (batch, channel, segment) and summed on the host; du (ACC: dures, what the launches
+    of other directions stored, plus this one's share; du may be dures itself) and ddelta in the slices of
+    this launch. LOCAL: segment
     seg_off + program stores its start adjoint from a zero end and the product of the adjoint's decays,
     reading only delta, C, dout (and z). BLOCK_L is the forward's SUB: the saved state slot of tile c is c."""
     seg, offs_d, mask_d, offs_l, A, Dv, bias, row, drow, bc, sv = _setup(
