@@ -310,11 +310,14 @@ def forward(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save):
     return out, last, hsave, meta
 
 
-def _plan1(L, H, W, bl, sub, cross, programs, dev, backward):
+def _plan1(L, H, W, bl, sub, cross, programs, dev, cols):
     """Each launch's tiling of the one-wide-state scan: {mode: (tile, backward tile, HP, tiles, segments,
-    tiles a segment)}, the saved-state slots and the segment slots a channel (the largest of the modes'),
-    and the column plan (None: the transposed copies)."""
-    cols = _cols_tiles(H, bl, sub) if cross else None
+    tiles a segment)}, the saved-state slots and the segment slots a channel (the largest of the modes').
+    cols: the column plan (_cols_tiles; None: the transposed copies); "fwd": take it from the environment
+    for a forward, else the forward's (a backward: its tiles are counted)."""
+    backward = cols != "fwd"
+    if not backward:
+        cols = _cols_tiles(H, bl, sub) if cross else None
     modes = {"rows": (bl, sub, 1, L)}   # (tile, backward tile, HP, the length the tiles cover)
     if cross:
         if cols:
@@ -343,7 +346,7 @@ def _forward1(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save
     dev = u.device
     f32 = torch.float32
     nblk = triton.cdiv(dim, bd)
-    plan, n_saved, seg_stride, cols = _plan1(L, H, W, bl, sub, cross, batch * nblk, dev, backward=False)
+    plan, n_saved, seg_stride, cols = _plan1(L, H, W, bl, sub, cross, batch * nblk, dev, "fwd")
     out = _empty(batch, dim, L, device=dev, dtype=f32 if cross else out_dtype)
     last = _empty(batch, KP * dim, 1, device=dev, dtype=f32)
     hsave = _empty(batch, KP * dim, 1, n_saved, device=dev, dtype=f32) if save else torch.empty(0, device=dev)
@@ -372,8 +375,8 @@ def _forward1(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save
         _t_back(outT, out, H, W, accumulate=True)
     if out.dtype != out_dtype:
         out = out.to(out_dtype)
-    meta = dict(bd=bd, bn=1, bl=bl, nw=nw, G=B.shape[1], grouped_input=True, sub=sub, n_saved=n_saved,
-                layout=layout, scan1=True, cols=cols)
+    meta = dict(bd=bd, bn=1, bl=bl, nw=nw, n_chunks=plan["rows"][3], n_seg=plan["rows"][4], G=B.shape[1],
+                grouped_input=True, sub=sub, n_saved=n_saved, layout=layout, scan1=True, cols=cols)
     return out, last, hsave, meta
 
 
@@ -390,8 +393,7 @@ def _backward1(u, delta, A, Bg, Cg, D, z, delta_bias, hsave, dout, softplus, hw,
     dev = u.device
     f32 = torch.float32
     plan, n_saved, seg_stride, cols = _plan1(L, H, W, meta["bl"], meta["sub"], cross, batch * nblk, dev,
-                                             backward=True)
-    assert n_saved == meta["n_saved"] and cols == meta["cols"], "the forward saved other tiles"
+                                             meta["cols"])
     du = _empty(batch, dim, L, device=dev, dtype=f32 if cross else u.dtype)
     ddelta = _empty(batch, KP * dim, L, device=dev, dtype=delta.dtype)
     # per segment, summed on the host; zeros where a mode has fewer segments than the slots
