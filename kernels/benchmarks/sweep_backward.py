@@ -12,8 +12,7 @@ is checked against the first (today's default) for output and all gradients.
 --quick: fp32 only and the shift x block grid without the N = 16 forward layouts (those run in fp32).
 --tune: the SS2D maps of the 224 x 224 x 64 step (both of each stage's planes) in the step's bfloat16,
 through the layout training uses (transposed), under launch settings of both passes (channel block, warps,
-tile, the backward's split) instead of the shift grid; --tune1 the same maps through the one-wide-state
-kernels; --cols the same maps with directions 1 and 3 read in place by column tiles against the copies:
+tile, the backward's split) instead of the shift grid:
 
     cd kernels/benchmarks && PYTHONPATH=..:. python sweep_backward.py --tune --json tune.json
 """
@@ -91,19 +90,6 @@ def tune1_configs():
             + [(f"scan1{n}", dict(s1, **e)) for n, e in var])
 
 
-def cols_configs():
-    """The one-wide-state kernels with directions 1 and 3 read through transposed copies (the training
-    default until session 30) first, then read in place by column tiles (SSM_SCAN1_COLS) under their tile
-    width and warps, and the strided general kernels (the inference default: its forward column)."""
-    s1 = {"SSM_SCAN1": "1", "SSM_CROSS_LAYOUT": "transpose"}
-    var = [("", {}), (" nw=4", {"SSM_COLS_NUM_WARPS": "4"}), (" nw=16", {"SSM_COLS_NUM_WARPS": "16"}),
-           (" bw=4", {"SSM_COLS_MIN_BW": "4"}), (" bw=16", {"SSM_COLS_MIN_BW": "16"}),
-           (" bw=16 nw=16", {"SSM_COLS_MIN_BW": "16", "SSM_COLS_NUM_WARPS": "16"})]
-    return ([("copies", dict(s1, SSM_SCAN1_COLS="0"))] + [(f"cols{n}", dict(s1, SSM_SCAN1_COLS="1", **e))
-                                                          for n, e in var]
-            + [("strided general", {"SSM_CROSS_LAYOUT": "strided"})])
-
-
 def n16_layouts():
     """Forward channel block x tile at N = 16 (today: 1 channel x 128 steps), backward on the same tiles."""
     out = []
@@ -120,7 +106,6 @@ def main():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--tune", action="store_true", help="the launch-settings sweep of the 224 step's SS2D maps, bf16")
     p.add_argument("--tune1", action="store_true", help="--tune's maps: the one-wide-state kernels against the general ones")
-    p.add_argument("--cols", action="store_true", help="--tune's maps: column tiles against transposed copies")
     p.add_argument("--only", choices=("ss2d", "n1", "n16"), action="append",
                    help="a part of the sweep (repeatable; default all): the four-direction scans of SRMA-Mamba, "
                         "the plain N = 1 shapes, the N = 16 shapes")
@@ -129,13 +114,12 @@ def main():
     print(f"device {torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).multi_processor_count} SMs")
     print(f"{'case':<40}{'config':<28}{'fwd ms':>9}{'f+b ms':>10}{'fwd x':>8}{'f+b x':>8}{'max diff':>10}")
     rows = []
-    pick = cols_configs if a.cols else tune1_configs if a.tune1 else tune_configs
-    if a.tune or a.tune1 or a.cols:
+    if a.tune or a.tune1:
         for shape in CROSS224:
             x = {k: (v.to(torch.bfloat16) if k in ("x", "delta", "B", "C") else v)
                  for k, v in cross_inputs(*shape).items()}
             run_case(f"SS2D {shape} bfloat16", lambda t: cross_selective_scan(**t, backend="triton"), x, rows,
-                     pick())
+                     tune1_configs() if a.tune1 else tune_configs())
             del x
             torch.cuda.empty_cache()
         parts = []
@@ -169,7 +153,7 @@ def main():
     suggest = best_overall(rows, "SS2D")
     if suggest:
         name, gm, n = suggest
-        env = dict(pick() if a.tune or a.tune1 or a.cols else backward_configs(1))[name]
+        env = dict(tune1_configs() if a.tune1 else tune_configs() if a.tune else backward_configs(1))[name]
         print(f"\nbest over the {n} SS2D cases (geometric mean of fwd+bwd speed-ups {gm:.2f}x): {name}\n"
               f"KERNEL_ENV {' '.join(f'{k}={v}' for k, v in env.items())}")
     if a.json:

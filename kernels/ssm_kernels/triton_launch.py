@@ -201,48 +201,14 @@ def use_scan1(N: int, layout: str) -> bool:
     return flag == "1" and N == 1 and layout in ("plain", "transpose")
 
 
-# Directions 1 and 3 of the four-direction scan read the map in place, a tile of whole columns at a time
-# (triton_scan1's COLS: an (HP, BW) block read along its rows, reordered on chip), where a column fits a tile:
-# no transposed copies of x, delta, B, C, the output and the gradients. SSM_SCAN1_COLS=0 keeps the copies
-# (for an A/B). A column tile spans at least COLS_MIN_BW columns (SSM_COLS_MIN_BW): 16 bytes of a bf16 row.
-# Off by default until timed on a GPU (tested against float64 under the interpreter; compiled for sm_90a).
-SCAN1_COLS_DEFAULT = "0"
-COLS_MIN_BW = 8
-COLS_MAX_HP = 512
-
-
-def _cols_tiles(H: int, bl: int, sub: int):
-    """(HP, forward tile, backward tile) of the column-tile passes over an (H, W) map, or None where the
-    transposed copies are used instead (SSM_SCAN1_COLS=0, or columns longer than COLS_MAX_HP)."""
-    flag = os.environ.get("SSM_SCAN1_COLS", "") or SCAN1_COLS_DEFAULT
-    if flag not in ("0", "1"):
-        raise ValueError(f"SSM_SCAN1_COLS={flag!r}: choose 0 or 1")
-    hp = triton.next_power_of_2(max(H, 1))
-    if flag == "0" or hp > COLS_MAX_HP:
-        return None
-    min_bw = _env_int("SSM_COLS_MIN_BW", COLS_MIN_BW)
-    sub_c = max(sub, hp * min_bw)
-    return hp, max(bl, sub_c), sub_c
-
-
-def _cols_warps(nw: int, tile: int) -> int:
-    """Warps of a column-tile launch: SSM_COLS_NUM_WARPS, else enough that a thread holds at most 4 steps of
-    the tile (the reordering between the loaded and the scanned layouts costs registers: compiled for
-    sm_90a at HP 128, a 1024-step tile takes 147 registers in the backward at 8 warps, 255 at 4)."""
-    return _env_int("SSM_COLS_NUM_WARPS", max(nw, tile // 128))
-
-
-def _passes1(cross, cols):
+def _passes1(cross):
     """The launches of the one-wide-state kernels: (direction k, its slice kd of delta / B / C, REV, ACC,
-    how it reads: "rows" (memory order), "cols" (column tiles in place) or "trans" (rows of the transposed
-    copy, which holds directions 1 and 3 only)) each. Every launch after the first on an output adds to it."""
+    on the transposed copy?) each. Directions 0 and 2 on the map, 1 and 3 on its transposed copy; the
+    second launch on each output adds to the first's."""
     if not cross:
-        return [(0, 0, False, False, "rows")]
-    if cols:
-        return [(0, 0, False, False, "rows"), (2, 2, True, True, "rows"), (1, 1, False, True, "cols"),
-                (3, 3, True, True, "cols")]
-    return [(0, 0, False, False, "rows"), (2, 2, True, True, "rows"), (1, 0, False, False, "trans"),
-            (3, 1, True, True, "trans")]
+        return [(0, 0, False, False, False)]
+    return [(0, 0, False, False, False), (2, 2, True, True, False), (1, 0, False, False, True),
+            (3, 1, True, True, True)]
 
 
 def _transposed_inputs(u, delta, B, C, H, W):
@@ -310,32 +276,6 @@ def forward(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save):
     return out, last, hsave, meta
 
 
-def _plan1(L, H, W, bl, sub, cross, programs, dev, cols):
-    """Each launch's tiling of the one-wide-state scan: {mode: (tile, backward tile, HP, tiles, segments,
-    tiles a segment)}, the saved-state slots and the segment slots a channel (the largest of the modes').
-    cols: the column plan (_cols_tiles; None: the transposed copies); "fwd": take it from the environment
-    for a forward, else the forward's (a backward: its tiles are counted)."""
-    backward = cols != "fwd"
-    if not backward:
-        cols = _cols_tiles(H, bl, sub) if cross else None
-    modes = {"rows": (bl, sub, 1, L)}   # (tile, backward tile, HP, the length the tiles cover)
-    if cross:
-        if cols:
-            hp, bl_c, sub_c = cols
-            modes["cols"] = (bl_c, sub_c, hp, W * hp)
-        else:
-            modes["trans"] = modes["rows"]
-    plan, n_saved = {}, 1
-    for mode, (tile, btile, hp, span) in modes.items():
-        n_fwd = max(1, triton.cdiv(span, tile))
-        n_saved = max(n_saved, n_fwd * (tile // btile))   # the forward saves a state at every backward tile
-        n_chunks = max(1, triton.cdiv(span, btile)) if backward else n_fwd
-        n_seg, tps = _segments(programs, n_chunks, dev, backward=backward, scan1=True)
-        plan[mode] = (tile, btile, hp, n_chunks, n_seg, tps)
-    seg_stride = max(p[4] for p in plan.values())
-    return plan, n_saved, seg_stride, cols
-
-
 def _forward1(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save, layout, dpg, bd, bl, nw, sub):
     """forward() through the one-wide-state kernels (B and C grouped: (batch, G, 1, L))."""
     from .triton_scan1 import _scan1_fwd_kernel
@@ -343,40 +283,39 @@ def _forward1(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save
     cross = hw is not None
     KP = 4 if cross else 1
     H, W = hw if cross else (1, L)
+    n_chunks = max(1, triton.cdiv(L, bl))
+    n_saved = n_chunks * (bl // sub)
     dev = u.device
     f32 = torch.float32
-    nblk = triton.cdiv(dim, bd)
-    plan, n_saved, seg_stride, cols = _plan1(L, H, W, bl, sub, cross, batch * nblk, dev, "fwd")
     out = _empty(batch, dim, L, device=dev, dtype=f32 if cross else out_dtype)
     last = _empty(batch, KP * dim, 1, device=dev, dtype=f32)
     hsave = _empty(batch, KP * dim, 1, n_saved, device=dev, dtype=f32) if save else torch.empty(0, device=dev)
+    nblk = triton.cdiv(dim, bd)
+    n_seg, tps = _segments(batch * nblk, n_chunks, dev, scan1=True)
     hseg = pseg = u
-    if seg_stride > 1:
-        hseg = _empty(batch, KP * dim, 1, seg_stride, device=dev, dtype=f32)
-        pseg = _empty(batch, KP * dim, 1, seg_stride, device=dev, dtype=f32)
-    if cross and not cols:
+    if n_seg > 1:
+        hseg = _empty(batch, KP * dim, 1, n_seg, device=dev, dtype=f32)
+        pseg = _empty(batch, KP * dim, 1, n_seg, device=dev, dtype=f32)
+    if cross:
         uT, dT, BT, CT = _transposed_inputs(u, delta, B, C, H, W)
         outT = _empty(batch, dim, L, device=dev, dtype=f32)
-    for k, kd, rev, acc, mode in _passes1(cross, cols):
-        tile, btile, hp, n_chunks, n_seg, tps = plan[mode]
-        uu, dd, BB, CC, oo = (uT, dT, BT, CT, outT) if mode == "trans" else (u, delta, B, C, out)
+    for k, kd, rev, acc, trans in _passes1(cross):
+        uu, dd, BB, CC, oo = (uT, dT, BT, CT, outT) if trans else (u, delta, B, C, out)
         args = (uu, dd, A, BB, CC, D if D is not None else u, z if z is not None else u,
                 delta_bias if delta_bias is not None else u, oo, last, hsave, hseg, pseg,
-                dim, L, H, W, dpg, n_chunks, BB.shape[1], dd.shape[1] // dim, k, kd, n_seg, seg_stride, tps)
-        flags = dict(KP=KP, CROSS=cross, REV=rev, ACC=acc,
-                     COLS=mode == "cols", HP=hp, HAS_D=D is not None, HAS_Z=z is not None,
+                dim, L, dpg, n_chunks, BB.shape[1], dd.shape[1] // dim, k, kd, n_seg, tps)
+        flags = dict(KP=KP, CROSS=cross, REV=rev, ACC=acc, HAS_D=D is not None, HAS_Z=z is not None,
                      HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, SAVE=save, STORE_LAST=True,
-                     SEGMENTED=n_seg > 1, BLOCK_D=bd, BLOCK_L=tile, SUB=btile,
-                     num_warps=_cols_warps(nw, tile) if mode == "cols" else nw)
+                     SEGMENTED=n_seg > 1, BLOCK_D=bd, BLOCK_L=bl, SUB=sub, num_warps=nw)
         if n_seg > 1:  # the segments whose end states later ones start from: all but the direction's last
             _scan1_fwd_kernel[(batch, nblk, n_seg - 1)](*args, 1 if rev else 0, n_saved, LOCAL=True, **flags)
         _scan1_fwd_kernel[(batch, nblk, n_seg)](*args, 0, n_saved, LOCAL=False, **flags)
-    if cross and not cols:
+    if cross:
         _t_back(outT, out, H, W, accumulate=True)
     if out.dtype != out_dtype:
         out = out.to(out_dtype)
-    meta = dict(bd=bd, bn=1, bl=bl, nw=nw, n_chunks=plan["rows"][3], n_seg=plan["rows"][4], G=B.shape[1],
-                grouped_input=True, sub=sub, n_saved=n_saved, layout=layout, scan1=True, cols=cols)
+    meta = dict(bd=bd, bn=1, bl=bl, nw=nw, n_chunks=n_chunks, n_seg=n_seg, G=B.shape[1], grouped_input=True,
+                sub=sub, n_saved=n_saved, layout=layout, scan1=True)
     return out, last, hsave, meta
 
 
@@ -388,62 +327,53 @@ def _backward1(u, delta, A, Bg, Cg, D, z, delta_bias, hsave, dout, softplus, hw,
     cross = hw is not None
     KP = 4 if cross else 1
     H, W = hw if cross else (1, L)
+    bl, n_saved = meta["sub"], meta["n_saved"]
+    n_chunks = max(1, triton.cdiv(L, bl))
     bd, nw, _ = _bwd_blocks(dim, dpg, meta["layout"], meta)
     nblk = triton.cdiv(dim, bd)
     dev = u.device
     f32 = torch.float32
-    plan, n_saved, seg_stride, cols = _plan1(L, H, W, meta["bl"], meta["sub"], cross, batch * nblk, dev,
-                                             meta["cols"])
+    n_seg, tps = _segments(batch * nblk, n_chunks, dev, backward=True, scan1=True)
     du = _empty(batch, dim, L, device=dev, dtype=f32 if cross else u.dtype)
     ddelta = _empty(batch, KP * dim, L, device=dev, dtype=delta.dtype)
-    # per segment, summed on the host; zeros where a mode has fewer segments than the slots
-    dA = torch.zeros(batch, KP * dim, 1, seg_stride, device=dev, dtype=f32)
+    dA = _empty(batch, KP * dim, 1, n_seg, device=dev, dtype=f32)
     dB = torch.zeros(Bg.shape, device=dev, dtype=f32)  # summed over channel blocks with atomics
     dC = torch.zeros(Cg.shape, device=dev, dtype=f32)
-    dD = torch.zeros(batch, KP * dim, seg_stride, device=dev, dtype=f32) if D is not None else None
+    dD = _empty(batch, KP * dim, n_seg, device=dev, dtype=f32) if D is not None else None
     dz = _empty(batch, dim, L, device=dev, dtype=z.dtype) if z is not None else None
-    dbias = torch.zeros(batch, KP * dim, seg_stride, device=dev, dtype=f32) if delta_bias is not None else None
+    dbias = _empty(batch, KP * dim, n_seg, device=dev, dtype=f32) if delta_bias is not None else None
     gseg = pseg = du
-    if seg_stride > 1:
-        gseg = _empty(batch, KP * dim, 1, seg_stride, device=dev, dtype=f32)
-        pseg = _empty(batch, KP * dim, 1, seg_stride, device=dev, dtype=f32)
-    if cross and not cols:
+    if n_seg > 1:
+        gseg = _empty(batch, KP * dim, 1, n_seg, device=dev, dtype=f32)
+        pseg = _empty(batch, KP * dim, 1, n_seg, device=dev, dtype=f32)
+    if cross:
         uT, dT, BT, CT = _transposed_inputs(u, delta, Bg, Cg, H, W)
         doutT = _t(dout, H, W)
         duT = _empty(batch, dim, L, device=dev, dtype=f32)
         gdT = _empty(batch, 2 * dim, L, device=dev, dtype=delta.dtype)
         gBT, gCT = torch.zeros_like(BT, dtype=f32), torch.zeros_like(CT, dtype=f32)
-    passes = _passes1(cross, cols)
-    du_final = du
-    if cols and u.dtype != f32:  # the last launch stores the sum of all four in x's dtype
-        du_final = _empty(batch, dim, L, device=dev, dtype=u.dtype)
-    for i, (k, kd, rev, acc, mode) in enumerate(passes):
-        _, btile, hp, n_chunks, n_seg, tps = plan[mode]
-        if mode == "trans":
+    for k, kd, rev, acc, trans in _passes1(cross):
+        if trans:
             uu, dd, BB, CC, go, gu, gd, gB, gC = uT, dT, BT, CT, doutT, duT, gdT, gBT, gCT
         else:
             uu, dd, BB, CC, go, gu, gd, gB, gC = u, delta, Bg, Cg, dout, du, ddelta, dB, dC
-        gres = gu
-        if i == len(passes) - 1 and mode == "cols":
-            gu = du_final
         args = (uu, dd, A, BB, CC, D if D is not None else du, z if z is not None else du,
                 delta_bias if delta_bias is not None else du, go, hsave,
-                gu, gres, gd, dA, gB, gC, dD if dD is not None else du, dz if dz is not None else du,
+                gu, gd, dA, gB, gC, dD if dD is not None else du, dz if dz is not None else du,
                 dbias if dbias is not None else du, gseg, pseg,
-                dim, L, H, W, dpg, n_chunks, BB.shape[1], dd.shape[1] // dim, k, kd, n_seg, seg_stride, tps)
-        flags = dict(KP=KP, CROSS=cross, REV=rev, ACC=acc,
-                     COLS=mode == "cols", HP=hp, HAS_D=D is not None, HAS_Z=z is not None,
+                dim, L, dpg, n_chunks, BB.shape[1], dd.shape[1] // dim, k, kd, n_seg, tps)
+        flags = dict(KP=KP, CROSS=cross, REV=rev, ACC=acc, HAS_D=D is not None, HAS_Z=z is not None,
                      HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, SEGMENTED=n_seg > 1, BLOCK_D=bd,
-                     BLOCK_L=btile, num_warps=_cols_warps(nw, btile) if mode == "cols" else nw)
+                     BLOCK_L=bl, num_warps=nw)
         if n_seg > 1:  # the segments whose start adjoints earlier ones need: all but the direction's first
             _scan1_bwd_kernel[(batch, nblk, n_seg - 1)](*args, 0 if rev else 1, n_saved, LOCAL=True, **flags)
         _scan1_bwd_kernel[(batch, nblk, n_seg)](*args, 0, n_saved, LOCAL=False, **flags)
-    if cross and not cols:   # (W, H) rows -> (H, W)
+    if cross:   # (W, H) rows -> (H, W)
         _t_back(duT, du, H, W, accumulate=True)
         _t_back(gdT.view(batch, 2, dim, L), ddelta.view(batch, 4, dim, L)[:, 1::2], H, W, accumulate=False)
         _t_back(gBT, dB[:, 1::2], H, W, accumulate=False)
         _t_back(gCT, dC[:, 1::2], H, W, accumulate=False)
-    return du_final, ddelta, dA, dB, dC, dD, dz, dbias
+    return du, ddelta, dA, dB, dC, dD, dz, dbias
 
 
 def backward(u, delta, A, B, C, D, z, delta_bias, hsave, dout, softplus, hw, meta):

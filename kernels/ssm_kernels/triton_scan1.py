@@ -17,13 +17,7 @@ reverse, so a launch runs one direction. The four-direction scan becomes four la
 2 on the map, 1 and 3 on its transposed copy; triton_launch), and the second launch on a buffer adds to
 what the first stored (ACC) instead of adding with atomics.
 
-COLS reads the column-major directions (1 and 3) of an (HH, WW) map in place instead of from a transposed
-copy: tile c is the columns [c BW, (c + 1) BW) with BW = BLOCK_L / HP, loaded as an (HP, BW) block whose rows
-are contiguous in memory, and reordered on chip (permute + reshape: shared memory) into the column-major
-step order the scan runs in; rows HH .. HP - 1 are padding (identity steps, nothing stored). That saves the
-copies of x, delta, B, C, the output and every gradient (two passes over each through memory).
-
-Tiles are indexed in the direction's order: tile c holds steps [c BLOCK_L, (c + 1) BLOCK_L); the state saved
+Tiles are indexed by memory position: tile c holds steps [c BLOCK_L, (c + 1) BLOCK_L); the state saved
 for the backward at slot j (one per backward tile of SUB steps) is the state entering backward tile j in
 the direction's order: before position j SUB ascending, after position (j + 1) SUB - 1 when REV.
 Segments (the chunked scan) split the tiles of a sequence into runs of `tps`, as in triton_scan.py; the
@@ -92,81 +86,12 @@ def _step(delta, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
-def _tile(c, offs_l, L, HH, WW, COLS: tl.constexpr, HP: tl.constexpr, BLOCK_L: tl.constexpr):
-    """Tile c: the memory offsets its loads read, their mask, and the mask in the direction's step order.
-    Plain: steps [c BLOCK_L, (c + 1) BLOCK_L) of memory. COLS: columns [c BW, (c + 1) BW) of the row-major
-    (HH, WW) map, BW = BLOCK_L / HP, read as an (HP, BW) block (contiguous along a row: coalesced); step j
-    of the tile is row j % HP of column j // HP (the column-major order), rows HH .. HP - 1 padding."""
-    if COLS:
-        BW: tl.constexpr = BLOCK_L // HP
-        hh = tl.arange(0, HP)
-        ww = c * BW + tl.arange(0, BW)
-        off = hh[:, None] * WW + ww[None, :]
-        msk = (hh[:, None] < HH) & (ww[None, :] < WW)
-        mask_t = ((offs_l % HP) < HH) & ((c * BW + offs_l // HP) < WW)
-    else:
-        off = c * BLOCK_L + offs_l
-        msk = off < L
-        mask_t = msk
-    return off, msk, mask_t
-
-
-@triton.jit
-def _ld(ptr, row, off, msk, mask_d, COLS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    """A (channels, steps) tile of a u-shaped tensor in step order (COLS: read as (channels, HP, BW) and
-    reordered in registers / shared memory)."""
-    if COLS:
-        x = tl.load(ptr + row[:, :, None] + off[None, :, :], mask=mask_d[:, None, None] & msk[None, :, :], other=0.0)
-        x = tl.reshape(tl.permute(x, (0, 2, 1)), (BLOCK_D, BLOCK_L))
-    else:
-        x = tl.load(ptr + row + off[None, :], mask=mask_d[:, None] & msk[None, :], other=0.0)
-    return x
-
-
-@triton.jit
-def _ldv(ptr, off, msk, COLS: tl.constexpr, BLOCK_L: tl.constexpr):
-    """A (steps,) tile of B or C in step order."""
-    x = tl.load(ptr + off, mask=msk, other=0.0)
-    if COLS:
-        x = tl.reshape(tl.trans(x), (BLOCK_L,))
-    return x
-
-
-@triton.jit
-def _blocked(y, COLS: tl.constexpr, BLOCK_D: tl.constexpr, HP: tl.constexpr, BLOCK_L: tl.constexpr):
-    """A (channels, steps) tile back in the layout of _tile's offsets."""
-    if COLS:
-        y = tl.permute(tl.reshape(y, (BLOCK_D, BLOCK_L // HP, HP)), (0, 2, 1))
-    return y
-
-
-@triton.jit
-def _st(ptr, row, off, msk, mask_d, y, COLS: tl.constexpr, BLOCK_D: tl.constexpr, HP: tl.constexpr,
-        BLOCK_L: tl.constexpr):
-    """Store a (channels, steps) tile (in ptr's dtype) where _ld reads it."""
-    y = _blocked(y.to(ptr.dtype.element_ty), COLS, BLOCK_D, HP, BLOCK_L)
-    if COLS:
-        tl.store(ptr + row[:, :, None] + off[None, :, :], y, mask=mask_d[:, None, None] & msk[None, :, :])
-    else:
-        tl.store(ptr + row + off[None, :], y, mask=mask_d[:, None] & msk[None, :])
-
-
-@triton.jit
-def _addv(ptr, off, msk, v, COLS: tl.constexpr, HP: tl.constexpr, BLOCK_L: tl.constexpr):
-    """Add a (steps,) tile into B- or C-shaped float32 with atomics."""
-    if COLS:
-        v = tl.trans(tl.reshape(v, (BLOCK_L // HP, HP)))
-    tl.atomic_add(ptr + off, v, mask=msk, sem="relaxed")
-
-
-@triton.jit
 def _scan1_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     out_ptr, last_ptr, hsave_ptr, hseg_ptr, pseg_ptr,
-    dim, L, HH, WW, dpg, n_chunks, n_bc_groups, n_dsl, k, kd, n_seg, seg_stride, tps, seg_off, n_saved,
-    KP: tl.constexpr, CROSS: tl.constexpr, REV: tl.constexpr, ACC: tl.constexpr, COLS: tl.constexpr,
-    HP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, SAVE: tl.constexpr,
+    dim, L, dpg, n_chunks, n_bc_groups, n_dsl, k, kd, n_seg, tps, seg_off, n_saved,
+    KP: tl.constexpr, CROSS: tl.constexpr, REV: tl.constexpr, ACC: tl.constexpr, HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr,
     STORE_LAST: tl.constexpr, LOCAL: tl.constexpr, SEGMENTED: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, SUB: tl.constexpr,
 ):
@@ -183,12 +108,12 @@ def _scan1_fwd_kernel(
         if REV:
             for i in range(0, n_seg - 1 - seg):
                 s = n_seg - 1 - i
-                h = tl.load(pseg_ptr + sv * seg_stride + s, mask=mask_d, other=0.0) * h + \
-                    tl.load(hseg_ptr + sv * seg_stride + s, mask=mask_d, other=0.0)
+                h = tl.load(pseg_ptr + sv * n_seg + s, mask=mask_d, other=0.0) * h + \
+                    tl.load(hseg_ptr + sv * n_seg + s, mask=mask_d, other=0.0)
         else:
             for s in range(0, seg):
-                h = tl.load(pseg_ptr + sv * seg_stride + s, mask=mask_d, other=0.0) * h + \
-                    tl.load(hseg_ptr + sv * seg_stride + s, mask=mask_d, other=0.0)
+                h = tl.load(pseg_ptr + sv * n_seg + s, mask=mask_d, other=0.0) * h + \
+                    tl.load(hseg_ptr + sv * n_seg + s, mask=mask_d, other=0.0)
     prod = tl.full((BLOCK_D,), 1.0, dtype=tl.float32)
     if REV:
         end = offs_l == 0   # where a tile's scan ends, in the direction's order
@@ -199,11 +124,12 @@ def _scan1_fwd_kernel(
             c = c_hi - 1 - (i - c_lo)
         else:
             c = i
-        off, msk, mask_t = _tile(c, offs_l, L, HH, WW, COLS, HP, BLOCK_L)
+        t = c * BLOCK_L + offs_l
+        mask_t = t < L
         m2 = mask_d[:, None] & mask_t[None, :]
-        u = _ld(u_ptr, row, off, msk, mask_d, COLS, BLOCK_D, BLOCK_L).to(tl.float32)
-        _, dt = _step(_ld(delta_ptr, drow, off, msk, mask_d, COLS, BLOCK_D, BLOCK_L), bias, HAS_BIAS, SOFTPLUS)
-        Bv = _ldv(B_ptr + bc, off, msk, COLS, BLOCK_L).to(tl.float32)
+        u = tl.load(u_ptr + row + t[None, :], mask=m2, other=0.0).to(tl.float32)
+        _, dt = _step(tl.load(delta_ptr + drow + t[None, :], mask=m2, other=0.0), bias, HAS_BIAS, SOFTPLUS)
+        Bv = tl.load(B_ptr + bc + t, mask=mask_t, other=0.0).to(tl.float32)
         dA = tl.where(m2, tl.exp(dt * A[:, None]), 1.0)
         bx = tl.where(m2, dt * u * Bv[None, :], 0.0)
         aa, bb = tl.associative_scan((dA, bx), 1, _combine, reverse=REV)
@@ -224,20 +150,20 @@ def _scan1_fwd_kernel(
         if LOCAL:
             prod = prod * tl.sum(tl.where(end[None, :], aa, 0.0), axis=1)
         else:
-            Cv = _ldv(C_ptr + bc, off, msk, COLS, BLOCK_L).to(tl.float32)
+            Cv = tl.load(C_ptr + bc + t, mask=mask_t, other=0.0).to(tl.float32)
             y = hs * Cv[None, :]
             if HAS_D:
                 y += Dv[:, None] * u
             if HAS_Z:
-                zz = _ld(z_ptr, row, off, msk, mask_d, COLS, BLOCK_D, BLOCK_L).to(tl.float32)
+                zz = tl.load(z_ptr + row + t[None, :], mask=m2, other=0.0).to(tl.float32)
                 y = y * zz * tl.sigmoid(zz)
             if ACC:  # a direction before this one stored its share (this launch follows that one)
-                y += _ld(out_ptr, row, off, msk, mask_d, COLS, BLOCK_D, BLOCK_L).to(tl.float32)
-            _st(out_ptr, row, off, msk, mask_d, y, COLS, BLOCK_D, HP, BLOCK_L)
+                y += tl.load(out_ptr + row + t[None, :], mask=m2, other=0.0).to(tl.float32)
+            tl.store(out_ptr + row + t[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)
         h = tl.sum(tl.where(end[None, :], hs, 0.0), axis=1)
     if LOCAL:
-        tl.store(hseg_ptr + sv * seg_stride + seg, h, mask=mask_d)
-        tl.store(pseg_ptr + sv * seg_stride + seg, prod, mask=mask_d)
+        tl.store(hseg_ptr + sv * n_seg + seg, h, mask=mask_d)
+        tl.store(pseg_ptr + sv * n_seg + seg, prod, mask=mask_d)
     elif STORE_LAST:  # the segment that ends the sequence in the direction's order
         if REV:
             last_seg = 0
@@ -249,17 +175,15 @@ def _scan1_fwd_kernel(
 @triton.jit
 def _scan1_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, hsave_ptr,
-    du_ptr, dures_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr, gseg_ptr, pseg_ptr,
-    dim, L, HH, WW, dpg, n_chunks, n_bc_groups, n_dsl, k, kd, n_seg, seg_stride, tps, seg_off, n_saved,
-    KP: tl.constexpr, CROSS: tl.constexpr, REV: tl.constexpr, ACC: tl.constexpr, COLS: tl.constexpr,
-    HP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, LOCAL: tl.constexpr,
+    du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr, gseg_ptr, pseg_ptr,
+    dim, L, dpg, n_chunks, n_bc_groups, n_dsl, k, kd, n_seg, tps, seg_off, n_saved,
+    KP: tl.constexpr, CROSS: tl.constexpr, REV: tl.constexpr, ACC: tl.constexpr, HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, LOCAL: tl.constexpr,
     SEGMENTED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """The adjoint runs against the direction: from the end of memory to its start unless REV. dA, dD and
-    dbias are stored per (batch, channel, segment) and summed on the host; du (ACC: dures, what the launches
-    of other directions stored, plus this one's share; du may be dures itself) and ddelta in the slices of
-    this launch. LOCAL: segment
+    dbias are stored per (batch, channel, segment) and summed on the host; du (ACC: added to what the
+    launch of another direction stored) and ddelta in the slices of this launch. LOCAL: segment
     seg_off + program stores its start adjoint from a zero end and the product of the adjoint's decays,
     reading only delta, C, dout (and z). BLOCK_L is the forward's SUB: the saved state slot of tile c is c."""
     seg, offs_d, mask_d, offs_l, A, Dv, bias, row, drow, bc, sv = _setup(
@@ -271,13 +195,13 @@ def _scan1_bwd_kernel(
     if SEGMENTED and not LOCAL:  # the true adjoint entering this segment: the segments after it in the direction
         if REV:
             for s in range(0, seg):
-                g = tl.load(pseg_ptr + sv * seg_stride + s, mask=mask_d, other=0.0) * g + \
-                    tl.load(gseg_ptr + sv * seg_stride + s, mask=mask_d, other=0.0)
+                g = tl.load(pseg_ptr + sv * n_seg + s, mask=mask_d, other=0.0) * g + \
+                    tl.load(gseg_ptr + sv * n_seg + s, mask=mask_d, other=0.0)
         else:
             for i in range(0, n_seg - 1 - seg):
                 s = n_seg - 1 - i
-                g = tl.load(pseg_ptr + sv * seg_stride + s, mask=mask_d, other=0.0) * g + \
-                    tl.load(gseg_ptr + sv * seg_stride + s, mask=mask_d, other=0.0)
+                g = tl.load(pseg_ptr + sv * n_seg + s, mask=mask_d, other=0.0) * g + \
+                    tl.load(gseg_ptr + sv * n_seg + s, mask=mask_d, other=0.0)
     if REV:
         gend = offs_l == BLOCK_L - 1   # where the adjoint's scan of a tile ends
     else:
@@ -291,15 +215,15 @@ def _scan1_bwd_kernel(
             c = i
         else:
             c = c_hi - 1 - (i - c_lo)
-        off, msk, mask_t = _tile(c, offs_l, L, HH, WW, COLS, HP, BLOCK_L)
+        t = c * BLOCK_L + offs_l
+        mask_t = t < L
         m2 = mask_d[:, None] & mask_t[None, :]
-        dt_raw, dt = _step(_ld(delta_ptr, drow, off, msk, mask_d, COLS, BLOCK_D, BLOCK_L), bias, HAS_BIAS,
-                           SOFTPLUS)
+        dt_raw, dt = _step(tl.load(delta_ptr + drow + t[None, :], mask=m2, other=0.0), bias, HAS_BIAS, SOFTPLUS)
         dA = tl.where(m2, tl.exp(dt * A[:, None]), 1.0)
-        Cv = _ldv(C_ptr + bc, off, msk, COLS, BLOCK_L).to(tl.float32)
-        dout = _ld(dout_ptr, row, off, msk, mask_d, COLS, BLOCK_D, BLOCK_L).to(tl.float32)
+        Cv = tl.load(C_ptr + bc + t, mask=mask_t, other=0.0).to(tl.float32)
+        dout = tl.load(dout_ptr + row + t[None, :], mask=m2, other=0.0).to(tl.float32)
         if HAS_Z:
-            zz = _ld(z_ptr, row, off, msk, mask_d, COLS, BLOCK_D, BLOCK_L).to(tl.float32)
+            zz = tl.load(z_ptr + row + t[None, :], mask=m2, other=0.0).to(tl.float32)
             sz = tl.sigmoid(zz)
             dy = dout * zz * sz
         else:
@@ -313,8 +237,8 @@ def _scan1_bwd_kernel(
             prod = prod * tl.sum(tl.where(gend[None, :], ga, 0.0), axis=1)
         else:
             gs = tl.where(m2, ys * tl.minimum(tl.exp(-dt * A[:, None]), DIVIDE_UNCLAMP), 0.0)
-            u = _ld(u_ptr, row, off, msk, mask_d, COLS, BLOCK_D, BLOCK_L).to(tl.float32)
-            Bv = _ldv(B_ptr + bc, off, msk, COLS, BLOCK_L).to(tl.float32)
+            u = tl.load(u_ptr + row + t[None, :], mask=m2, other=0.0).to(tl.float32)
+            Bv = tl.load(B_ptr + bc + t, mask=mask_t, other=0.0).to(tl.float32)
             h0 = tl.load(hsave_ptr + sv * n_saved + c, mask=mask_d, other=0.0)
             dtu = dt * u
             bx = dtu * Bv[None, :]
@@ -325,7 +249,7 @@ def _scan1_bwd_kernel(
                 if HAS_D:
                     y += Dv[:, None] * u
                 dzv = dout * y * sz * (1.0 + zz * (1.0 - sz))
-                _st(dz_ptr, row, off, msk, mask_d, dzv, COLS, BLOCK_D, HP, BLOCK_L)
+                tl.store(dz_ptr + row + t[None, :], dzv.to(dz_ptr.dtype.element_ty), mask=m2)
             q = gs * (hs - bx)  # g_t * a_t * h_{t-1}
             ddt = gs * Bv[None, :] * u + q * A[:, None]
             dA_acc += q * dt
@@ -337,19 +261,19 @@ def _scan1_bwd_kernel(
                 ddt = ddt * tl.sigmoid(dt_raw)
             ddt = tl.where(m2, ddt, 0.0)
             dbias_acc += ddt
-            _st(ddelta_ptr, drow, off, msk, mask_d, ddt, COLS, BLOCK_D, HP, BLOCK_L)
+            tl.store(ddelta_ptr + drow + t[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
             if ACC:
-                duv += _ld(dures_ptr, row, off, msk, mask_d, COLS, BLOCK_D, BLOCK_L).to(tl.float32)
-            _st(du_ptr, row, off, msk, mask_d, duv, COLS, BLOCK_D, HP, BLOCK_L)
+                duv += tl.load(du_ptr + row + t[None, :], mask=m2, other=0.0).to(tl.float32)
+            tl.store(du_ptr + row + t[None, :], duv.to(du_ptr.dtype.element_ty), mask=m2)
             # B and C are shared by the channels of a group: this block's share, added in (zeroed) float32
-            _addv(dB_ptr + bc, off, msk, tl.sum(gs * dtu, axis=0), COLS, HP, BLOCK_L)
-            _addv(dC_ptr + bc, off, msk, tl.sum(tl.where(m2, hs * dy, 0.0), axis=0), COLS, HP, BLOCK_L)
+            tl.atomic_add(dB_ptr + bc + t, tl.sum(gs * dtu, axis=0), mask=mask_t, sem="relaxed")
+            tl.atomic_add(dC_ptr + bc + t, tl.sum(tl.where(m2, hs * dy, 0.0), axis=0), mask=mask_t, sem="relaxed")
     if LOCAL:
-        tl.store(gseg_ptr + sv * seg_stride + seg, g, mask=mask_d)
-        tl.store(pseg_ptr + sv * seg_stride + seg, prod, mask=mask_d)
+        tl.store(gseg_ptr + sv * n_seg + seg, g, mask=mask_d)
+        tl.store(pseg_ptr + sv * n_seg + seg, prod, mask=mask_d)
     else:
-        tl.store(dA_ptr + sv * seg_stride + seg, tl.sum(dA_acc, axis=1), mask=mask_d)
+        tl.store(dA_ptr + sv * n_seg + seg, tl.sum(dA_acc, axis=1), mask=mask_d)
         if HAS_D:
-            tl.store(dD_ptr + sv * seg_stride + seg, tl.sum(dD_acc, axis=1), mask=mask_d)
+            tl.store(dD_ptr + sv * n_seg + seg, tl.sum(dD_acc, axis=1), mask=mask_d)
         if HAS_BIAS:
-            tl.store(dbias_ptr + sv * seg_stride + seg, tl.sum(dbias_acc, axis=1), mask=mask_d)
+            tl.store(dbias_ptr + sv * n_seg + seg, tl.sum(dbias_acc, axis=1), mask=mask_d)

@@ -113,10 +113,8 @@ def _grads_of(fn, x, g):
 # four-direction scan is summed by float32 atomics (their order is free on a GPU) and then cast: not compared.
 # Triton's CPU interpreter truncates float32 -> bfloat16 casts (triton 3.6: interpreter.cast_impl converts
 # without a rounding mode), where the GPU rounds to nearest even: there bf16 is held to one unit in the
-# last place of the rounded value and to agreeing with truncation exactly. Where directions 1 and 3 read the
-# map by column tiles (SSM_SCAN1_COLS) the four directions add into du launch after launch in float32, and
-# the last launch stores it in the half dtype: there du is exact too.
-@pytest.mark.parametrize("case", ["plain", "cross-transpose", "cross-strided", "cross-columns"])
+# last place of the rounded value and to agreeing with truncation exactly.
+@pytest.mark.parametrize("case", ["plain", "cross-transpose", "cross-strided"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_half_gradients_are_the_float32_ones_rounded(monkeypatch, case, dtype):
     dev = device_for("triton")
@@ -125,14 +123,11 @@ def test_half_gradients_are_the_float32_ones_rounded(monkeypatch, case, dtype):
         fn = lambda t: selective_scan_fn(**t, delta_softplus=True, backend="triton")  # noqa: E731
         exact = ("u", "delta", "z")
     else:
-        columns = case == "cross-columns"
-        monkeypatch.setenv("SSM_CROSS_LAYOUT", "transpose" if columns else case.split("-")[1])
-        monkeypatch.setenv("SSM_SCAN1_COLS", "1" if columns else "0")
-        monkeypatch.setenv("SSM_COLS_MIN_BW", "1")
+        monkeypatch.setenv("SSM_CROSS_LAYOUT", case.split("-")[1])
         x = cross_inputs(2, 4, 6, 5, 1, dev)
         x = {k: (v.to(dtype) if k in ("x", "delta", "B", "C") else v) for k, v in x.items()}
         fn = lambda t: cross_selective_scan(**t, backend="triton")  # noqa: E731
-        exact = ("delta", "x") if columns else ("delta",)
+        exact = ("delta",)
     g = torch.randn(fn(x).shape, generator=torch.Generator().manual_seed(5)).to(dtype).float().to(dev)
     half = _grads_of(fn, x, g)
     full = _grads_of(fn, {k: (v.float() if v is not None else None) for k, v in x.items()}, g)
@@ -521,42 +516,27 @@ def test_kernels_compile_for_hopper(use):
 # split into segments (the carries composed in each direction's order), backward tiles a quarter of the
 # forward's (states saved at each, from the end of the tile when REV), a channel block wider than the last
 # one's channels, and sequences that end inside a tile. A spy checks which kernels ran.
-#
-# Directions 1 and 3 read the map in place by column tiles (COLS) unless SSM_SCAN1_COLS=0 ("copies": the
-# transposed copies). "columns": columns of 7 rows (padded to 8 in a tile), tiles of 2 columns forward and
-# backward (SSM_COLS_MIN_BW=1), 9 columns, so the last tile is half empty; with segments, and with a
-# forward tile of 8 columns over 2 backward tiles of 4 ("long").
 @pytest.mark.parametrize("scan1", ["0", "1"])
 @pytest.mark.parametrize("case", ["plain", "plain-grouped-segments", "cross", "cross-segments",
-                                  "cross-short-bwd-tiles", "cross-wide-block-segments", "cross-copies-segments",
-                                  "cross-columns", "cross-columns-segments", "cross-columns-long-segments"])
+                                  "cross-short-bwd-tiles", "cross-wide-block-segments"])
 def test_one_wide_state_kernels(monkeypatch, scan1, case):
     from ssm_kernels import triton_launch
     dev = device_for("triton")
     monkeypatch.setenv("SSM_SCAN1", scan1)
     monkeypatch.setenv("SSM_CROSS_LAYOUT", "transpose")
-    monkeypatch.setenv("SSM_BLOCK_L", "64" if "short-bwd-tiles" in case or "long" in case else "16")
-    monkeypatch.setenv("SSM_BWD_BLOCK_L", "32" if "long" in case else "16")
+    monkeypatch.setenv("SSM_BLOCK_L", "64" if "short-bwd-tiles" in case else "16")
+    monkeypatch.setenv("SSM_BWD_BLOCK_L", "16")
     monkeypatch.setenv("SSM_SEGMENTS", "3" if "segments" in case else "1")
-    monkeypatch.setenv("SSM_SCAN1_COLS", "0" if "copies" in case else "1")
-    if "columns" in case:
-        monkeypatch.setenv("SSM_COLS_MIN_BW", "1")
     if "wide-block" in case:
         monkeypatch.setenv("SSM_BLOCK_D", "4")
     seen, real = [], triton_launch.forward
 
     def spy(*args, save):
         r = real(*args, save=save)
-        seen.append((bool(r[3].get("scan1")), r[3].get("cols") if save else None))
+        seen.append(bool(r[3].get("scan1")))
         return r
     monkeypatch.setattr(triton_launch, "forward", spy)
-    if "columns" in case:
-        x = cross_inputs(2, 4, 7, 9, 1, dev)
-        gr = _grads(lambda t: cross_selective_scan_ref(**t), x, 3)
-        gb = _grads(lambda t: cross_selective_scan(**t, backend="triton"), x, 3)
-        out, ref = cross_selective_scan(**x, backend="triton"), cross_selective_scan_ref(**x)
-        tol = 1e-4
-    elif case.startswith("cross"):
+    if case.startswith("cross"):
         x = cross_inputs(2, 6 if "wide-block" in case else 4, 8, 5 if "short" not in case else 9, 1, dev)
         gr = _grads(lambda t: cross_selective_scan_ref(**t), x, 3)
         gb = _grads(lambda t: cross_selective_scan(**t, backend="triton"), x, 3)
@@ -572,12 +552,7 @@ def test_one_wide_state_kernels(monkeypatch, scan1, case):
     assert rel_err(out, ref) < 2e-5
     for k in gr:
         assert rel_err(gb[k], gr[k]) < tol, (k, rel_err(gb[k], gr[k]))
-    assert seen and all(s == (scan1 == "1") for s, _ in seen)
-    if scan1 == "1" and case.startswith("cross"):   # (HP, forward, backward tile) of the column passes, training
-        want = {"cross-columns": (8, 16, 16), "cross-columns-segments": (8, 16, 16),
-                "cross-columns-long-segments": (8, 64, 32)}.get(case, None if "copies" in case else (8, 64, 64))
-        saved = [c for s, c in seen if c is not None] if want else [c for s, c in seen]
-        assert saved and all(c == want for c in saved), seen
+    assert seen and all(s == (scan1 == "1") for s in seen)
 
 
 def test_one_wide_state_choice(monkeypatch):
@@ -605,24 +580,20 @@ from ssm_kernels.triton_scan1 import _scan1_bwd_kernel, _scan1_fwd_kernel
 for cross in (True, False):
     base = dict(KP=4 if cross else 1, CROSS=cross, HAS_D=True, HAS_Z=not cross, HAS_BIAS=True, SOFTPLUS=True,
                 SEGMENTED=True)
-    for cols in ((False, True) if cross else (False,)):
-        tiles = dict(HP=128, BLOCK_L=1024, SUB=1024, nw=8) if cols else dict(HP=1, BLOCK_L=1024, SUB=512, nw=4)
-        for rev in (False, True):
-            for local in (False, True):
-                print("fwd", cross, cols, rev, local, ptxas_info(_scan1_fwd_kernel, dict(
-                      base, REV=rev, ACC=rev, COLS=cols, HP=tiles["HP"], SAVE=True, STORE_LAST=True, LOCAL=local,
-                      BLOCK_D=1, BLOCK_L=tiles["BLOCK_L"], SUB=tiles["SUB"]), tiles["nw"]))
-                print("bwd", cross, cols, rev, local, ptxas_info(_scan1_bwd_kernel, dict(
-                      base, REV=rev, ACC=rev, COLS=cols, HP=tiles["HP"], LOCAL=local, BLOCK_D=1,
-                      BLOCK_L=tiles["SUB"]), tiles["nw"]))
+    for rev in (False, True):
+        for local in (False, True):
+            print("fwd", cross, rev, local, ptxas_info(_scan1_fwd_kernel, dict(base, REV=rev, ACC=rev, SAVE=True,
+                  STORE_LAST=True, LOCAL=local, BLOCK_D=1, BLOCK_L=1024, SUB=512), 4))
+            print("bwd", cross, rev, local, ptxas_info(_scan1_bwd_kernel, dict(base, REV=rev, ACC=rev, LOCAL=local,
+                  BLOCK_D=1, BLOCK_L=512), 4))
 """
 
 
 def test_one_wide_state_kernels_compile_for_hopper():
-    """At the defaults (one channel, tiles 1024 / 512, 4 warps; column tiles of 128 rows: 1024 / 1024, 8
-    warps) every variant compiles for sm_90a without spilling."""
+    """At the defaults (one channel, tiles 1024 / 512, 4 warps) every variant compiles for sm_90a without
+    spilling."""
     import re
     out = compile_for_hopper(_COMPILE_CHECK1)
     got = [tuple(int(v) for v in m) for m in re.findall(r"\((\d+), (\d+), (\d+), \d+\)", out)]
-    assert len(got) == 24, out
+    assert len(got) == 16, out
     assert all(0 < r <= 255 and st == 0 and ld == 0 for r, st, ld in got), out
