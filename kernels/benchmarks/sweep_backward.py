@@ -90,6 +90,13 @@ def tune1_configs():
             + [(f"scan1{n}", dict(s1, **e)) for n, e in var])
 
 
+def stages_configs():
+    """The one-wide-state kernels (today's defaults) with their tile loop software-pipelined (SSM_SCAN1_STAGES:
+    the next tiles' loads in flight as cp.async while one is scanned), alone and with a finer split."""
+    return [("scan1", {}), ("stages=2", {"SSM_SCAN1_STAGES": "2"}), ("stages=3", {"SSM_SCAN1_STAGES": "3"}),
+            ("stages=2 split 8/SM", {"SSM_SCAN1_STAGES": "2", "SSM_SEG_PER_SM": "8"})]
+
+
 def n16_layouts():
     """Forward channel block x tile at N = 16 (today: 1 channel x 128 steps), backward on the same tiles."""
     out = []
@@ -106,6 +113,8 @@ def main():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--tune", action="store_true", help="the launch-settings sweep of the 224 step's SS2D maps, bf16")
     p.add_argument("--tune1", action="store_true", help="--tune's maps: the one-wide-state kernels against the general ones")
+    p.add_argument("--stages", action="store_true", help="--tune's maps: the one-wide-state kernels' tile loop pipelined")
+    p.add_argument("--maps", type=int, default=4, help="--tune / --tune1 / --stages: the first this many maps")
     p.add_argument("--only", choices=("ss2d", "n1", "n16"), action="append",
                    help="a part of the sweep (repeatable; default all): the four-direction scans of SRMA-Mamba, "
                         "the plain N = 1 shapes, the N = 16 shapes")
@@ -114,12 +123,13 @@ def main():
     print(f"device {torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).multi_processor_count} SMs")
     print(f"{'case':<40}{'config':<28}{'fwd ms':>9}{'f+b ms':>10}{'fwd x':>8}{'f+b x':>8}{'max diff':>10}")
     rows = []
-    if a.tune or a.tune1:
-        for shape in CROSS224:
+    pick = stages_configs if a.stages else tune1_configs if a.tune1 else tune_configs
+    if a.tune or a.tune1 or a.stages:
+        for shape in CROSS224[:a.maps]:
             x = {k: (v.to(torch.bfloat16) if k in ("x", "delta", "B", "C") else v)
                  for k, v in cross_inputs(*shape).items()}
             run_case(f"SS2D {shape} bfloat16", lambda t: cross_selective_scan(**t, backend="triton"), x, rows,
-                     tune1_configs() if a.tune1 else tune_configs())
+                     pick())
             del x
             torch.cuda.empty_cache()
         parts = []
@@ -153,7 +163,7 @@ def main():
     suggest = best_overall(rows, "SS2D")
     if suggest:
         name, gm, n = suggest
-        env = dict(tune1_configs() if a.tune1 else tune_configs() if a.tune else backward_configs(1))[name]
+        env = dict(pick() if a.tune or a.tune1 or a.stages else backward_configs(1))[name]
         print(f"\nbest over the {n} SS2D cases (geometric mean of fwd+bwd speed-ups {gm:.2f}x): {name}\n"
               f"KERNEL_ENV {' '.join(f'{k}={v}' for k, v in env.items())}")
     if a.json:

@@ -201,6 +201,13 @@ def use_scan1(N: int, layout: str) -> bool:
     return flag == "1" and N == 1 and layout in ("plain", "transpose")
 
 
+def _scan1_stages() -> int:
+    """Software-pipelining depth of the one-wide-state kernels' tile loop (tl.range num_stages: the next
+    tiles' loads issued as cp.async into shared memory while this one is scanned). SSM_SCAN1_STAGES;
+    1 = no pipelining."""
+    return _env_int("SSM_SCAN1_STAGES", 1)
+
+
 def _passes1(cross):
     """The launches of the one-wide-state kernels: (direction k, its slice kd of delta / B / C, REV, ACC,
     on the transposed copy?) each. Directions 0 and 2 on the map, 1 and 3 on its transposed copy; the
@@ -306,7 +313,8 @@ def _forward1(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save
                 dim, L, dpg, n_chunks, BB.shape[1], dd.shape[1] // dim, k, kd, n_seg, tps)
         flags = dict(KP=KP, CROSS=cross, REV=rev, ACC=acc, HAS_D=D is not None, HAS_Z=z is not None,
                      HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, SAVE=save, STORE_LAST=True,
-                     SEGMENTED=n_seg > 1, BLOCK_D=bd, BLOCK_L=bl, SUB=sub, num_warps=nw)
+                     SEGMENTED=n_seg > 1, BLOCK_D=bd, BLOCK_L=bl, SUB=sub, STAGES=_scan1_stages(),
+                     num_warps=nw)
         if n_seg > 1:  # the segments whose end states later ones start from: all but the direction's last
             _scan1_fwd_kernel[(batch, nblk, n_seg - 1)](*args, 1 if rev else 0, n_saved, LOCAL=True, **flags)
         _scan1_fwd_kernel[(batch, nblk, n_seg)](*args, 0, n_saved, LOCAL=False, **flags)
@@ -364,7 +372,7 @@ def _backward1(u, delta, A, Bg, Cg, D, z, delta_bias, hsave, dout, softplus, hw,
                 dim, L, dpg, n_chunks, BB.shape[1], dd.shape[1] // dim, k, kd, n_seg, tps)
         flags = dict(KP=KP, CROSS=cross, REV=rev, ACC=acc, HAS_D=D is not None, HAS_Z=z is not None,
                      HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, SEGMENTED=n_seg > 1, BLOCK_D=bd,
-                     BLOCK_L=bl, num_warps=nw)
+                     BLOCK_L=bl, STAGES=_scan1_stages(), num_warps=nw)
         if n_seg > 1:  # the segments whose start adjoints earlier ones need: all but the direction's first
             _scan1_bwd_kernel[(batch, nblk, n_seg - 1)](*args, 0 if rev else 1, n_saved, LOCAL=True, **flags)
         _scan1_bwd_kernel[(batch, nblk, n_seg)](*args, 0, n_saved, LOCAL=False, **flags)

@@ -29,6 +29,9 @@ a_t g_t on the unshifted decays, then multiply by 1 / a_t), with 1 / a_t as exp(
 end; dB and dC (shared by all channels of a group) are summed over the block's channels, then added
 across blocks with atomics.
 
+STAGES software-pipelines the tile loop (tl.range num_stages: the next tiles' loads issued as cp.async into
+shared memory while one is scanned); 1, no pipelining, until timed on a GPU (triton_launch._scan1_stages).
+
 Both run on CPU tensors under TRITON_INTERPRET=1 (the CI tests).
 """
 from __future__ import annotations
@@ -93,7 +96,7 @@ def _scan1_fwd_kernel(
     KP: tl.constexpr, CROSS: tl.constexpr, REV: tl.constexpr, ACC: tl.constexpr, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr,
     STORE_LAST: tl.constexpr, LOCAL: tl.constexpr, SEGMENTED: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, SUB: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, SUB: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Direction k (its parameters A, D, bias and state slots), reading slice kd of delta's n_dsl and group
     kd of B and C (CROSS), else the channel block's group. LOCAL: segment seg_off + program stores its end
@@ -119,7 +122,7 @@ def _scan1_fwd_kernel(
         end = offs_l == 0   # where a tile's scan ends, in the direction's order
     else:
         end = offs_l == BLOCK_L - 1
-    for i in range(c_lo, c_hi):
+    for i in tl.range(c_lo, c_hi, num_stages=STAGES):
         if REV:
             c = c_hi - 1 - (i - c_lo)
         else:
@@ -179,7 +182,7 @@ def _scan1_bwd_kernel(
     dim, L, dpg, n_chunks, n_bc_groups, n_dsl, k, kd, n_seg, tps, seg_off, n_saved,
     KP: tl.constexpr, CROSS: tl.constexpr, REV: tl.constexpr, ACC: tl.constexpr, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, LOCAL: tl.constexpr,
-    SEGMENTED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    SEGMENTED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, STAGES: tl.constexpr,
 ):
     """The adjoint runs against the direction: from the end of memory to its start unless REV. dA, dD and
     dbias are stored per (batch, channel, segment) and summed on the host; du (ACC: added to what the
@@ -210,7 +213,7 @@ def _scan1_bwd_kernel(
     dA_acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
     dbias_acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
-    for i in range(c_lo, c_hi):
+    for i in tl.range(c_lo, c_hi, num_stages=STAGES):
         if REV:
             c = i
         else:

@@ -518,7 +518,7 @@ def test_kernels_compile_for_hopper(use):
 # one's channels, and sequences that end inside a tile. A spy checks which kernels ran.
 @pytest.mark.parametrize("scan1", ["0", "1"])
 @pytest.mark.parametrize("case", ["plain", "plain-grouped-segments", "cross", "cross-segments",
-                                  "cross-short-bwd-tiles", "cross-wide-block-segments"])
+                                  "cross-short-bwd-tiles", "cross-wide-block-segments", "cross-pipelined-segments"])
 def test_one_wide_state_kernels(monkeypatch, scan1, case):
     from ssm_kernels import triton_launch
     dev = device_for("triton")
@@ -529,6 +529,7 @@ def test_one_wide_state_kernels(monkeypatch, scan1, case):
     monkeypatch.setenv("SSM_SEGMENTS", "3" if "segments" in case else "1")
     if "wide-block" in case:
         monkeypatch.setenv("SSM_BLOCK_D", "4")
+    monkeypatch.setenv("SSM_SCAN1_STAGES", "2" if "pipelined" in case else "1")
     seen, real = [], triton_launch.forward
 
     def spy(*args, save):
@@ -568,6 +569,11 @@ def test_one_wide_state_choice(monkeypatch):
     monkeypatch.setenv("SSM_SCAN1", "yes")
     with pytest.raises(ValueError, match="SSM_SCAN1"):
         use_scan1(1, "plain")
+    from ssm_kernels.triton_launch import _scan1_stages
+    monkeypatch.delenv("SSM_SCAN1_STAGES", raising=False)
+    assert _scan1_stages() == 1          # the tile loop is not pipelined until timed
+    monkeypatch.setenv("SSM_SCAN1_STAGES", "3")
+    assert _scan1_stages() == 3
     full = dict(per_sm=SCAN1_SEG_PER_SM_FULL, below_per_sm=SCAN1_SEG_BELOW_PER_SM)
     assert plan_segments(192, 392, 132, **full) == 3     # stage 0 of the 224 step: 2 x 96 channels a launch
     assert plan_segments(384, 49, 132, **full) == 2      # (2, 192, 56, 896)
@@ -579,21 +585,25 @@ from ptxas_report import ptxas_info
 from ssm_kernels.triton_scan1 import _scan1_bwd_kernel, _scan1_fwd_kernel
 for cross in (True, False):
     base = dict(KP=4 if cross else 1, CROSS=cross, HAS_D=True, HAS_Z=not cross, HAS_BIAS=True, SOFTPLUS=True,
-                SEGMENTED=True)
+                SEGMENTED=True, STAGES=1)
     for rev in (False, True):
         for local in (False, True):
             print("fwd", cross, rev, local, ptxas_info(_scan1_fwd_kernel, dict(base, REV=rev, ACC=rev, SAVE=True,
                   STORE_LAST=True, LOCAL=local, BLOCK_D=1, BLOCK_L=1024, SUB=512), 4))
             print("bwd", cross, rev, local, ptxas_info(_scan1_bwd_kernel, dict(base, REV=rev, ACC=rev, LOCAL=local,
                   BLOCK_D=1, BLOCK_L=512), 4))
+for fn, c in ((_scan1_fwd_kernel, dict(SAVE=True, STORE_LAST=True, BLOCK_L=1024, SUB=512)),
+              (_scan1_bwd_kernel, dict(BLOCK_L=512))):   # the pipelined tile loop (SSM_SCAN1_STAGES)
+    print("stages", fn.__name__, ptxas_info(fn, dict(base, REV=False, ACC=True, LOCAL=False, BLOCK_D=1, **c,
+          STAGES=2), 4))
 """
 
 
 def test_one_wide_state_kernels_compile_for_hopper():
     """At the defaults (one channel, tiles 1024 / 512, 4 warps) every variant compiles for sm_90a without
-    spilling."""
+    spilling, and so does the tile loop pipelined in two stages (the last two)."""
     import re
     out = compile_for_hopper(_COMPILE_CHECK1)
     got = [tuple(int(v) for v in m) for m in re.findall(r"\((\d+), (\d+), (\d+), \d+\)", out)]
-    assert len(got) == 16, out
+    assert len(got) == 18, out
     assert all(0 < r <= 255 and st == 0 and ld == 0 for r, st, ld in got), out
