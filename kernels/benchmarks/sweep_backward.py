@@ -15,6 +15,9 @@ through the layout training uses (transposed), under launch settings of both pas
 tile, the backward's split) instead of the shift grid:
 
     cd kernels/benchmarks && PYTHONPATH=..:. python sweep_backward.py --tune --json tune.json
+
+--tune1: those maps through the one-wide-state kernels against the general ones; --stages: the one-wide-state
+kernels with their tile loop software-pipelined (SSM_SCAN1_STAGES) against today's; --maps K: the first K maps.
 """
 from __future__ import annotations
 
