@@ -20,6 +20,9 @@
 #   scripts/device_train.sh us-sizes "224 288 320" RUN...  # out-of-fold logits of us-variants runs at whole-image sizes
 #   DW_TILES="default 8,16,32,4" DW_ALSO=F scripts/device_train.sh dwconv SECONDS  # the depthwise conv alone
 #   scripts/device_train.sh kenv SECONDS SSM_X=V...       # the step with these kernel settings vs the defaults
+#   scripts/device_train.sh stages SECONDS             # the scan's pipelined / long tiles swept, the step with the best
+#   scripts/device_train.sh peer SECONDS               # mamba_ssm built (outlives the call), then the scan table beside
+#                                                      # it and the forward per patch; call again while it builds
 #   scripts/device_train.sh ops SECONDS                # the step with the model's ops vs PyTorch's (ln, upsample, proj)
 #   scripts/device_train.sh watch SECONDS [liver|us]   # wait while training runs (of that kind) live, at most SECONDS;
 #                                                      # print their logs (`watch 420 us`, then us-heatmaps, while the liver trains)
@@ -338,6 +341,46 @@ dwconv)    # SECONDS: SS2D's depthwise convolution alone (benchmarks/bench_dwcon
     timeout $(( $2 / 2 )) python3 benchmarks/bench_dwconv.py --patch $p --tiles "${tiles[@]}" "${also[@]}" \
       --json "$OUT/bench_dwconv_$tag.json" > "$OUT/bench_dwconv_$tag.txt" 2>&1; tail -n $(( ${#tiles[@]} + 5 )) "$OUT/bench_dwconv_$tag.txt"
   done
+  ;;
+stages)    # SECONDS: the one-wide-state kernels' tile loop pipelined and their tiles lengthened (sweep_backward.py
+           # --stages, the 224 step's maps in bf16), then the step at 224 x 224 x 64 with the sweep's best against
+           # the defaults, if the best is not the defaults (issue 13; session 30's next lease). Into $OUT.
+  t_end=$(( $(date +%s) + $2 ))
+  setup
+  cd "$W/code" || exit 1
+  (cd kernels/benchmarks && PYTHONPATH=$PYTHONPATH:. timeout $(( $2 * 45 / 100 )) python3 sweep_backward.py --stages \
+    --json "$OUT/sweep_stages.json" > "$OUT/sweep_stages.txt" 2>&1)
+  grep -v Warn "$OUT/sweep_stages.txt" | tail -n 40
+  read -r -a kenv <<< "$(sed -n 's/^KERNEL_ENV //p' "$OUT/sweep_stages.txt")"
+  if [ ${#kenv[@]} -gt 0 ]; then
+    timeout $(( t_end - $(date +%s) )) python3 benchmarks/bench_train_step.py --compare kernels --kernel-env "${kenv[@]}" \
+      --patch 224 224 64 --steps 8 --chunks 2 --json "$OUT/step_stages_224.json" > "$OUT/step_stages_224.txt" 2>&1
+    tail -n 12 "$OUT/step_stages_224.txt"
+  fi
+  ;;
+peer)      # SECONDS: the scan table beside mamba_ssm (issue 13). Its CUDA scan is built from
+           # .whl/mamba_ssm-2.3.2.post1.tar.gz for sm_90 only, in the background so that the build outlives the
+           # call (its time is unknown): while it builds, this waits at most SECONDS - 150 and says so; once
+           # built, kernels/benchmarks/bench_scan.py, then the forward per patch (bench_srma.py --layouts) if
+           # time is left. Into $OUT.
+  t_end=$(( $(date +%s) + $2 ))
+  setup
+  if [ ! -f "$W/mb.done" ] && ! pgrep -f "[b]uild_mamba_ssm" > /dev/null; then
+    MAX_JOBS=14 setsid nohup bash -c "bash benchmarks/build_mamba_ssm.sh .whl/mamba_ssm-2.3.2.post1.tar.gz $W/mb \
+      > $W/mb.log 2>&1 && touch $W/mb.done" < /dev/null > /dev/null 2>&1 &
+    sleep 2
+  fi
+  while [ ! -f "$W/mb.done" ] && pgrep -f "[b]uild_mamba_ssm" > /dev/null && [ "$(date +%s)" -lt $(( t_end - 150 )) ]; do
+    sleep 10
+  done
+  tail -n 3 "$W/mb.log"; cp "$W/mb.log" "$OUT/build_mamba.txt"
+  if [ ! -f "$W/mb.done" ]; then echo "mamba_ssm not built yet (or its build failed: build_mamba.txt); call peer again"; exit 0; fi
+  cd "$W/code" || exit 1
+  PYTHONPATH=$PYTHONPATH:$(ls -d "$W"/mb/mamba_ssm-*) timeout $(( t_end - $(date +%s) )) python3 kernels/benchmarks/bench_scan.py \
+    --json "$OUT/bench_scan.json" > "$OUT/bench_scan.txt" 2>&1
+  tail -n 45 "$OUT/bench_scan.txt"
+  [ $(( t_end - $(date +%s) )) -gt 60 ] && timeout $(( t_end - $(date +%s) )) python3 benchmarks/bench_srma.py --layouts \
+    strided transpose --json "$OUT/bench_srma_layouts.json" 2>&1 | grep -v Warn | tail -n 12
   ;;
 kenv)      # SECONDS VAR=VALUE...: the training step (a CUDA graph) with the ssm_kernels defaults against the same
            # with these SSM_* settings (e.g. SSM_TRANSPOSE=torch: the transposed layout's copies by PyTorch, as
