@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build mamba_ssm's CUDA selective scan (the peer in kernels/benchmarks/bench_scan.py) from its source
 # distribution, for sm_90 (H100/H200) only so the build takes minutes, not an hour.
-#   here:   MAMBA_SKIP_CUDA_BUILD=TRUE pip download mamba-ssm==2.3.2.post1 --no-deps --no-build-isolation --no-binary :all: -d .whl
+#   here:   curl -o .whl/mamba_ssm-2.3.2.post1.tar.gz https://files.pythonhosted.org/packages/af/48/aa7bec0efc7453fa0512276c0069c854bf684219050294266534bfef34bb/mamba_ssm-2.3.2.post1.tar.gz
+#           (sha256 104cc47e9101e5401a675fa2b784f2952b9b037f3b1dd83b5ac544394e95d028; `pip download` fails here:
+#           it builds the sdist's metadata, which imports torch, in an isolated environment without it)
 #   GPU:    bash benchmarks/build_mamba_ssm.sh .whl/mamba_ssm-2.3.2.post1.tar.gz /tmp/mb
 #           export PYTHONPATH=$PYTHONPATH:$(ls -d /tmp/mb/mamba_ssm-*)
 set -euo pipefail
