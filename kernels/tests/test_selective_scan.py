@@ -515,7 +515,9 @@ def test_kernels_compile_for_hopper(use):
 # transposed four-direction scan (directions 2 and 3 run REV, each second launch adds to the first's output),
 # split into segments (the carries composed in each direction's order), backward tiles a quarter of the
 # forward's (states saved at each, from the end of the tile when REV), a channel block wider than the last
-# one's channels, and sequences that end inside a tile. A spy checks which kernels ran.
+# one's channels, and sequences that end inside a tile. A spy checks which kernels ran. "pipelined": the tile
+# loop asked for two stages (SSM_SCAN1_STAGES) still gives the reference's values; the interpreter runs the
+# loop as written, so what the pipeline compiles to is checked by the sm_90a compile test below.
 @pytest.mark.parametrize("scan1", ["0", "1"])
 @pytest.mark.parametrize("case", ["plain", "plain-grouped-segments", "cross", "cross-segments",
                                   "cross-short-bwd-tiles", "cross-wide-block-segments", "cross-pipelined-segments"])
