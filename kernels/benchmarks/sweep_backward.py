@@ -98,9 +98,11 @@ def stages_configs():
     the next tiles' loads in flight as cp.async while one is scanned), alone and with a finer split; and
     tiles twice as long at twice the warps, alone and pipelined."""
     long = {"SSM_BLOCK_L": "2048", "SSM_BWD_BLOCK_L": "1024", "SSM_NUM_WARPS": "8"}   # more loads in flight a program
-    return [("scan1", {}), ("stages=2", {"SSM_SCAN1_STAGES": "2"}), ("stages=3", {"SSM_SCAN1_STAGES": "3"}),
-            ("stages=2 split 8/SM", {"SSM_SCAN1_STAGES": "2", "SSM_SEG_PER_SM": "8"}),
-            ("tiles 2048/1024 nw=8", long), ("tiles 2048/1024 nw=8 stages=2", dict(long, SSM_SCAN1_STAGES="2"))]
+    var = [("scan1", {}), ("stages=2", {"SSM_SCAN1_STAGES": "2"}), ("stages=3", {"SSM_SCAN1_STAGES": "3"}),
+           ("stages=2 split 8/SM", {"SSM_SCAN1_STAGES": "2", "SSM_SEG_PER_SM": "8"}),
+           ("tiles 2048/1024 nw=8", long), ("tiles 2048/1024 nw=8 stages=2", dict(long, SSM_SCAN1_STAGES="2"))]
+    # the transposed layout in every row, so that the forward column (timed under no_grad) runs these kernels
+    return [(n, dict(e, SSM_CROSS_LAYOUT="transpose")) for n, e in var]
 
 
 def n16_layouts():
