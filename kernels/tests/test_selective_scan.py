@@ -388,7 +388,10 @@ def test_segment_count_heuristic(monkeypatch):
 # the forward's, backward tiles a quarter of the forward's (the forward saves the state at each one's
 # start; 130 steps leave the last forward tile partly past the end), and decays that underflow in float32
 # (exp(delta * A) below 1e-38: DIVIDE's clamp, and the carries across tiles and segments, must not turn
-# them into inf or NaN).
+# them into inf or NaN). On a GPU tl.exp is the hardware's approximate exp2 (a few units in the last place):
+# with those decays dA, summed over terms that are products of them, came 1.4e-4 from the float64 reference
+# in 2 of 14 H100 runs of the underflow cases (fresh random inputs each; session 29), over the 1e-4 that
+# holds everywhere else; the underflow case on a GPU is held to 3e-4.
 @pytest.mark.parametrize("shift", ["reload", "divide"])
 @pytest.mark.parametrize("case", ["serial", "segments", "cross-segments", "cross-strided-segments", "wide-bwd-block",
                                   "short-bwd-tiles", "cross-short-bwd-tiles", "underflow"])
@@ -414,8 +417,9 @@ def test_backward_shift_variants(monkeypatch, shift, case):
             x["delta"] = torch.where(torch.rand_like(x["delta"]) < 0.33, x["delta"].abs() + 2.0, x["delta"])
         gr = _grads(lambda t: selective_scan_ref(**t, delta_softplus=True), x, 7)
         gb = _grads(lambda t: selective_scan_fn(**t, delta_softplus=True, backend="triton"), x, 7)
+    tol = 3e-4 if case == "underflow" and dev.type == "cuda" else GRAD_TOL[torch.float32]
     for k in gr:
-        assert rel_err(gb[k], gr[k]) < GRAD_TOL[torch.float32], (k, rel_err(gb[k], gr[k]))
+        assert rel_err(gb[k], gr[k]) < tol, (k, rel_err(gb[k], gr[k]))
 
 
 def test_cross_layout_choice(monkeypatch):
