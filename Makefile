@@ -33,9 +33,9 @@ demo: install
 	@echo "The same with the second shipped model (UltraScanNet as published; cross-validated accuracy 0.71):"
 	$(BIN)/ultrascan-classify UltraScanClassifier/Resources/SampleData --model ultrascannet_busi --heatmap-dir $(OUT)/heatmaps_ultrascannet
 
-# The two suites run side by side: on a 2-core machine like CI's, `make test` on a clean clone took 905 s
-# (the application tests 881 s, the kernel suite 560 s beside them) where the suites one after the other had
-# taken 624 + 417 s (session 30). The kernel suite, single-threaded, writes its log to out/test-kernels.log,
+# The two suites run side by side: on a 2-core machine like CI's, `make test` on a clean clone took 905-950 s
+# (the application tests 881-922 s, the kernel suite 560-584 s beside them) where the suites one after the
+# other had taken 624 + 417 s (session 30). The kernel suite, single-threaded, writes its log to out/test-kernels.log,
 # printed when both are done.
 test: install-test
 	@mkdir -p out
