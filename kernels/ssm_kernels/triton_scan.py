@@ -63,6 +63,20 @@ def _softplus(x):
 
 
 @triton.jit
+def _step(delta, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """A tile of delta (channels, steps) in float32 with its channels' bias added, and the step taken from it
+    (softplus of it where asked): (before softplus, after). Both kernel families (here and triton_scan1)."""
+    dt_raw = delta.to(tl.float32)
+    if HAS_BIAS:
+        dt_raw = dt_raw + bias[:, None]
+    if SOFTPLUS:
+        dt = _softplus(dt_raw)
+    else:
+        dt = dt_raw
+    return dt_raw, dt
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     out_ptr, last_ptr, hsave_ptr, hseg_ptr, pseg_ptr,
@@ -101,6 +115,7 @@ def _scan_fwd_kernel(
         A = tl.load(A_ptr + vch[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
         if HAS_D:
             Dv = tl.load(D_ptr + vch, mask=mask_d, other=0.0).to(tl.float32)
+        bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + vch, mask=mask_d, other=0.0).to(tl.float32)
         d_base = delta_ptr + pid_b.to(tl.int64) * KD * dim * L + (kd * dim + offs_d)[:, None].to(tl.int64) * L
@@ -121,11 +136,7 @@ def _scan_fwd_kernel(
             pos = _seq_pos(t, k, L, H, W, CROSS, COLS)
             m2 = mask_d[:, None] & mask_t[None, :]
             u = tl.load(u_base + pos[None, :], mask=m2, other=0.0).to(tl.float32)
-            dt = tl.load(d_base + pos[None, :], mask=m2, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dt = dt + bias[:, None]
-            if SOFTPLUS:
-                dt = _softplus(dt)
+            _, dt = _step(tl.load(d_base + pos[None, :], mask=m2, other=0.0), bias, HAS_BIAS, SOFTPLUS)
             mnt = mask_n[:, None] & mask_t[None, :]
             Bv = tl.load(B_ptr + bc_off + pos[None, :], mask=mnt, other=0.0).to(tl.float32)
             dA = tl.exp(dt[:, None, :] * A[:, :, None])
@@ -215,6 +226,7 @@ def _scan_bwd_kernel(
         A = tl.load(A_ptr + vch[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
         if HAS_D:
             Dv = tl.load(D_ptr + vch, mask=mask_d, other=0.0).to(tl.float32)
+        bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + vch, mask=mask_d, other=0.0).to(tl.float32)
         drow = pid_b.to(tl.int64) * KD * dim * L + (kd * dim + offs_d)[:, None].to(tl.int64) * L
@@ -240,13 +252,8 @@ def _scan_bwd_kernel(
             m2 = mask_d[:, None] & mask_t[None, :]
             mnt = mask_n[:, None] & mask_t[None, :]
             if SHIFT == DIVIDE or not LOCAL:  # this tile's delta and decays
-                dt_raw = tl.load(delta_ptr + drow + pos[None, :], mask=m2, other=0.0).to(tl.float32)
-                if HAS_BIAS:
-                    dt_raw = dt_raw + bias[:, None]
-                if SOFTPLUS:
-                    dt = _softplus(dt_raw)
-                else:
-                    dt = dt_raw
+                dt_raw, dt = _step(tl.load(delta_ptr + drow + pos[None, :], mask=m2, other=0.0), bias, HAS_BIAS,
+                                   SOFTPLUS)
                 dA = tl.exp(dt[:, None, :] * A[:, :, None])
                 dA = tl.where(mask_t[None, None, :], dA, 1.0)
             Cv = tl.load(C_ptr + bc_off + pos[None, :], mask=mnt, other=0.0).to(tl.float32)
@@ -265,12 +272,8 @@ def _scan_bwd_kernel(
                 t1 = t + 1
                 mask_t1 = t1 < L
                 pos1 = _seq_pos(t1, k, L, H, W, CROSS, COLS)
-                dt1 = tl.load(delta_ptr + drow + pos1[None, :], mask=mask_d[:, None] & mask_t1[None, :],
-                              other=0.0).to(tl.float32)
-                if HAS_BIAS:
-                    dt1 = dt1 + bias[:, None]
-                if SOFTPLUS:
-                    dt1 = _softplus(dt1)
+                _, dt1 = _step(tl.load(delta_ptr + drow + pos1[None, :], mask=mask_d[:, None] & mask_t1[None, :],
+                                       other=0.0), bias, HAS_BIAS, SOFTPLUS)
                 a1 = tl.exp(dt1[:, None, :] * A[:, :, None])
                 a1 = tl.where(mask_t1[None, None, :], a1, 1.0)
                 ga, gb = tl.associative_scan((a1, cb), 2, _combine, reverse=True)

@@ -39,7 +39,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_scan import DIVIDE_CLAMP, DIVIDE_UNCLAMP, _combine, _softplus
+from .triton_scan import DIVIDE_CLAMP, DIVIDE_UNCLAMP, _combine, _step
 
 
 @triton.jit
@@ -72,20 +72,6 @@ def _setup(A_ptr, D_ptr, bias_ptr, dim, L, dpg, n_bc_groups, n_dsl, k, kd, seg_o
     bc = (pid_b.to(tl.int64) * n_bc_groups + grp) * L
     sv = pid_b.to(tl.int64) * KP * dim + vch
     return seg, offs_d, mask_d, offs_l, A, Dv, bias, row, drow, bc, sv
-
-
-@triton.jit
-def _step(delta, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """A tile of delta (channels, steps) in float32 with its channels' bias added, and the step taken from it
-    (softplus of it where asked)."""
-    dt_raw = delta.to(tl.float32)
-    if HAS_BIAS:
-        dt_raw = dt_raw + bias[:, None]
-    if SOFTPLUS:
-        dt = _softplus(dt_raw)
-    else:
-        dt = dt_raw
-    return dt_raw, dt
 
 
 @triton.jit
