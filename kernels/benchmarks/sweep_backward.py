@@ -99,6 +99,7 @@ def stages_configs():
     tiles twice as long at twice the warps, alone and pipelined."""
     long = {"SSM_BLOCK_L": "2048", "SSM_BWD_BLOCK_L": "1024", "SSM_NUM_WARPS": "8"}   # more loads in flight a program
     var = [("scan1", {}), ("stages=2", {"SSM_SCAN1_STAGES": "2"}), ("stages=3", {"SSM_SCAN1_STAGES": "3"}),
+           ("bwd stages=3", {"SSM_SCAN1_BWD_STAGES": "3"}), ("bwd stages=4", {"SSM_SCAN1_BWD_STAGES": "4"}),
            ("stages=2 split 8/SM", {"SSM_SCAN1_STAGES": "2", "SSM_SEG_PER_SM": "8"}),
            ("tiles 2048/1024 nw=8", long), ("tiles 2048/1024 nw=8 stages=2", dict(long, SSM_SCAN1_STAGES="2"))]
     # the transposed layout in every row, so that the forward column (timed under no_grad) runs these kernels
@@ -112,6 +113,10 @@ def n16_layouts():
         for shift in SHIFTS:
             out.append((f"{shift} fwd bd={bd} bl={bl}",
                         {"SSM_BWD_SHIFT": shift, "SSM_BLOCK_D": str(bd), "SSM_BLOCK_L": str(bl)}))
+    for bl, nw in ((64, 4), (256, 4), (256, 8), (128, 8), (128, 2)):   # one channel, other tiles and warps
+        out.append((f"divide fwd bl={bl} nw={nw} bwd bl=32",
+                    {"SSM_BWD_SHIFT": "divide", "SSM_BLOCK_L": str(bl), "SSM_NUM_WARPS": str(nw),
+                     "SSM_BWD_BLOCK_L": "32", "SSM_BWD_NUM_WARPS": "4"}))
     return out
 
 

@@ -201,11 +201,12 @@ def use_scan1(N: int, layout: str) -> bool:
     return flag == "1" and N == 1 and layout in ("plain", "transpose")
 
 
-def _scan1_stages() -> int:
+def _scan1_stages(backward: bool = False) -> int:
     """Software-pipelining depth of the one-wide-state kernels' tile loop (tl.range num_stages: the next
-    tiles' loads issued as cp.async into shared memory while this one is scanned). SSM_SCAN1_STAGES;
-    1 = no pipelining."""
-    return _env_int("SSM_SCAN1_STAGES", 1)
+    tiles' loads issued as cp.async into shared memory while this one is scanned). SSM_SCAN1_STAGES sets
+    both passes, SSM_SCAN1_BWD_STAGES the backward's alone; 1 = no pipelining."""
+    both = _env_int("SSM_SCAN1_STAGES", 1)
+    return _env_int("SSM_SCAN1_BWD_STAGES", both) if backward else both
 
 
 def _passes1(cross):
@@ -372,7 +373,7 @@ def _backward1(u, delta, A, Bg, Cg, D, z, delta_bias, hsave, dout, softplus, hw,
                 dim, L, dpg, n_chunks, BB.shape[1], dd.shape[1] // dim, k, kd, n_seg, tps)
         flags = dict(KP=KP, CROSS=cross, REV=rev, ACC=acc, HAS_D=D is not None, HAS_Z=z is not None,
                      HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, SEGMENTED=n_seg > 1, BLOCK_D=bd,
-                     BLOCK_L=bl, STAGES=_scan1_stages(), num_warps=nw)
+                     BLOCK_L=bl, STAGES=_scan1_stages(backward=True), num_warps=nw)
         if n_seg > 1:  # the segments whose start adjoints earlier ones need: all but the direction's first
             _scan1_bwd_kernel[(batch, nblk, n_seg - 1)](*args, 0 if rev else 1, n_saved, LOCAL=True, **flags)
         _scan1_bwd_kernel[(batch, nblk, n_seg)](*args, 0, n_saved, LOCAL=False, **flags)

@@ -578,8 +578,11 @@ def test_one_wide_state_choice(monkeypatch):
     from ssm_kernels.triton_launch import _scan1_stages
     monkeypatch.delenv("SSM_SCAN1_STAGES", raising=False)
     assert _scan1_stages() == 1          # the tile loop is not pipelined until timed
+    monkeypatch.delenv("SSM_SCAN1_BWD_STAGES", raising=False)
     monkeypatch.setenv("SSM_SCAN1_STAGES", "3")
-    assert _scan1_stages() == 3
+    assert _scan1_stages() == 3 and _scan1_stages(backward=True) == 3   # both passes
+    monkeypatch.setenv("SSM_SCAN1_BWD_STAGES", "2")
+    assert _scan1_stages() == 3 and _scan1_stages(backward=True) == 2   # the backward's own
     full = dict(per_sm=SCAN1_SEG_PER_SM_FULL, below_per_sm=SCAN1_SEG_BELOW_PER_SM)
     assert plan_segments(192, 392, 132, **full) == 3     # stage 0 of the 224 step: 2 x 96 channels a launch
     assert plan_segments(384, 49, 132, **full) == 2      # (2, 192, 56, 896)
