@@ -100,13 +100,19 @@ def layouts(args):
     """The forward per 224 x 224 x 64 patch (inference mode, fp32 and bf16) under each SS2D scan layout of
     args.layouts, same model and input, timed in alternation (3 rounds, the median of each); outputs compared
     with the first layout's. The inference default reads "strided" through the general kernels; "transpose"
-    runs the one-wide-state kernels (SSM_SCAN1) on rows of a transposed copy."""
+    runs the one-wide-state kernels (SSM_SCAN1) on rows of a transposed copy. Eager, and (fwd_graph_*) as
+    Segment Liver runs a window: replayed from a CUDA graph (inference.CudaGraphForward, autocast without its
+    weight cache), one graph per layout and precision."""
+    from SRMASegmenterLib.inference import CudaGraphForward
+
     dev = torch.device("cuda")
     model = SRMAMamba().to(dev).eval()
     x = torch.randn(1, 1, 224, 224, 64, device=dev)
     res = dict(device=torch.cuda.get_device_name(), layouts=args.layouts)
     first = {}
     times = {(lay, amp): [] for lay in args.layouts for amp in ("fp32", "bf16")}
+    gtimes = {k: [] for k in times}
+    graphs = {}
     saved = os.environ.get("SSM_CROSS_LAYOUT")
     try:
         with torch.inference_mode():
@@ -120,6 +126,13 @@ def layouts(args):
                         first.setdefault(amp, y)
                         res[f"{lay}_{amp}_rel_diff_vs_{args.layouts[0]}"] = float((y - first[amp]).norm() /
                                                                                   first[amp].norm())
+                        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp == "bf16", cache_enabled=False):
+                            g = graphs.setdefault((lay, amp), CudaGraphForward(lambda t: model(t)[0]))
+                            gtimes[(lay, amp)].append(cuda_time(lambda: g(x), reps=10, warmup=3))
+                            yg = g(x).float()
+                        if g.failed:
+                            res[f"graph_{lay}_{amp}_failed"] = g.failed
+                        res[f"graph_{lay}_{amp}_rel_diff_vs_eager"] = float((yg - y).norm() / y.norm())
     finally:
         if saved is None:
             os.environ.pop("SSM_CROSS_LAYOUT", None)
@@ -127,6 +140,7 @@ def layouts(args):
             os.environ["SSM_CROSS_LAYOUT"] = saved
     for (lay, amp), t in times.items():
         res[f"fwd_{lay}_{amp}_ms"] = statistics.median(t)
+        res[f"fwd_graph_{lay}_{amp}_ms"] = statistics.median(gtimes[(lay, amp)])
     return res
 
 
