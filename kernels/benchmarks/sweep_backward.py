@@ -120,6 +120,22 @@ def n16_layouts():
     return out
 
 
+# UltraScanNet's scans at batch 32 (d_state 8; stage 2: 160 channels x 14 x 14 tokens, stage 3: 320 x 7 x 7),
+# after the benchmark table's N = 16 shapes
+SCANN_SHAPES = [(2, 384, 50176, 16, 1), (32, 768, 784, 16, 1), (8, 1536, 2048, 16, 1), (32, 160, 196, 8, 1),
+                (32, 320, 49, 8, 1)]
+
+
+def scann_configs():
+    """The general kernels (today's path for d_state >= 2) first, then the state-at-a-time kernels
+    (SSM_SCANN=1, triton_scann.py) under channel block x tile x warps (both passes alike)."""
+    out = [("general", {"SSM_SCANN": "0"})]
+    for bd, bl, nw in ((1, 256, 4), (2, 256, 4), (1, 512, 4), (2, 512, 8), (4, 128, 4), (1, 1024, 8), (2, 128, 4)):
+        out.append((f"scann bd={bd} bl={bl} nw={nw}", {"SSM_SCANN": "1", "SSM_BLOCK_D": str(bd),
+                                                        "SSM_BLOCK_L": str(bl), "SSM_NUM_WARPS": str(nw)}))
+    return out
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--json")
@@ -127,6 +143,9 @@ def main():
     p.add_argument("--tune", action="store_true", help="the launch-settings sweep of the 224 step's SS2D maps, bf16")
     p.add_argument("--tune1", action="store_true", help="--tune's maps: the one-wide-state kernels against the general ones")
     p.add_argument("--stages", action="store_true", help="--tune's maps: the one-wide-state kernels' tile loop pipelined")
+    p.add_argument("--scann", action="store_true", help="the state-at-a-time kernels for d_state >= 2 against the "
+                   "general ones, bf16 (fp32 too with --fp32)")
+    p.add_argument("--fp32", action="store_true")
     p.add_argument("--maps", type=int, default=4, help="--tune / --tune1 / --stages: the first this many maps")
     p.add_argument("--only", choices=("ss2d", "n1", "n16"), action="append",
                    help="a part of the sweep (repeatable; default all): the four-direction scans of SRMA-Mamba, "
@@ -145,6 +164,16 @@ def main():
                      pick())
             del x
             torch.cuda.empty_cache()
+        parts = []
+    if a.scann:
+        for shape in SCANN_SHAPES:
+            for dtype in ((torch.bfloat16, torch.float32) if a.fp32 else (torch.bfloat16,)):
+                x = make(*shape, dtype)
+                fn = lambda t: selective_scan_fn(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t.get("z"),
+                                                 t["delta_bias"], True, backend="triton")
+                run_case(f"{shape} {str(dtype)[6:]}", fn, x, rows, scann_configs())
+                del x
+                torch.cuda.empty_cache()
         parts = []
     if "ss2d" in parts:  # first: the training step of the liver model runs these
         for shape in CROSS:
@@ -173,6 +202,11 @@ def main():
     print("\nbest fwd+bwd per case:")
     for case, r in best.items():
         print(f"{case:<40}{r['config']:<28}{r['fwd_bwd_ms']:10.3f}{r['fwd_bwd_speedup']:7.2f}x")
+    if a.scann:
+        for pre in ("(", "(32, 160", "(32, 320"):
+            r = best_overall(rows, pre)
+            if r:
+                print(f"best over the {r[2]} cases starting {pre!r} (geometric mean of fwd+bwd speed-ups {r[1]:.2f}x): {r[0]}")
     suggest = best_overall(rows, "SS2D")
     if suggest:
         name, gm, n = suggest

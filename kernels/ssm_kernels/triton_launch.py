@@ -29,7 +29,7 @@ def _pow2_divisor(n: int, cap: int) -> int:
     return b
 
 
-def _blocks(dim, dpg, N, cross, L, scan1=False):
+def _blocks(dim, dpg, N, cross, L, scan1=False, scann=False):
     """Block sizes: few channels per program (many programs in flight: the scan over L is serial within
     one), long tiles along L. Overridable through SSM_BLOCK_D / SSM_BLOCK_L / SSM_NUM_WARPS for tuning.
     The one-wide-state kernels (scan1) take one channel a program (session 29's sweep: at every large SS2D
@@ -37,7 +37,11 @@ def _blocks(dim, dpg, N, cross, L, scan1=False):
     bn = triton.next_power_of_2(max(N, 1))
     cap = int(os.environ.get("SSM_BLOCK_D", 0)) or (1 if scan1 else 2 if bn <= 2 else 1)  # general: sweep_scan.py, H100
     bd = min(cap, triton.next_power_of_2(dim)) if cross else _pow2_divisor(dpg, cap)
-    bl = int(os.environ.get("SSM_BLOCK_L", 0)) or (1024 if bn <= 2 else (256 if bn <= 4 else 128))
+    if scann:
+        cap = int(os.environ.get("SSM_BLOCK_D", 0)) or SCANN_BLOCK[0]
+        bd = _pow2_divisor(dpg, cap)
+    bl = int(os.environ.get("SSM_BLOCK_L", 0)) or (SCANN_BLOCK[1] if scann else 1024 if bn <= 2 else
+                                                   (256 if bn <= 4 else 128))
     bl = max(16, min(bl, triton.next_power_of_2(max(L, 1))))
     nw = int(os.environ.get("SSM_NUM_WARPS", 0)) or 4
     return bd, bn, bl, nw
@@ -201,6 +205,20 @@ def use_scan1(N: int, layout: str) -> bool:
     return flag == "1" and N == 1 and layout in ("plain", "transpose")
 
 
+# The state-at-a-time kernels for d_state >= 2 (triton_scann.py) in the plain scan: off until timed on a GPU;
+# their (channel block, tile) until swept.
+SCANN_DEFAULT = "0"
+SCANN_BLOCK = (2, 256)
+
+
+def use_scann(N: int, layout: str) -> bool:
+    """Whether a scan with state width N in this layout runs the state-at-a-time kernels (SSM_SCANN)."""
+    flag = os.environ.get("SSM_SCANN", "") or SCANN_DEFAULT
+    if flag not in ("0", "1"):
+        raise ValueError(f"SSM_SCANN={flag!r}: choose 0 or 1")
+    return flag == "1" and N >= 2 and layout == "plain"
+
+
 def _scan1_stages(backward: bool = False) -> int:
     """Software-pipelining depth of the one-wide-state kernels' tile loop (tl.range num_stages: the next
     tiles' loads issued as cp.async into shared memory while this one is scanned). SSM_SCAN1_STAGES sets
@@ -238,12 +256,15 @@ def forward(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save):
     H, W = hw if cross else (1, L)
     layout = cross_layout(save) if cross else "plain"
     scan1 = use_scan1(N, layout)
-    bd, bn, bl, nw = _blocks(dim, dpg, N, cross, L, scan1)
+    scann = not scan1 and use_scann(N, layout)
+    bd, bn, bl, nw = _blocks(dim, dpg, N, cross, L, scan1, scann)
     n_chunks = max(1, triton.cdiv(L, bl))
     sub = _bwd_tile(bl, bn, layout) if save else bl  # the backward's tile: the forward saves the state at each one's start
     if scan1:
         return _forward1(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save, layout,
                          dpg, bd, bl, nw, sub)
+    if scann:
+        return _forwardN(u, delta, A, B, C, D, z, delta_bias, softplus, out_dtype, save, dpg, bd, bn, bl, nw, sub)
     n_saved = n_chunks * (bl // sub)
     dev = u.device
     out = (torch.zeros(batch, dim, L, device=dev, dtype=torch.float32) if cross
@@ -328,6 +349,63 @@ def _forward1(u, delta, A, B, C, D, z, delta_bias, softplus, hw, out_dtype, save
     return out, last, hsave, meta
 
 
+def _scann_stages() -> int:
+    """Software-pipelining depth of the state-at-a-time kernels' tile loop (SSM_SCANN_STAGES; 1 = none)."""
+    return _env_int("SSM_SCANN_STAGES", 1)
+
+
+def _forwardN(u, delta, A, B, C, D, z, delta_bias, softplus, out_dtype, save, dpg, bd, bn, bl, nw, sub):
+    """forward() of the plain scan through the state-at-a-time kernels (B and C grouped: (batch, G, N, L));
+    serial along L (one launch, no segments)."""
+    from .triton_scann import _scann_fwd_kernel
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    n_chunks = max(1, triton.cdiv(L, bl))
+    n_saved = n_chunks * (bl // sub)
+    dev = u.device
+    out = _empty(batch, dim, L, device=dev, dtype=out_dtype)
+    last = _empty(batch, dim, N, device=dev, dtype=torch.float32)
+    hsave = (_empty(batch, dim, N, n_saved, device=dev, dtype=torch.float32) if save
+             else torch.empty(0, device=dev))
+    _scann_fwd_kernel[(batch, triton.cdiv(dim, bd))](
+        u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
+        delta_bias if delta_bias is not None else u, out, last, hsave, dim, L, dpg, n_chunks, B.shape[1], n_saved,
+        N=N, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
+        SAVE=save, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, SUB=sub, STAGES=_scann_stages(), num_warps=nw)
+    meta = dict(bd=bd, bn=bn, bl=bl, nw=nw, n_chunks=n_chunks, n_seg=1, G=B.shape[1], grouped_input=True,
+                sub=sub, n_saved=n_saved, layout="plain", scann=True)
+    return out, last, hsave, meta
+
+
+def _backwardN(u, delta, A, Bg, Cg, D, z, delta_bias, hsave, dout, softplus, meta, dpg):
+    """backward() through the state-at-a-time kernels: (du, ddelta, dA (batch, dim, N, 1), dB, dC (grouped,
+    float32), dD and dbias (batch, dim, 1), dz)."""
+    from .triton_scann import _scann_bwd_kernel
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    bl, n_saved = meta["sub"], meta["n_saved"]
+    n_chunks = max(1, triton.cdiv(L, bl))
+    bd, nw, _ = _bwd_blocks(dim, dpg, "plain", meta)
+    dev = u.device
+    f32 = torch.float32
+    du = _empty(batch, dim, L, device=dev, dtype=u.dtype)
+    ddelta = _empty(batch, dim, L, device=dev, dtype=delta.dtype)
+    dA = _empty(batch, dim, N, 1, device=dev, dtype=f32)
+    dB = torch.zeros(Bg.shape, device=dev, dtype=f32)  # summed over channel blocks with atomics
+    dC = torch.zeros(Cg.shape, device=dev, dtype=f32)
+    dD = _empty(batch, dim, 1, device=dev, dtype=f32) if D is not None else None
+    dz = _empty(batch, dim, L, device=dev, dtype=z.dtype) if z is not None else None
+    dbias = _empty(batch, dim, 1, device=dev, dtype=f32) if delta_bias is not None else None
+    _scann_bwd_kernel[(batch, triton.cdiv(dim, bd))](
+        u, delta, A, Bg, Cg, D if D is not None else du, z if z is not None else du,
+        delta_bias if delta_bias is not None else du, dout, hsave, du, ddelta, dA, dB, dC,
+        dD if dD is not None else du, dz if dz is not None else du, dbias if dbias is not None else du,
+        dim, L, dpg, n_chunks, Bg.shape[1], n_saved, N=N, HAS_D=D is not None, HAS_Z=z is not None,
+        HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, BLOCK_D=bd, BLOCK_N=meta["bn"], BLOCK_L=bl,
+        STAGES=_scann_stages(), num_warps=nw)
+    return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
 def _backward1(u, delta, A, Bg, Cg, D, z, delta_bias, hsave, dout, softplus, hw, meta, dpg):
     """backward() through the one-wide-state kernels: (du, ddelta, dA (batch, KP dim, 1, segments), dB, dC
     (grouped, float32), dD and dbias per segment, dz)."""
@@ -399,6 +477,10 @@ def backward(u, delta, A, B, C, D, z, delta_bias, hsave, dout, softplus, hw, met
     if meta.get("scan1"):
         du, ddelta, dA, dB, dC, dD, dz, dbias = _backward1(u, delta, A, Bg, Cg, D, z, delta_bias, hsave, dout,
                                                            softplus, hw, meta, dpg)
+        return _reduced(u, delta, A, B, C, D, z, delta_bias, du, ddelta, dA, dB, dC, dD, dz, dbias, ungrouped)
+    if meta.get("scann"):
+        du, ddelta, dA, dB, dC, dD, dz, dbias = _backwardN(u, delta, A, Bg, Cg, D, z, delta_bias, hsave, dout,
+                                                           softplus, meta, dpg)
         return _reduced(u, delta, A, B, C, D, z, delta_bias, du, ddelta, dA, dB, dC, dD, dz, dbias, ungrouped)
     bn, bl, n_saved = meta["bn"], meta["sub"], meta["n_saved"]  # the backward's tiles: the saved states'
     n_chunks = max(1, triton.cdiv(L, bl))
