@@ -1,5 +1,6 @@
 """Correctness of every backend against the float64 reference, on fresh random inputs each run."""
 
+import os
 import pytest
 import torch
 
@@ -615,4 +616,92 @@ def test_one_wide_state_kernels_compile_for_hopper():
     out = compile_for_hopper(_COMPILE_CHECK1)
     got = [tuple(int(v) for v in m) for m in re.findall(r"\((\d+), (\d+), (\d+), \d+\)", out)]
     assert len(got) == 18, out
+    assert all(0 < r <= 255 and st == 0 and ld == 0 for r, st, ld in got), out
+
+
+# The state-at-a-time kernels (triton_scann.py; SSM_SCANN) for d_state >= 2 in the plain scan, against the
+# float64 reference: every option on and off, grouped and ungrouped B and C, states not a power of 2, a channel
+# block of several channels, backward tiles shorter than the forward's (states saved at each), a sequence that
+# ends inside a tile, and the tile loop pipelined. A spy checks that these kernels ran.
+@pytest.mark.parametrize("case", ["N4-grouped-all-options", "N16-no-options", "N3-block4-short-bwd-tiles",
+                                  "N8-half", "N5-pipelined"])
+def test_state_at_a_time_kernels(monkeypatch, case):
+    from ssm_kernels import triton_launch
+    dev = device_for("triton")
+    for k in [k for k in os.environ if k.startswith("SSM_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("SSM_SCANN", "1")
+    monkeypatch.setenv("SSM_BLOCK_L", "32" if "short-bwd" in case else "16")
+    if "short-bwd" in case:
+        monkeypatch.setenv("SSM_BWD_BLOCK_L", "16")
+    if "block4" in case:
+        monkeypatch.setenv("SSM_BLOCK_D", "4")
+    if "pipelined" in case:
+        monkeypatch.setenv("SSM_SCANN_STAGES", "2")
+    seen, real = [], triton_launch.forward
+
+    def spy(*args, save):
+        r = real(*args, save=save)
+        seen.append(bool(r[3].get("scann")))
+        return r
+    monkeypatch.setattr(triton_launch, "forward", spy)
+    N = int(case.split("-")[0][1:])
+    opts = (False,) * 4 if "no-options" in case else (True, True, True, True)
+    wd, wz, wb, sp = opts
+    dtype = torch.bfloat16 if "half" in case else torch.float32
+    x = make_inputs(2, 8, 61, N, 2 if "grouped" in case else None, dtype, dev, wd, wz, wb, softplus=sp)
+    out, last = selective_scan_fn(**x, delta_softplus=sp, return_last_state=True, backend="triton")
+    x64 = {k: (None if v is None else v.double()) for k, v in x.items()}
+    ref, ref_last = selective_scan_ref(**x64, delta_softplus=sp, return_last_state=True)
+    assert rel_err(out, ref) < TOL[dtype] and rel_err(last, ref_last) < TOL[dtype]
+    if dtype == torch.float32:
+        gr = _grads(lambda t: selective_scan_ref(**t, delta_softplus=sp), x, 7)
+        gb = _grads(lambda t: selective_scan_fn(**t, delta_softplus=sp, backend="triton"), x, 7)
+        for k in gr:
+            assert rel_err(gb[k], gr[k]) < GRAD_TOL[dtype], (k, rel_err(gb[k], gr[k]))
+    else:   # half inputs: the kernels' gradients are the float32 path's, rounded to the inputs' dtype
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(dev)
+        x32 = {k: (None if v is None else v.float()) for k, v in x.items()}
+        gh = _grads_of(lambda t: selective_scan_fn(**t, delta_softplus=sp, backend="triton"), x, g)
+        gf = _grads_of(lambda t: selective_scan_fn(**t, delta_softplus=sp, backend="triton"), x32, g)
+        for k in gh:
+            assert gh[k].dtype == x[k].dtype, k
+            assert rel_err(gh[k].float(), gf[k]) < GRAD_TOL[dtype], (k, rel_err(gh[k].float(), gf[k]))
+    assert seen and all(seen)
+
+
+def test_state_at_a_time_choice(monkeypatch):
+    """SSM_SCANN picks the state-at-a-time kernels for d_state >= 2 in the plain scan only; d_state 1 keeps the
+    one-wide-state kernels, the four-direction scan the general ones; a bad value is refused."""
+    from ssm_kernels.triton_launch import use_scann
+    monkeypatch.setenv("SSM_SCANN", "1")
+    assert use_scann(2, "plain") and use_scann(16, "plain")
+    assert not use_scann(1, "plain") and not use_scann(4, "transpose") and not use_scann(4, "strided")
+    monkeypatch.setenv("SSM_SCANN", "0")
+    assert not use_scann(16, "plain")
+    monkeypatch.setenv("SSM_SCANN", "on")
+    with pytest.raises(ValueError, match="SSM_SCANN"):
+        use_scann(16, "plain")
+
+
+_COMPILE_CHECKN = """
+from ptxas_report import ptxas_info
+from ssm_kernels.triton_launch import SCANN_BLOCK
+from ssm_kernels.triton_scann import _scann_bwd_kernel, _scann_fwd_kernel
+bd, bl = SCANN_BLOCK
+for N in (8, 16):
+    base = dict(N=N, HAS_D=True, HAS_Z=False, HAS_BIAS=True, SOFTPLUS=True, STAGES=1, BLOCK_D=bd, BLOCK_N=N, BLOCK_L=bl)
+    print("fwd", N, ptxas_info(_scann_fwd_kernel, dict(base, SAVE=True, SUB=bl), 4))
+    print("bwd", N, ptxas_info(_scann_bwd_kernel, base, 4))
+"""
+
+
+def test_state_at_a_time_kernels_compile_for_hopper():
+    """At the default channel block and tile, both kernels compile for sm_90a without spilling at d_state 8
+    and 16 (the state loop is not unrolled, so the registers do not grow with N), as UltraScanNet calls them
+    (D and the delta bias, no z: with z the backward spilled 28 bytes at 168 registers, Triton 3.6)."""
+    import re
+    out = compile_for_hopper(_COMPILE_CHECKN)
+    got = [tuple(int(v) for v in m) for m in re.findall(r"\((\d+), (\d+), (\d+), \d+\)", out)]
+    assert len(got) == 4, out
     assert all(0 < r <= 255 and st == 0 and ld == 0 for r, st, ld in got), out
