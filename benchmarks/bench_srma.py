@@ -99,10 +99,10 @@ def gpu(args):
 def layouts(args):
     """The forward per 224 x 224 x 64 patch (inference mode, fp32 and bf16) under each SS2D scan layout of
     args.layouts, same model and input, timed in alternation (3 rounds, the median of each); outputs compared
-    with the first layout's. The inference default reads "strided" through the general kernels; "transpose"
-    runs the one-wide-state kernels (SSM_SCAN1) on rows of a transposed copy. Eager, and (fwd_graph_*) as
-    Segment Liver runs a window: replayed from a CUDA graph (inference.CudaGraphForward, autocast without its
-    weight cache), one graph per layout and precision."""
+    with the first layout's. "strided" reads the column-major directions in place through the general kernels;
+    "transpose" (the default) runs the one-wide-state kernels (SSM_SCAN1) on rows of a transposed copy. Eager,
+    and (fwd_graph_*) as Segment Liver runs a window: replayed from a CUDA graph (inference.CudaGraphForward,
+    autocast without its weight cache), one graph per layout and precision."""
     from SRMASegmenterLib.inference import CudaGraphForward
 
     dev = torch.device("cuda")

@@ -126,13 +126,19 @@ SCANN_SHAPES = [(2, 384, 50176, 16, 1), (32, 768, 784, 16, 1), (8, 1536, 2048, 1
                 (32, 320, 49, 8, 1)]
 
 
-def scann_configs():
-    """The general kernels (today's path for d_state >= 2) first, then the state-at-a-time kernels
-    (SSM_SCANN=1, triton_scann.py) under channel block x tile x warps (both passes alike)."""
+def scann_configs(fine=False):
+    """The general kernels first (SSM_SCANN=0), then the state-at-a-time kernels (SSM_SCANN=1,
+    triton_scann.py) under channel block x tile x warps (both passes alike); fine: around session 31's best
+    (one channel, 512 steps, 4 warps), the loop pipelined and the backward's tile halved."""
     out = [("general", {"SSM_SCANN": "0"})]
-    for bd, bl, nw in ((1, 256, 4), (2, 256, 4), (1, 512, 4), (2, 512, 8), (4, 128, 4), (1, 1024, 8), (2, 128, 4)):
+    grid = (((1, 256, 4), (2, 256, 4), (1, 512, 4), (2, 512, 8), (4, 128, 4), (1, 1024, 8), (2, 128, 4)) if not fine
+            else ((1, 512, 4), (1, 512, 2), (1, 1024, 4), (1, 256, 2), (1, 2048, 8), (1, 512, 8)))
+    for bd, bl, nw in grid:
         out.append((f"scann bd={bd} bl={bl} nw={nw}", {"SSM_SCANN": "1", "SSM_BLOCK_D": str(bd),
                                                         "SSM_BLOCK_L": str(bl), "SSM_NUM_WARPS": str(nw)}))
+    if fine:   # the tile loop pipelined, and the backward on half tiles
+        out += [("scann stages=2", {"SSM_SCANN": "1", "SSM_SCANN_STAGES": "2"}),
+                ("scann bwd bl=256", {"SSM_SCANN": "1", "SSM_BWD_BLOCK_L": "256"})]
     return out
 
 
@@ -146,6 +152,7 @@ def main():
     p.add_argument("--scann", action="store_true", help="the state-at-a-time kernels for d_state >= 2 against the "
                    "general ones, bf16 (fp32 too with --fp32)")
     p.add_argument("--fp32", action="store_true")
+    p.add_argument("--fine", action="store_true", help="--scann: the grid around session 31's best")
     p.add_argument("--maps", type=int, default=4, help="--tune / --tune1 / --stages: the first this many maps")
     p.add_argument("--only", choices=("ss2d", "n1", "n16"), action="append",
                    help="a part of the sweep (repeatable; default all): the four-direction scans of SRMA-Mamba, "
@@ -171,7 +178,7 @@ def main():
                 x = make(*shape, dtype)
                 fn = lambda t: selective_scan_fn(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t.get("z"),
                                                  t["delta_bias"], True, backend="triton")
-                run_case(f"{shape} {str(dtype)[6:]}", fn, x, rows, scann_configs())
+                run_case(f"{shape} {str(dtype)[6:]}", fn, x, rows, scann_configs(a.fine))
                 del x
                 torch.cuda.empty_cache()
         parts = []

@@ -153,15 +153,15 @@ def _segments(programs: int, n_chunks: int, device, backward: bool = False,
 def cross_layout(save: bool = False) -> str:
     """How the four-direction scan reads the column-major directions: "strided" (read in place through a
     strided index; no copies, scattered loads) or "transpose" (directions 1 and 3 run as rows of a
-    transposed copy of x, delta, B and C, their output and gradients transposed back).
-    Default: "transpose" where a backward follows (save: training), "strided" for a forward alone
-    (inference). SSM_CROSS_LAYOUT overrides both. Why (H100, docs/BENCHMARKS.md, sessions 18-19,
-    kernels/benchmarks/bench_cross_layout.py): forward + backward, the transposed layout is 1.3-2.7x
-    faster on every SS2D shape timed, and the SRMA-Mamba training step at 224 x 224 x 64 took 361 instead
-    of 371 ms (1.03x) with the same loss and gradients as the strided default (their difference no larger
-    than two strided runs' own); forward alone it wins on the large maps (1.25-1.9x) but loses on the small
-    one (0.85x at 192 channels on 224 x 224), and the inference forward has not been timed end to end."""
-    name = os.environ.get("SSM_CROSS_LAYOUT", "") or ("transpose" if save else "strided")
+    transposed copy of x, delta, B and C, their output and gradients transposed back). Default: "transpose",
+    in training (save: a backward follows) and in inference alike; SSM_CROSS_LAYOUT overrides it.
+    Why (H100, docs/BENCHMARKS.md): training since session 19 (forward + backward 1.3-2.7x on every SS2D
+    shape; the step 1.03x, then the one-wide-state kernels of session 29 read this layout only). Inference
+    since session 31: SRMA-Mamba's forward per 224 x 224 x 64 patch replayed from a CUDA graph, as Segment
+    Liver runs a window, took 24.5 ms in bf16 and 35.4 ms in fp32 against the strided layout's 40.3 and
+    50.4. Launched eagerly from Python the transposed layout is the slower one (58.1 / 54.7 against 42.6 /
+    51.8 ms: twice the launches), which only the inference's fallback for a failed capture runs."""
+    name = os.environ.get("SSM_CROSS_LAYOUT", "") or "transpose"
     if name not in ("transpose", "strided"):
         raise ValueError(f"SSM_CROSS_LAYOUT={name!r}: choose transpose or strided")
     return name
@@ -205,10 +205,12 @@ def use_scan1(N: int, layout: str) -> bool:
     return flag == "1" and N == 1 and layout in ("plain", "transpose")
 
 
-# The state-at-a-time kernels for d_state >= 2 (triton_scann.py) in the plain scan: off until timed on a GPU;
-# their (channel block, tile) until swept.
-SCANN_DEFAULT = "0"
-SCANN_BLOCK = (2, 256)
+# The state-at-a-time kernels for d_state >= 2 (triton_scann.py) in the plain scan, one channel x 512 steps a
+# program at 4 warps (session 31, H100, bf16, sweep_backward --scann [--fine] against the general kernels:
+# forward + backward 1.33-1.95x on the three N = 16 shapes of the benchmark table, 1.06x / 0.96x on
+# UltraScanNet's two; (1, 256) at 2 warps 1.42x over all five against 1.36x, but a slower forward).
+SCANN_DEFAULT = "1"
+SCANN_BLOCK = (1, 512)
 
 
 def use_scann(N: int, layout: str) -> bool:
@@ -219,12 +221,21 @@ def use_scann(N: int, layout: str) -> bool:
     return flag == "1" and N >= 2 and layout == "plain"
 
 
+# The one-wide-state backward's tile loop in 3 stages (session 31, H100, the training step as a CUDA graph:
+# 163.2 -> 156.7 ms at 224 x 224 x 64, 53.2 -> 51.9 at 128 x 128 x 48; 4 stages 157.2; both passes in 3 stages
+# 158.6, the forward alone being 0.85-0.98x pipelined in sweep_backward --stages). The forward stays at 1.
+SCAN1_BWD_STAGES = 3
+
+
 def _scan1_stages(backward: bool = False) -> int:
     """Software-pipelining depth of the one-wide-state kernels' tile loop (tl.range num_stages: the next
-    tiles' loads issued as cp.async into shared memory while this one is scanned). SSM_SCAN1_STAGES sets
-    both passes, SSM_SCAN1_BWD_STAGES the backward's alone; 1 = no pipelining."""
-    both = _env_int("SSM_SCAN1_STAGES", 1)
-    return _env_int("SSM_SCAN1_BWD_STAGES", both) if backward else both
+    tiles' loads issued as cp.async into shared memory while this one is scanned); 1 = no pipelining.
+    SSM_SCAN1_STAGES sets both passes, SSM_SCAN1_BWD_STAGES the backward's alone (default: the forward 1, the
+    backward SCAN1_BWD_STAGES)."""
+    both = _env_int("SSM_SCAN1_STAGES", 0)
+    if backward:
+        return _env_int("SSM_SCAN1_BWD_STAGES", both or SCAN1_BWD_STAGES)
+    return both or 1
 
 
 def _passes1(cross):

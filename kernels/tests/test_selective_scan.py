@@ -426,10 +426,10 @@ def test_backward_shift_variants(monkeypatch, shift, case):
 def test_cross_layout_choice(monkeypatch):
     from ssm_kernels.triton_launch import cross_layout
     monkeypatch.delenv("SSM_CROSS_LAYOUT", raising=False)
-    assert cross_layout() == "strided"              # a forward alone (inference): strided
-    assert cross_layout(save=True) == "transpose"   # a backward follows (training): transposed
-    monkeypatch.setenv("SSM_CROSS_LAYOUT", "transpose")
-    assert cross_layout() == "transpose"
+    assert cross_layout() == "transpose"            # a forward alone (inference, replayed from a CUDA graph)
+    assert cross_layout(save=True) == "transpose"   # a backward follows (training)
+    monkeypatch.setenv("SSM_CROSS_LAYOUT", "strided")
+    assert cross_layout() == "strided"
     monkeypatch.setenv("SSM_CROSS_LAYOUT", "strided")
     assert cross_layout(save=True) == "strided"     # the variable overrides both
     monkeypatch.setenv("SSM_CROSS_LAYOUT", "diagonal")
@@ -437,10 +437,11 @@ def test_cross_layout_choice(monkeypatch):
         cross_layout()
 
 
-def test_forward_alone_saves_nothing_and_reads_strided(monkeypatch):
+@pytest.mark.parametrize("layout", ["", "strided"])
+def test_forward_alone_saves_nothing(monkeypatch, layout):
     """Under torch.no_grad (inference: the parameters still require gradients) the Triton scan keeps no
-    states for a backward and the four-direction scan takes the forward's layout; with autograd on it
-    saves them and takes the training layout; both give the reference's output."""
+    states for a backward; with autograd on it saves them; both read the layout asked for (default: the
+    transposed one) and give the reference's output."""
     from ssm_kernels import triton_launch
     seen = []
     real = triton_launch.forward
@@ -450,7 +451,7 @@ def test_forward_alone_saves_nothing_and_reads_strided(monkeypatch):
         seen.append((save, out[3]["layout"], out[2].numel()))
         return out
     monkeypatch.setattr(triton_launch, "forward", spy)
-    monkeypatch.delenv("SSM_CROSS_LAYOUT", raising=False)
+    monkeypatch.setenv("SSM_CROSS_LAYOUT", layout)
     dev = device_for("triton")
     x = cross_inputs(1, 4, 6, 5, 1, dev)
     x["A"].requires_grad_(True)                       # a parameter, as in a model
@@ -458,8 +459,8 @@ def test_forward_alone_saves_nothing_and_reads_strided(monkeypatch):
     with torch.no_grad():
         y0 = cross_selective_scan(**x, backend="triton")
     y1 = cross_selective_scan(**x, backend="triton")
-    assert seen[0][:2] == (False, "strided") and seen[0][2] == 0
-    assert seen[1][:2] == (True, "transpose") and seen[1][2] > 0
+    assert seen[0][:2] == (False, layout or "transpose") and seen[0][2] == 0
+    assert seen[1][:2] == (True, layout or "transpose") and seen[1][2] > 0
     assert rel_err(y0, ref) < 2e-5 and rel_err(y1.detach(), ref) < 2e-5
 
 
@@ -576,10 +577,10 @@ def test_one_wide_state_choice(monkeypatch):
     monkeypatch.setenv("SSM_SCAN1", "yes")
     with pytest.raises(ValueError, match="SSM_SCAN1"):
         use_scan1(1, "plain")
-    from ssm_kernels.triton_launch import _scan1_stages
+    from ssm_kernels.triton_launch import SCAN1_BWD_STAGES, _scan1_stages
     monkeypatch.delenv("SSM_SCAN1_STAGES", raising=False)
-    assert _scan1_stages() == 1          # the tile loop is not pipelined until timed
     monkeypatch.delenv("SSM_SCAN1_BWD_STAGES", raising=False)
+    assert _scan1_stages() == 1 and _scan1_stages(backward=True) == SCAN1_BWD_STAGES == 3   # as timed
     monkeypatch.setenv("SSM_SCAN1_STAGES", "3")
     assert _scan1_stages() == 3 and _scan1_stages(backward=True) == 3   # both passes
     monkeypatch.setenv("SSM_SCAN1_BWD_STAGES", "2")
