@@ -297,6 +297,7 @@ def test_cross_scan_inference_path_equals_the_reference_in_float64(hw, N, opts):
 def test_segmented_scan_forward_and_gradients(monkeypatch, segments, expect, shape, opts):
     from ssm_kernels import triton_launch
     dev = device_for("triton")
+    monkeypatch.setenv("SSM_SCANN", "0")   # the general kernels (d_state >= 2 plain: else triton_scann)
     monkeypatch.setenv("SSM_BLOCK_L", "16")
     monkeypatch.setenv("SSM_SEGMENTS", str(segments))
     batch, dim, L, N, G = shape
@@ -335,6 +336,7 @@ def test_backward_splits_on_its_own(monkeypatch, fwd_seg, bwd_seg):
     that saved the states used (plain and four-direction scans)."""
     from ssm_kernels import triton_launch
     dev = device_for("triton")
+    monkeypatch.setenv("SSM_SCANN", "0")   # the general kernels (d_state >= 2 plain: else triton_scann)
     monkeypatch.setenv("SSM_BLOCK_L", "16")
     monkeypatch.setenv("SSM_SEGMENTS", str(fwd_seg))
     monkeypatch.setenv("SSM_BWD_SEGMENTS", str(bwd_seg))
@@ -398,6 +400,7 @@ def test_segment_count_heuristic(monkeypatch):
                                   "short-bwd-tiles", "cross-short-bwd-tiles", "underflow"])
 def test_backward_shift_variants(monkeypatch, shift, case):
     dev = device_for("triton")
+    monkeypatch.setenv("SSM_SCANN", "0")   # the general kernels (d_state >= 2 plain: else triton_scann)
     monkeypatch.setenv("SSM_BWD_SHIFT", shift)
     monkeypatch.setenv("SSM_BLOCK_L", "64" if "short-bwd-tiles" in case else "16")
     monkeypatch.setenv("SSM_BWD_BLOCK_L", "16")
