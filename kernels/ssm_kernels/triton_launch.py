@@ -221,20 +221,21 @@ def use_scann(N: int, layout: str) -> bool:
     return flag == "1" and N >= 2 and layout == "plain"
 
 
-# The one-wide-state backward's tile loop in 3 stages (session 31, H100, the training step as a CUDA graph:
-# 163.2 -> 156.7 ms at 224 x 224 x 64, 53.2 -> 51.9 at 128 x 128 x 48; 4 stages 157.2; both passes in 3 stages
-# 158.6, the forward alone being 0.85-0.98x pipelined in sweep_backward --stages). The forward stays at 1.
+# The one-wide-state backward's tile loop in 3 stages in the four-direction scan (session 31, H100, the training
+# step as a CUDA graph: 163.2 -> 156.7 ms at 224 x 224 x 64, 53.2 -> 51.9 at 128 x 128 x 48; 4 stages 157.2;
+# both passes in 3 stages 158.6, the forward alone being 0.85-0.98x pipelined in sweep_backward --stages). The
+# forward, and the plain scan's backward (not timed pipelined), stay at 1.
 SCAN1_BWD_STAGES = 3
 
 
-def _scan1_stages(backward: bool = False) -> int:
+def _scan1_stages(backward: bool = False, cross: bool = True) -> int:
     """Software-pipelining depth of the one-wide-state kernels' tile loop (tl.range num_stages: the next
     tiles' loads issued as cp.async into shared memory while this one is scanned); 1 = no pipelining.
-    SSM_SCAN1_STAGES sets both passes, SSM_SCAN1_BWD_STAGES the backward's alone (default: the forward 1, the
-    backward SCAN1_BWD_STAGES)."""
+    SSM_SCAN1_STAGES sets both passes, SSM_SCAN1_BWD_STAGES the backward's alone (default: 1, but
+    SCAN1_BWD_STAGES for the four-direction scan's backward)."""
     both = _env_int("SSM_SCAN1_STAGES", 0)
     if backward:
-        return _env_int("SSM_SCAN1_BWD_STAGES", both or SCAN1_BWD_STAGES)
+        return _env_int("SSM_SCAN1_BWD_STAGES", both or (SCAN1_BWD_STAGES if cross else 1))
     return both or 1
 
 
@@ -462,7 +463,7 @@ def _backward1(u, delta, A, Bg, Cg, D, z, delta_bias, hsave, dout, softplus, hw,
                 dim, L, dpg, n_chunks, BB.shape[1], dd.shape[1] // dim, k, kd, n_seg, tps)
         flags = dict(KP=KP, CROSS=cross, REV=rev, ACC=acc, HAS_D=D is not None, HAS_Z=z is not None,
                      HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, SEGMENTED=n_seg > 1, BLOCK_D=bd,
-                     BLOCK_L=bl, STAGES=_scan1_stages(backward=True), num_warps=nw)
+                     BLOCK_L=bl, STAGES=_scan1_stages(backward=True, cross=cross), num_warps=nw)
         if n_seg > 1:  # the segments whose start adjoints earlier ones need: all but the direction's first
             _scan1_bwd_kernel[(batch, nblk, n_seg - 1)](*args, 0 if rev else 1, n_saved, LOCAL=True, **flags)
         _scan1_bwd_kernel[(batch, nblk, n_seg)](*args, 0, n_saved, LOCAL=False, **flags)

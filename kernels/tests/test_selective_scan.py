@@ -583,7 +583,8 @@ def test_one_wide_state_choice(monkeypatch):
     from ssm_kernels.triton_launch import SCAN1_BWD_STAGES, _scan1_stages
     monkeypatch.delenv("SSM_SCAN1_STAGES", raising=False)
     monkeypatch.delenv("SSM_SCAN1_BWD_STAGES", raising=False)
-    assert _scan1_stages() == 1 and _scan1_stages(backward=True) == SCAN1_BWD_STAGES == 3   # as timed
+    assert _scan1_stages() == 1 and _scan1_stages(backward=True) == SCAN1_BWD_STAGES == 3   # as timed (SS2D)
+    assert _scan1_stages(backward=True, cross=False) == 1       # the plain scan's backward: not timed pipelined
     monkeypatch.setenv("SSM_SCAN1_STAGES", "3")
     assert _scan1_stages() == 3 and _scan1_stages(backward=True) == 3   # both passes
     monkeypatch.setenv("SSM_SCAN1_BWD_STAGES", "2")
@@ -606,16 +607,17 @@ for cross in (True, False):
                   STORE_LAST=True, LOCAL=local, BLOCK_D=1, BLOCK_L=1024, SUB=512), 4))
             print("bwd", cross, rev, local, ptxas_info(_scan1_bwd_kernel, dict(base, REV=rev, ACC=rev, LOCAL=local,
                   BLOCK_D=1, BLOCK_L=512), 4))
-for fn, c in ((_scan1_fwd_kernel, dict(SAVE=True, STORE_LAST=True, BLOCK_L=1024, SUB=512)),
-              (_scan1_bwd_kernel, dict(BLOCK_L=512))):   # the pipelined tile loop (SSM_SCAN1_STAGES)
+for fn, c, st in ((_scan1_fwd_kernel, dict(SAVE=True, STORE_LAST=True, BLOCK_L=1024, SUB=512), 2),
+                  (_scan1_bwd_kernel, dict(BLOCK_L=512), 3)):   # the pipelined tile loop (the backward's default)
     print("stages", fn.__name__, ptxas_info(fn, dict(base, REV=False, ACC=True, LOCAL=False, BLOCK_D=1, **c,
-          STAGES=2), 4))
+          STAGES=st), 4))
 """
 
 
 def test_one_wide_state_kernels_compile_for_hopper():
     """At the defaults (one channel, tiles 1024 / 512, 4 warps) every variant compiles for sm_90a without
-    spilling, and so does the tile loop pipelined in two stages (the last two)."""
+    spilling, and so does the tile loop pipelined (the last two: the forward in two stages, the backward in
+    its default three)."""
     import re
     out = compile_for_hopper(_COMPILE_CHECK1)
     got = [tuple(int(v) for v in m) for m in re.findall(r"\((\d+), (\d+), (\d+), \d+\)", out)]
