@@ -129,7 +129,8 @@ SCANN_SHAPES = [(2, 384, 50176, 16, 1), (32, 768, 784, 16, 1), (8, 1536, 2048, 1
 def scann_configs(fine=False):
     """The general kernels first (SSM_SCANN=0), then the state-at-a-time kernels (SSM_SCANN=1,
     triton_scann.py) under channel block x tile x warps (both passes alike); fine: around session 31's best
-    (one channel, 512 steps, 4 warps), the loop pipelined and the backward's tile halved."""
+    (one channel, 512 steps, 4 warps), the tile loop or the state loop pipelined, 2048-step tiles at 4 warps
+    (backward 512), and the backward's tile halved."""
     out = [("general", {"SSM_SCANN": "0"})]
     grid = (((1, 256, 4), (2, 256, 4), (1, 512, 4), (2, 512, 8), (4, 128, 4), (1, 1024, 8), (2, 128, 4)) if not fine
             else ((1, 512, 4), (1, 512, 2), (1, 1024, 4), (1, 256, 2), (1, 2048, 8), (1, 512, 8)))
@@ -138,6 +139,9 @@ def scann_configs(fine=False):
                                                         "SSM_BLOCK_L": str(bl), "SSM_NUM_WARPS": str(nw)}))
     if fine:   # the tile loop pipelined, and the backward on half tiles
         out += [("scann stages=2", {"SSM_SCANN": "1", "SSM_SCANN_STAGES": "2"}),
+                ("scann state stages=2", {"SSM_SCANN": "1", "SSM_SCANN_STATE_STAGES": "2"}),
+                ("scann state stages=3", {"SSM_SCANN": "1", "SSM_SCANN_STATE_STAGES": "3"}),
+                ("scann 2048 x 4 warps", {"SSM_SCANN": "1", "SSM_BLOCK_L": "2048", "SSM_BWD_BLOCK_L": "512"}),
                 ("scann bwd bl=256", {"SSM_SCANN": "1", "SSM_BWD_BLOCK_L": "256"})]
     return out
 

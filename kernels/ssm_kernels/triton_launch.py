@@ -366,6 +366,13 @@ def _scann_stages() -> int:
     return _env_int("SSM_SCANN_STAGES", 1)
 
 
+def _scann_state_stages() -> int:
+    """Software-pipelining depth of their loop over the states (SSM_SCANN_STATE_STAGES; 1 = none): the next
+    states' rows of B and C fetched (cp.async) while one state is scanned. Compiled for sm_90a without spills
+    at 2 and 3 (4.2 / 8.3 KB of shared memory a program at 512 steps); 1 until timed on a GPU."""
+    return _env_int("SSM_SCANN_STATE_STAGES", 1)
+
+
 def _forwardN(u, delta, A, B, C, D, z, delta_bias, softplus, out_dtype, save, dpg, bd, bn, bl, nw, sub):
     """forward() of the plain scan through the state-at-a-time kernels (B and C grouped: (batch, G, N, L));
     serial along L (one launch, no segments)."""
@@ -383,7 +390,8 @@ def _forwardN(u, delta, A, B, C, D, z, delta_bias, softplus, out_dtype, save, dp
         u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
         delta_bias if delta_bias is not None else u, out, last, hsave, dim, L, dpg, n_chunks, B.shape[1], n_saved,
         N=N, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-        SAVE=save, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, SUB=sub, STAGES=_scann_stages(), num_warps=nw)
+        SAVE=save, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, SUB=sub, STAGES=_scann_stages(),
+        NSTAGES=_scann_state_stages(), num_warps=nw)
     meta = dict(bd=bd, bn=bn, bl=bl, nw=nw, n_chunks=n_chunks, n_seg=1, G=B.shape[1], grouped_input=True,
                 sub=sub, n_saved=n_saved, layout="plain", scann=True)
     return out, last, hsave, meta
@@ -414,7 +422,7 @@ def _backwardN(u, delta, A, Bg, Cg, D, z, delta_bias, hsave, dout, softplus, met
         dD if dD is not None else du, dz if dz is not None else du, dbias if dbias is not None else du,
         dim, L, dpg, n_chunks, Bg.shape[1], n_saved, N=N, HAS_D=D is not None, HAS_Z=z is not None,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, BLOCK_D=bd, BLOCK_N=meta["bn"], BLOCK_L=bl,
-        STAGES=_scann_stages(), num_warps=nw)
+        STAGES=_scann_stages(), NSTAGES=_scann_state_stages(), num_warps=nw)
     return du, ddelta, dA, dB, dC, dD, dz, dbias
 
 

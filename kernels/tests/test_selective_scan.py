@@ -644,6 +644,7 @@ def test_state_at_a_time_kernels(monkeypatch, case):
         monkeypatch.setenv("SSM_BLOCK_D", "4")
     if "pipelined" in case:
         monkeypatch.setenv("SSM_SCANN_STAGES", "2")
+        monkeypatch.setenv("SSM_SCANN_STATE_STAGES", "2")
     seen, real = [], triton_launch.forward
 
     def spy(*args, save):
@@ -697,8 +698,9 @@ from ssm_kernels.triton_scann import _scann_bwd_kernel, _scann_fwd_kernel
 bd, bl = SCANN_BLOCK
 for N in (8, 16):
     base = dict(N=N, HAS_D=True, HAS_Z=False, HAS_BIAS=True, SOFTPLUS=True, STAGES=1, BLOCK_D=bd, BLOCK_N=N, BLOCK_L=bl)
-    print("fwd", N, ptxas_info(_scann_fwd_kernel, dict(base, SAVE=True, SUB=bl), 4))
-    print("bwd", N, ptxas_info(_scann_bwd_kernel, base, 4))
+    for ns in (1, 2):   # the state loop as it is, and pipelined (SSM_SCANN_STATE_STAGES)
+        print("fwd", N, ns, ptxas_info(_scann_fwd_kernel, dict(base, SAVE=True, SUB=bl, NSTAGES=ns), 4))
+        print("bwd", N, ns, ptxas_info(_scann_bwd_kernel, dict(base, NSTAGES=ns), 4))
 """
 
 
@@ -709,5 +711,5 @@ def test_state_at_a_time_kernels_compile_for_hopper():
     import re
     out = compile_for_hopper(_COMPILE_CHECKN)
     got = [tuple(int(v) for v in m) for m in re.findall(r"\((\d+), (\d+), (\d+), \d+\)", out)]
-    assert len(got) == 4, out
+    assert len(got) == 8, out
     assert all(0 < r <= 255 and st == 0 and ld == 0 for r, st, ld in got), out
