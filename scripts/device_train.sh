@@ -21,6 +21,7 @@
 #   DW_TILES="default 8,16,32,4" DW_ALSO=F scripts/device_train.sh dwconv SECONDS  # the depthwise conv alone
 #   scripts/device_train.sh kenv SECONDS SSM_X=V...       # the step with these kernel settings vs the defaults
 #   scripts/device_train.sh stages SECONDS             # the scan's pipelined / long tiles swept, the step with the best
+#   scripts/device_train.sh scann SECONDS              # the state-at-a-time kernels (d_state >= 2) swept finer
 #   scripts/device_train.sh peer SECONDS               # mamba_ssm built (outlives the call), then the scan table beside
 #                                                      # it and the forward per patch; call again while it builds
 #   scripts/device_train.sh ops SECONDS                # the step with the model's ops vs PyTorch's (ln, upsample, proj)
@@ -381,6 +382,15 @@ peer)      # SECONDS: the scan table beside mamba_ssm (issue 13). Its CUDA scan 
   tail -n 45 "$OUT/bench_scan.txt"
   [ $(( t_end - $(date +%s) )) -gt 60 ] && timeout $(( t_end - $(date +%s) )) python3 benchmarks/bench_srma.py --layouts \
     strided transpose --json "$OUT/bench_srma_layouts.json" 2>&1 | grep -v Warn | tail -n 12
+  ;;
+scann)     # SECONDS: the state-at-a-time kernels for d_state >= 2 (issue 13): sweep_backward.py --scann --fine (their
+           # state loop pipelined, longer tiles, warps, against the general kernels), bf16 and fp32. Into $OUT.
+  t_end=$(( $(date +%s) + $2 ))
+  setup
+  cd "$W/code/kernels/benchmarks" || exit 1
+  PYTHONPATH=$PYTHONPATH:. timeout $(( t_end - $(date +%s) )) python3 sweep_backward.py --scann --fine --fp32 \
+    --json "$OUT/sweep_scann_fine.json" > "$OUT/sweep_scann_fine.txt" 2>&1
+  grep -v Warn "$OUT/sweep_scann_fine.txt" | tail -n 30
   ;;
 kenv)      # SECONDS VAR=VALUE...: the training step (a CUDA graph) with the ssm_kernels defaults against the same
            # with these SSM_* settings (e.g. SSM_TRANSPOSE=torch: the transposed layout's copies by PyTorch, as
