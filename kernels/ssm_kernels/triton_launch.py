@@ -33,7 +33,7 @@ def _blocks(dim, dpg, N, cross, L, scan1=False, scann=False):
     """Block sizes: few channels per program (many programs in flight: the scan over L is serial within
     one), long tiles along L. Overridable through SSM_BLOCK_D / SSM_BLOCK_L / SSM_NUM_WARPS for tuning.
     The one-wide-state kernels (scan1) take one channel a program (session 29's sweep: at every large SS2D
-    map of the 224 x 224 x 64 step the fastest of 1, 2 and 4)."""
+    map of the 224 x 224 x 64 step the fastest of 1, 2 and 4); the state-at-a-time ones (scann) SCANN_BLOCK."""
     bn = triton.next_power_of_2(max(N, 1))
     cap = int(os.environ.get("SSM_BLOCK_D", 0)) or (1 if scan1 else 2 if bn <= 2 else 1)  # general: sweep_scan.py, H100
     bd = min(cap, triton.next_power_of_2(dim)) if cross else _pow2_divisor(dpg, cap)
@@ -77,8 +77,9 @@ def bwd_defaults(bn, layout):
     1.02-1.28x on the six SS2D shapes, geometric mean 1.17x; the SRMA-Mamba training step 105.7 -> 100.9
     ms) and a half tile for the plain scan (1.00-1.68x on its four shapes). The transposed four-direction
     layout reads like the plain scan and takes its half tile (timed with it on an H100 in session 18:
-    fwd+bwd 1.3-2.7x the strided layout; the tile itself not swept). Wider states (UltraScanNet's d_state 8,
-    N = 16) were not timed on a GPU: there the backward stays as it was (reload, the forward's tile)."""
+    fwd+bwd 1.3-2.7x the strided layout; the tile itself not swept). Wider states in the general kernels
+    (the four-direction scan at d_state >= 2, or SSM_SCANN=0) were not timed on a GPU: there the backward stays
+    as it was (reload, the forward's tile). The plain scan's wider states run triton_scann, always divide."""
     if bn <= 2:
         return "divide", (256 if layout == "strided" else 512)
     return "reload", 0
