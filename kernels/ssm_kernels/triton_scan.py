@@ -77,6 +77,21 @@ def _step(delta, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
+def _step_grads(ddt, duv, dy, u, dt_raw, Dv, m2, dD_acc, dbias_acc, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """A (channels, steps) tile's gradients finished from the scan's shares: du gets D dy, ddelta the softplus'
+    derivative and zeros outside the tile's mask; the running sums of dD and dbias (element-wise, reduced by
+    the caller) are added to. Returns (ddelta, du, dD_acc, dbias_acc). The one-wide-state and the
+    state-at-a-time kernels (triton_scan1, triton_scann)."""
+    if HAS_D:
+        duv += dy * Dv[:, None]
+        dD_acc += dy * u
+    if SOFTPLUS:
+        ddt = ddt * tl.sigmoid(dt_raw)
+    ddt = tl.where(m2, ddt, 0.0)
+    return ddt, duv, dD_acc, dbias_acc + ddt
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     out_ptr, last_ptr, hsave_ptr, hseg_ptr, pseg_ptr,

@@ -39,7 +39,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_scan import DIVIDE_CLAMP, DIVIDE_UNCLAMP, _combine, _step
+from .triton_scan import DIVIDE_CLAMP, DIVIDE_UNCLAMP, _combine, _step, _step_grads
 
 
 @triton.jit
@@ -242,14 +242,8 @@ def _scan1_bwd_kernel(
             q = gs * (hs - bx)  # g_t * a_t * h_{t-1}
             ddt = gs * Bv[None, :] * u + q * A[:, None]
             dA_acc += q * dt
-            duv = gs * Bv[None, :] * dt
-            if HAS_D:
-                duv += dy * Dv[:, None]
-                dD_acc += dy * u
-            if SOFTPLUS:
-                ddt = ddt * tl.sigmoid(dt_raw)
-            ddt = tl.where(m2, ddt, 0.0)
-            dbias_acc += ddt
+            ddt, duv, dD_acc, dbias_acc = _step_grads(ddt, gs * Bv[None, :] * dt, dy, u, dt_raw, Dv, m2, dD_acc,
+                                                      dbias_acc, HAS_D, SOFTPLUS)
             tl.store(ddelta_ptr + drow + t[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
             if ACC:
                 duv += tl.load(du_ptr + row + t[None, :], mask=m2, other=0.0).to(tl.float32)

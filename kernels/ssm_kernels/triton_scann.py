@@ -31,7 +31,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_scan import DIVIDE_CLAMP, DIVIDE_UNCLAMP, _combine, _step
+from .triton_scan import DIVIDE_CLAMP, DIVIDE_UNCLAMP, _combine, _step, _step_grads
 
 
 @triton.jit
@@ -187,14 +187,8 @@ def _scann_bwd_kernel(
                 y += Dv[:, None] * u
             dzv = dout * y * sz * (1.0 + zz * (1.0 - sz))
             tl.store(dz_ptr + row + t[None, :], dzv.to(dz_ptr.dtype.element_ty), mask=m2)
-        duv = dus * dt
-        if HAS_D:
-            duv += dy * Dv[:, None]
-            dD_acc += dy * u
-        if SOFTPLUS:
-            ddt = ddt * tl.sigmoid(dt_raw)
-        ddt = tl.where(m2, ddt, 0.0)
-        dbias_acc += ddt
+        ddt, duv, dD_acc, dbias_acc = _step_grads(ddt, dus * dt, dy, u, dt_raw, Dv, m2, dD_acc, dbias_acc, HAS_D,
+                                                  SOFTPLUS)
         tl.store(ddelta_ptr + row + t[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
         tl.store(du_ptr + row + t[None, :], duv.to(du_ptr.dtype.element_ty), mask=m2)
     tl.store(dA_ptr + sv[:, None] + offs_n[None, :], dA_acc, mask=mask_dn)
