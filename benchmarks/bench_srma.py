@@ -1,5 +1,6 @@
-"""SRMA-Mamba speed and memory: forward per 224x224x64 patch (fp32, bf16), training step at batch 2,
-peak GPU memory, a whole 256x256x40 volume through the inference path, and the CPU forward.
+"""SRMA-Mamba speed and memory: forward per 224x224x64 patch (fp32, bf16; eager, and replayed from a CUDA graph
+as Segment Liver runs a window), training step at batch 2, peak GPU memory, a whole 256x256x40 volume through
+the inference path, and the CPU forward.
 
     python benchmarks/bench_srma.py --json srma.json          # on the GPU machine
     python benchmarks/bench_srma.py --cpu --threads 2          # CPU forward per patch
@@ -57,6 +58,7 @@ def gpu(args):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             lo = model(x)[0].float()
         res["bf16_vs_fp32_rel_err"] = float((lo - ref).norm() / ref.norm())
+        res.update(graphed_forward_ms(model, x))
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     xb = torch.randn(2, 1, 224, 224, 64, device=dev)
@@ -93,6 +95,20 @@ def gpu(args):
         res["whole_volume_one_window_fp32_ms"] = cuda_time(lambda: model(xv), reps=10)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             res["whole_volume_one_window_bf16_ms"] = cuda_time(lambda: model(xv), reps=10)
+    return res
+
+
+def graphed_forward_ms(model, x):
+    """The forward as Segment Liver runs a window: replayed from a CUDA graph (inference.CudaGraphForward,
+    autocast without its weight cache), fp32 and bf16: {"fwd_graph_<precision>_ms": median}."""
+    from SRMASegmenterLib.inference import CudaGraphForward
+    res = {}
+    for amp in ("fp32", "bf16"):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp == "bf16", cache_enabled=False):
+            g = CudaGraphForward(lambda t: model(t)[0])
+            res[f"fwd_graph_{amp}_ms"] = cuda_time(lambda: g(x), reps=10, warmup=3)
+        if g.failed:
+            res[f"graph_{amp}_failed"] = g.failed
     return res
 
 
