@@ -77,6 +77,20 @@ def _step(delta, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
+def _channel_params(D_ptr, bias_ptr, ch, mask, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    BLOCK_D: tl.constexpr):
+    """D and the delta bias of BLOCK_D channels at ch as float32 (zeros where absent), for the one-wide-state
+    and the state-at-a-time kernels (triton_scan1, triton_scann)."""
+    Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + ch, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + ch, mask=mask, other=0.0).to(tl.float32)
+    return Dv, bias
+
+
+@triton.jit
 def _step_grads(ddt, duv, dy, u, dt_raw, Dv, m2, dD_acc, dbias_acc, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr):
     """A (channels, steps) tile's gradients finished from the scan's shares: du gets D dy, ddelta the softplus'
     derivative and zeros outside the tile's mask; the running sums of dD and dbias (element-wise, reduced by

@@ -34,7 +34,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_scan import DIVIDE_CLAMP, DIVIDE_UNCLAMP, _combine, _step, _step_grads
+from .triton_scan import DIVIDE_CLAMP, DIVIDE_UNCLAMP, _channel_params, _combine, _step, _step_grads
 
 
 @triton.jit
@@ -57,12 +57,7 @@ def _setup(A_ptr, D_ptr, bias_ptr, dim, L, dpg, n_bc_groups, N: tl.constexpr, HA
     mask_dn = mask_d[:, None] & (offs_n < N)[None, :]
     offs_l = tl.arange(0, BLOCK_L)
     A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
-    Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    Dv, bias = _channel_params(D_ptr, bias_ptr, offs_d, mask_d, HAS_D, HAS_BIAS, BLOCK_D)
     row = (pid_b.to(tl.int64) * dim + offs_d[:, None]) * L
     grp = (pid_d * BLOCK_D) // dpg
     bc = (pid_b.to(tl.int64) * n_bc_groups + grp) * N * L

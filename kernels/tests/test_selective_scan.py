@@ -107,6 +107,20 @@ def _grads_of(fn, x, g):
     return {k: v.grad for k, v in leaves.items() if v is not None}
 
 
+def _spy_forward(monkeypatch, record):
+    """A list that gets record(save, result) of every call of the Triton launcher's forward from here on
+    (result: out, last state, saved states, meta; meta says which kernels and layout ran)."""
+    from ssm_kernels import triton_launch
+    seen, real = [], triton_launch.forward
+
+    def spy(*args, save):
+        r = real(*args, save=save)
+        seen.append(record(save, r))
+        return r
+    monkeypatch.setattr(triton_launch, "forward", spy)
+    return seen
+
+
 # The backward stores du, ddelta and dz in their inputs' dtype itself (no float32 buffer cast afterwards): a
 # half-precision run must give exactly the float32 run's gradients of the same values, rounded as .to()
 # rounds them. The kernel reads every input into float32, so the two runs compute the same float32 sums;
@@ -443,15 +457,7 @@ def test_forward_alone_saves_nothing(monkeypatch, layout):
     """Under torch.no_grad (inference: the parameters still require gradients) the Triton scan keeps no
     states for a backward; with autograd on it saves them; both read the layout asked for (default: the
     transposed one) and give the reference's output."""
-    from ssm_kernels import triton_launch
-    seen = []
-    real = triton_launch.forward
-
-    def spy(*args, save):
-        out = real(*args, save=save)
-        seen.append((save, out[3]["layout"], out[2].numel()))
-        return out
-    monkeypatch.setattr(triton_launch, "forward", spy)
+    seen = _spy_forward(monkeypatch, lambda save, r: (save, r[3]["layout"], r[2].numel()))
     monkeypatch.setenv("SSM_CROSS_LAYOUT", layout)
     dev = device_for("triton")
     x = cross_inputs(1, 4, 6, 5, 1, dev)
@@ -529,7 +535,6 @@ def test_kernels_compile_for_hopper(use):
 @pytest.mark.parametrize("case", ["plain", "plain-grouped-segments", "cross", "cross-segments",
                                   "cross-short-bwd-tiles", "cross-wide-block-segments", "cross-pipelined-segments"])
 def test_one_wide_state_kernels(monkeypatch, scan1, case):
-    from ssm_kernels import triton_launch
     dev = device_for("triton")
     monkeypatch.setenv("SSM_SCAN1", scan1)
     monkeypatch.setenv("SSM_CROSS_LAYOUT", "transpose")
@@ -539,13 +544,7 @@ def test_one_wide_state_kernels(monkeypatch, scan1, case):
     if "wide-block" in case:
         monkeypatch.setenv("SSM_BLOCK_D", "4")
     monkeypatch.setenv("SSM_SCAN1_STAGES", "2" if "pipelined" in case else "1")
-    seen, real = [], triton_launch.forward
-
-    def spy(*args, save):
-        r = real(*args, save=save)
-        seen.append(bool(r[3].get("scan1")))
-        return r
-    monkeypatch.setattr(triton_launch, "forward", spy)
+    seen = _spy_forward(monkeypatch, lambda save, r: bool(r[3].get("scan1")))
     if case.startswith("cross"):
         x = cross_inputs(2, 6 if "wide-block" in case else 4, 8, 5 if "short" not in case else 9, 1, dev)
         gr = _grads(lambda t: cross_selective_scan_ref(**t), x, 3)
@@ -630,7 +629,6 @@ def test_one_wide_state_kernels_compile_for_hopper():
 @pytest.mark.parametrize("case", ["N4-grouped-all-options", "N16-no-options", "N3-block4-short-bwd-tiles",
                                   "N8-half", "N5-pipelined"])
 def test_state_at_a_time_kernels(monkeypatch, case):
-    from ssm_kernels import triton_launch
     dev = device_for("triton")
     for k in [k for k in os.environ if k.startswith("SSM_")]:
         monkeypatch.delenv(k)
@@ -643,13 +641,7 @@ def test_state_at_a_time_kernels(monkeypatch, case):
     if "pipelined" in case:
         monkeypatch.setenv("SSM_SCANN_STAGES", "2")
         monkeypatch.setenv("SSM_SCANN_STATE_STAGES", "2")
-    seen, real = [], triton_launch.forward
-
-    def spy(*args, save):
-        r = real(*args, save=save)
-        seen.append(bool(r[3].get("scann")))
-        return r
-    monkeypatch.setattr(triton_launch, "forward", spy)
+    seen = _spy_forward(monkeypatch, lambda save, r: bool(r[3].get("scann")))
     N = int(case.split("-")[0][1:])
     opts = (False,) * 4 if "no-options" in case else (True, True, True, True)
     wd, wz, wb, sp = opts
