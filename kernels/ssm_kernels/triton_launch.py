@@ -22,6 +22,15 @@ def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, "") or default)
 
 
+def _env_switch(name: str, default: str) -> bool:
+    """An on / off setting from the environment ("1" or "0"; `default` where unset or empty); any other
+    value is refused."""
+    flag = os.environ.get(name, "") or default
+    if flag not in ("0", "1"):
+        raise ValueError(f"{name}={flag!r}: choose 0 or 1")
+    return flag == "1"
+
+
 def _pow2_divisor(n: int, cap: int) -> int:
     b = 1
     while b * 2 <= cap and n % (b * 2) == 0:
@@ -200,10 +209,7 @@ SCAN1_DEFAULT = "1"
 
 def use_scan1(N: int, layout: str) -> bool:
     """Whether a scan with state width N in this layout runs the one-wide-state kernels."""
-    flag = os.environ.get("SSM_SCAN1", "") or SCAN1_DEFAULT
-    if flag not in ("0", "1"):
-        raise ValueError(f"SSM_SCAN1={flag!r}: choose 0 or 1")
-    return flag == "1" and N == 1 and layout in ("plain", "transpose")
+    return _env_switch("SSM_SCAN1", SCAN1_DEFAULT) and N == 1 and layout in ("plain", "transpose")
 
 
 # The state-at-a-time kernels for d_state >= 2 (triton_scann.py) in the plain scan, one channel x 512 steps a
@@ -216,10 +222,7 @@ SCANN_BLOCK = (1, 512)
 
 def use_scann(N: int, layout: str) -> bool:
     """Whether a scan with state width N in this layout runs the state-at-a-time kernels (SSM_SCANN)."""
-    flag = os.environ.get("SSM_SCANN", "") or SCANN_DEFAULT
-    if flag not in ("0", "1"):
-        raise ValueError(f"SSM_SCANN={flag!r}: choose 0 or 1")
-    return flag == "1" and N >= 2 and layout == "plain"
+    return _env_switch("SSM_SCANN", SCANN_DEFAULT) and N >= 2 and layout == "plain"
 
 
 # The one-wide-state backward's tile loop in 3 stages in the four-direction scan (session 31, H100, the training
